@@ -1,0 +1,5 @@
+//! safepoint-gateway: lets legacy ITSM tools (XML, SOAP) and internal services (gRPC)
+//! order Loomis SafePoint service, and turns Loomis callbacks back into their updates.
+#![forbid(unsafe_code)]
+
+pub mod mapping;

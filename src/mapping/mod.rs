@@ -1,0 +1,1 @@
+//! The mapping engine: compiles integration mapping files into plans and applies them.
