@@ -2,4 +2,5 @@
 //! order Loomis SafePoint service, and turns Loomis callbacks back into their updates.
 #![forbid(unsafe_code)]
 
+pub mod loomis;
 pub mod mapping;
