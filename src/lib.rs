@@ -2,5 +2,6 @@
 //! order Loomis SafePoint service, and turns Loomis callbacks back into their updates.
 #![forbid(unsafe_code)]
 
+pub mod incident;
 pub mod loomis;
 pub mod mapping;
