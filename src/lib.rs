@@ -2,6 +2,8 @@
 //! order Loomis SafePoint service, and turns Loomis callbacks back into their updates.
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod incident;
 pub mod loomis;
 pub mod mapping;
+pub mod store;

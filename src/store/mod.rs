@@ -1,0 +1,410 @@
+//! Durable state: incidents, their indexes, the outbox, the per-integration update log,
+//! dead letters and orphans.
+//!
+//! Only this module touches the database. Every write goes through [`Store::write`]: a
+//! closure that runs as one atomic transaction on the single writer thread. The writer
+//! drains every request waiting in its queue, applies each in its own transaction, then
+//! flushes once for all of them (group commit) and only then answers the callers and
+//! publishes what the batch produced (new outbox jobs, new update sequence numbers). So
+//! nothing is acknowledged, streamed or delivered before it is on disk.
+//!
+//! The backend is a small trait ([`Backend`], [`Txn`]) so another database can be added;
+//! sled is the embedded default ([`sled_backend`]).
+
+pub mod records;
+pub mod sled_backend;
+
+use crate::incident::{Incident, IncidentKey, Update};
+use records::{DeadLetter, Job, Orphan, Target};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// What can go wrong in the store. Callers answer 503 / UNAVAILABLE for all of them.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(String),
+    #[error("stored record is corrupt: {0}")]
+    Corrupt(String),
+    #[error("the store is shutting down")]
+    Closed,
+}
+
+/// One atomic unit of work against the backend. Writes become visible and durable only
+/// if the closure returns `Ok`.
+pub trait Txn {
+    fn incident(&self, key: &IncidentKey) -> Result<Option<Incident>, StoreError>;
+    fn put_incident(&self, incident: &Incident) -> Result<(), StoreError>;
+    /// The incident Loomis knows as CustomerNumber + IncidentReference.
+    fn by_reference(
+        &self,
+        customer: &str,
+        reference: &str,
+    ) -> Result<Option<IncidentKey>, StoreError>;
+    fn put_reference(
+        &self,
+        customer: &str,
+        reference: &str,
+        key: &IncidentKey,
+    ) -> Result<(), StoreError>;
+    fn by_incident_id(
+        &self,
+        customer: &str,
+        incident_id: &str,
+    ) -> Result<Option<IncidentKey>, StoreError>;
+    fn put_incident_id(
+        &self,
+        customer: &str,
+        incident_id: &str,
+        key: &IncidentKey,
+    ) -> Result<(), StoreError>;
+    /// Allocates the integration's next update sequence number (gap-free).
+    fn next_sequence(&self, integration: &str) -> Result<u64, StoreError>;
+    fn put_update(&self, update: &Update) -> Result<(), StoreError>;
+    fn update(&self, integration: &str, sequence: u64) -> Result<Option<Update>, StoreError>;
+    /// A monotonic id (jobs, dead letters, orphans); gaps are possible.
+    fn next_id(&self) -> Result<u64, StoreError>;
+    fn job(&self, id: u64) -> Result<Option<Job>, StoreError>;
+    fn put_job(&self, job: &Job) -> Result<(), StoreError>;
+    fn remove_job(&self, id: u64) -> Result<(), StoreError>;
+    fn dead_letter(&self, id: u64) -> Result<Option<DeadLetter>, StoreError>;
+    fn put_dead_letter(&self, dl: &DeadLetter) -> Result<(), StoreError>;
+    fn remove_dead_letter(&self, id: u64) -> Result<(), StoreError>;
+    fn put_orphan(&self, orphan: &Orphan) -> Result<(), StoreError>;
+}
+
+/// A database the gateway can keep its state in.
+pub trait Backend: Send + Sync + 'static {
+    /// Runs `f` atomically; it may be re-run if the backend detects a conflict.
+    fn transact(&self, f: &dyn Fn(&dyn Txn) -> Result<(), StoreError>) -> Result<(), StoreError>;
+    /// Makes every committed transaction durable (fsync).
+    fn flush(&self) -> Result<(), StoreError>;
+    fn incident(&self, key: &IncidentKey) -> Result<Option<Incident>, StoreError>;
+    /// Updates of `integration` with sequence in `(after, upto]`, at most `limit`.
+    fn updates_between(
+        &self,
+        integration: &str,
+        after: u64,
+        upto: u64,
+        limit: usize,
+    ) -> Result<Vec<Update>, StoreError>;
+    /// The highest sequence stored for each integration.
+    fn last_sequences(&self) -> Result<HashMap<String, u64>, StoreError>;
+    fn jobs(&self) -> Result<Vec<Job>, StoreError>;
+    fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError>;
+    fn orphans(&self, limit: usize) -> Result<Vec<Orphan>, StoreError>;
+    /// Counts for the readiness probe and metrics: (incidents, outbox jobs).
+    fn counts(&self) -> (usize, usize);
+}
+
+/// What a committed batch produced, published after its flush.
+#[derive(Default)]
+struct Effects {
+    jobs: Vec<Job>,
+    watermarks: HashMap<String, u64>,
+}
+
+/// The transaction handle given to [`Store::write`] closures: the backend's [`Txn`] plus
+/// bookkeeping of what must be published once the write is durable.
+pub struct Tx<'a> {
+    inner: &'a dyn Txn,
+    effects: std::cell::RefCell<Effects>,
+}
+
+impl<'a> std::ops::Deref for Tx<'a> {
+    type Target = dyn Txn + 'a;
+    fn deref(&self) -> &Self::Target {
+        self.inner
+    }
+}
+
+impl Tx<'_> {
+    /// Queues a job: stored now, handed to its scheduler once durable.
+    pub fn enqueue(&self, job: Job) -> Result<(), StoreError> {
+        self.inner.put_job(&job)?;
+        self.effects.borrow_mut().jobs.push(job);
+        Ok(())
+    }
+
+    /// Stores an update: streamed to watchers once durable.
+    pub fn append_update(&self, update: &Update) -> Result<(), StoreError> {
+        self.inner.put_update(update)?;
+        let mut e = self.effects.borrow_mut();
+        let w = e.watermarks.entry(update.integration.clone()).or_insert(0);
+        *w = (*w).max(update.sequence);
+        Ok(())
+    }
+}
+
+type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+type WriteOp = Box<dyn FnOnce(&dyn Backend, &mut Effects) -> Completion + Send>;
+
+/// Counters of the group commit, for the benchmark and `/metrics`.
+#[derive(Debug, Default)]
+pub struct CommitStats {
+    pub commits: AtomicU64,
+    pub flushes: AtomicU64,
+}
+
+/// The per-integration high-water mark of durable update sequences.
+#[derive(Default)]
+pub struct Watermarks {
+    map: RwLock<HashMap<String, watch::Sender<u64>>>,
+}
+
+impl Watermarks {
+    fn sender(&self, integration: &str) -> watch::Sender<u64> {
+        if let Some(s) = self.map.read().expect("watermark lock").get(integration) {
+            return s.clone();
+        }
+        let mut map = self.map.write().expect("watermark lock");
+        map.entry(integration.to_string())
+            .or_insert_with(|| watch::channel(0).0)
+            .clone()
+    }
+
+    /// Follows the last durable sequence of `integration`.
+    pub fn subscribe(&self, integration: &str) -> watch::Receiver<u64> {
+        self.sender(integration).subscribe()
+    }
+
+    fn advance(&self, integration: &str, seq: u64) {
+        self.sender(integration).send_if_modified(|cur| {
+            if seq > *cur {
+                *cur = seq;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+/// The gateway's handle to durable state. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    backend: Arc<dyn Backend>,
+    writer: mpsc::UnboundedSender<WriteOp>,
+    watermarks: Arc<Watermarks>,
+    job_sinks: Arc<Mutex<HashMap<Target, mpsc::UnboundedSender<Job>>>>,
+    stats: Arc<CommitStats>,
+    healthy: Arc<AtomicBool>,
+    writer_done: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+/// The most write requests one group commit takes; more wait for the next flush.
+const MAX_BATCH: usize = 4096;
+
+impl Store {
+    /// Opens the embedded sled store at `path`.
+    pub fn open_sled(path: &std::path::Path, cache_bytes: u64) -> Result<Store, StoreError> {
+        Ok(Store::new(Arc::new(sled_backend::SledBackend::open(
+            path,
+            cache_bytes,
+        )?)))
+    }
+
+    /// Starts the writer thread over `backend`.
+    pub fn new(backend: Arc<dyn Backend>) -> Store {
+        let (tx, rx) = mpsc::unbounded_channel::<WriteOp>();
+        let watermarks = Arc::new(Watermarks::default());
+        if let Ok(last) = backend.last_sequences() {
+            for (integration, seq) in last {
+                watermarks.advance(&integration, seq);
+            }
+        }
+        let job_sinks: Arc<Mutex<HashMap<Target, mpsc::UnboundedSender<Job>>>> = Arc::default();
+        let stats = Arc::new(CommitStats::default());
+        let healthy = Arc::new(AtomicBool::new(true));
+        let handle = {
+            let backend = backend.clone();
+            let watermarks = watermarks.clone();
+            let job_sinks = job_sinks.clone();
+            let stats = stats.clone();
+            let healthy = healthy.clone();
+            std::thread::Builder::new()
+                .name("store-writer".into())
+                .spawn(move || writer_loop(rx, backend, watermarks, job_sinks, stats, healthy))
+                .expect("spawn store writer thread")
+        };
+        Store {
+            backend,
+            writer: tx,
+            watermarks,
+            job_sinks,
+            stats,
+            healthy,
+            writer_done: Arc::new(Mutex::new(Some(handle))),
+        }
+    }
+
+    /// Runs `f` as one transaction and returns its result once it is flushed to disk.
+    pub async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Fn(&Tx<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel::<Result<T, StoreError>>();
+        let op: WriteOp = Box::new(move |backend: &dyn Backend, effects: &mut Effects| {
+            let out = std::cell::RefCell::new(None);
+            let tx_effects = std::cell::RefCell::new(Effects::default());
+            let res = backend.transact(&|txn| {
+                let tx = Tx {
+                    inner: txn,
+                    effects: std::cell::RefCell::new(Effects::default()),
+                };
+                let v = f(&tx)?;
+                *out.borrow_mut() = Some(v);
+                *tx_effects.borrow_mut() = tx.effects.into_inner();
+                Ok(())
+            });
+            let result = match res {
+                Ok(()) => {
+                    let e = tx_effects.into_inner();
+                    effects.jobs.extend(e.jobs);
+                    for (k, v) in e.watermarks {
+                        let w = effects.watermarks.entry(k).or_insert(0);
+                        *w = (*w).max(v);
+                    }
+                    out.into_inner().ok_or_else(|| {
+                        StoreError::Database("transaction produced no result".into())
+                    })
+                }
+                Err(e) => Err(e),
+            };
+            Box::new(move |flushed: Result<(), StoreError>| {
+                let _ = reply.send(flushed.and(result));
+            })
+        });
+        self.writer.send(op).map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Reads an incident as last committed.
+    pub fn incident(&self, key: &IncidentKey) -> Result<Option<Incident>, StoreError> {
+        self.backend.incident(key)
+    }
+
+    /// Durable updates of `integration` after `after`, at most `limit`.
+    pub fn updates_after(
+        &self,
+        integration: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Update>, StoreError> {
+        let upto = *self.watermarks.subscribe(integration).borrow();
+        if upto <= after {
+            return Ok(Vec::new());
+        }
+        self.backend
+            .updates_between(integration, after, upto, limit)
+    }
+
+    /// Follows the last durable update sequence of `integration`.
+    pub fn watch_sequence(&self, integration: &str) -> watch::Receiver<u64> {
+        self.watermarks.subscribe(integration)
+    }
+
+    /// Every job still in the outbox (for schedulers starting up).
+    pub fn jobs(&self) -> Result<Vec<Job>, StoreError> {
+        self.backend.jobs()
+    }
+
+    pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
+        self.backend.dead_letters()
+    }
+
+    pub fn orphans(&self, limit: usize) -> Result<Vec<Orphan>, StoreError> {
+        self.backend.orphans(limit)
+    }
+
+    pub fn counts(&self) -> (usize, usize) {
+        self.backend.counts()
+    }
+
+    /// Routes jobs for `target` to a scheduler once they are durable.
+    pub fn attach_jobs(&self, target: Target, sink: mpsc::UnboundedSender<Job>) {
+        self.job_sinks
+            .lock()
+            .expect("job sink lock")
+            .insert(target, sink);
+    }
+
+    pub fn stats(&self) -> &CommitStats {
+        &self.stats
+    }
+
+    /// False once a flush has failed: readiness reports it and gRPC health says NOT_SERVING.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Stops the writer after it has committed and flushed everything queued before.
+    /// Other clones may still exist; the thread ends when the last sender is gone, so
+    /// this waits only for what was already queued.
+    pub async fn close(&self) {
+        let _ = self.write(|_tx| Ok(())).await;
+        let _ = self.backend.flush();
+        let handle = self.writer_done.lock().expect("writer handle lock").take();
+        drop(handle);
+    }
+}
+
+fn writer_loop(
+    mut rx: mpsc::UnboundedReceiver<WriteOp>,
+    backend: Arc<dyn Backend>,
+    watermarks: Arc<Watermarks>,
+    job_sinks: Arc<Mutex<HashMap<Target, mpsc::UnboundedSender<Job>>>>,
+    stats: Arc<CommitStats>,
+    healthy: Arc<AtomicBool>,
+) {
+    let mut batch: Vec<WriteOp> = Vec::with_capacity(256);
+    let mut completions: Vec<Completion> = Vec::with_capacity(256);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let mut effects = Effects::default();
+        let n = batch.len() as u64;
+        for op in batch.drain(..) {
+            completions.push(op(&*backend, &mut effects));
+        }
+        let started = std::time::Instant::now();
+        let flushed = backend.flush();
+        metrics::histogram!("gateway_store_flush_seconds").record(started.elapsed().as_secs_f64());
+        stats.flushes.fetch_add(1, Ordering::Relaxed);
+        stats.commits.fetch_add(n, Ordering::Relaxed);
+        metrics::counter!("gateway_store_commits_total").increment(n);
+        metrics::counter!("gateway_store_flushes_total").increment(1);
+        match &flushed {
+            Ok(()) => {
+                healthy.store(true, Ordering::Relaxed);
+                if !effects.jobs.is_empty() {
+                    let sinks = job_sinks.lock().expect("job sink lock");
+                    for job in effects.jobs.drain(..) {
+                        if let Some(sink) = sinks.get(&job.target) {
+                            let _ = sink.send(job);
+                        }
+                    }
+                }
+                for (integration, seq) in effects.watermarks.drain() {
+                    watermarks.advance(&integration, seq);
+                }
+            }
+            Err(e) => {
+                healthy.store(false, Ordering::Relaxed);
+                tracing::error!(error = %e, "store flush failed; answering the batch with an error");
+            }
+        }
+        for c in completions.drain(..) {
+            c(flushed.clone());
+        }
+    }
+    let _ = backend.flush();
+}
