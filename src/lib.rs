@@ -3,6 +3,8 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod delivery;
+pub mod gateway;
 pub mod incident;
 pub mod loomis;
 pub mod mapping;

@@ -109,9 +109,7 @@ pub fn apply(inc: &mut Incident, event: Event, now: Timestamp) -> Transition {
                 format!("HTTP {status}"),
                 None,
             );
-            if inc.state == State::Queued {
-                inc.state = State::Sent;
-            }
+            mark_sent(inc);
             Transition::new(Outcome::Applied)
         }
         Event::DispatchUncertain { detail } => {
@@ -268,6 +266,21 @@ fn draft(
         response_text: text,
         event_time,
     }
+}
+
+/// Loomis has the Dispatch: Queued becomes Sent, also underneath a pending cancel.
+fn mark_sent(inc: &mut Incident) {
+    if inc.state == State::Queued {
+        inc.state = State::Sent;
+    } else if inc.state == State::CancelRequested && inc.resume_state == Some(State::Queued) {
+        inc.resume_state = Some(State::Sent);
+    }
+}
+
+/// True while the Dispatch still has to reach Loomis.
+pub fn dispatch_pending(inc: &Incident) -> bool {
+    inc.state == State::Queued
+        || (inc.state == State::CancelRequested && inc.resume_state == Some(State::Queued))
 }
 
 fn ignore(
@@ -482,9 +495,7 @@ fn apply_loomis(inc: &mut Incident, msg: InboundMessage, via: Via, now: Timestam
             if code.eq_ignore_ascii_case("Duplicate") && inc.dispatch_uncertain {
                 // Our own retry after an unknown outcome: Loomis has the incident.
                 // Keep waiting for the ACK of the first attempt.
-                if inc.state == State::Queued {
-                    inc.state = State::Sent;
-                }
+                mark_sent(inc);
                 inc.record(now, Direction::FromLoomis, kind, EntryOutcome::Note, format!("Duplicate answer to our own retry (via {via_text}): Loomis has the incident; waiting for its ACK"), raw);
                 return t;
             }

@@ -302,6 +302,14 @@ impl Store {
             .updates_between(integration, after, upto, limit)
     }
 
+    /// One durable update.
+    pub fn update(&self, integration: &str, sequence: u64) -> Result<Option<Update>, StoreError> {
+        Ok(self
+            .updates_after(integration, sequence.saturating_sub(1), 1)?
+            .into_iter()
+            .find(|u| u.sequence == sequence))
+    }
+
     /// Follows the last durable update sequence of `integration`.
     pub fn watch_sequence(&self, integration: &str) -> watch::Receiver<u64> {
         self.watermarks.subscribe(integration)

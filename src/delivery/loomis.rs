@@ -1,0 +1,277 @@
+//! Delivery of Dispatch and customer Cancel to Loomis, one attempt at a time, with the
+//! contract's retry classes. An ACK or NAK in the response body is applied as if it had
+//! come by callback.
+
+use super::scheduler::{Runner, Verdict};
+use super::{post, AttemptError, RetryPolicy};
+use crate::config::Auth;
+use crate::gateway::{Gateway, JobAction};
+use crate::incident::machine::{self, Event, Via};
+use crate::incident::{Incident, State};
+use crate::loomis::message::{format_utc, CustomerCancel, InboundKind, InboundMessage};
+use crate::store::records::{Job, JobKind};
+use futures::future::BoxFuture;
+use jiff::Timestamp;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Sends jobs of target Loomis.
+pub struct LoomisRunner {
+    pub gateway: Gateway,
+    pub client: reqwest::Client,
+    pub url: Arc<Mutex<reqwest::Url>>,
+    pub auth: Auth,
+    pub timeout: Duration,
+    pub policy: RetryPolicy,
+    pub concurrency: usize,
+    /// Dispatch jobs found in the outbox at start-up: an attempt may have been in flight
+    /// when the gateway stopped, so Loomis may already have them.
+    pub recovered: Mutex<HashSet<u64>>,
+}
+
+/// Builds the HTTP client for Loomis: pooled connections, closed when idle for less
+/// than common server keep-alives, and bounded connect time.
+pub fn client(connect_timeout: Duration, pool_idle: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(connect_timeout)
+        .pool_idle_timeout(pool_idle)
+        .pool_max_idle_per_host(256)
+        .user_agent(concat!("safepoint-gateway/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .expect("reqwest client with rustls")
+}
+
+impl Runner for LoomisRunner {
+    fn run(&self, job: Job) -> BoxFuture<'static, Verdict> {
+        let this = Attempt {
+            gateway: self.gateway.clone(),
+            client: self.client.clone(),
+            url: self.url.lock().expect("url lock").clone(),
+            auth: self.auth.clone(),
+            timeout: self.timeout,
+            policy: self.policy.clone(),
+            recovered: self
+                .recovered
+                .lock()
+                .expect("recovered lock")
+                .remove(&job.id),
+        };
+        Box::pin(this.run(job))
+    }
+
+    fn group(&self, _job: &Job) -> String {
+        "loomis".into()
+    }
+
+    fn limit(&self, _group: &str) -> usize {
+        self.concurrency
+    }
+}
+
+struct Attempt {
+    gateway: Gateway,
+    client: reqwest::Client,
+    url: reqwest::Url,
+    auth: Auth,
+    timeout: Duration,
+    policy: RetryPolicy,
+    recovered: bool,
+}
+
+/// Settles with a short retry if the store itself fails, so no outcome is lost.
+async fn settle(gateway: &Gateway, job: &Job, events: Vec<Event>, action: JobAction) -> Verdict {
+    let done = !matches!(action, JobAction::Reschedule(_));
+    match gateway
+        .settle(job.incident.clone(), events, action.clone())
+        .await
+    {
+        Ok(_) if done => Verdict::Done,
+        Ok(_) => match action {
+            JobAction::Reschedule(j) => Verdict::Retry(j),
+            _ => Verdict::Done,
+        },
+        Err(e) => {
+            tracing::error!(error = %e, job = job.id, "cannot settle delivery; will try again");
+            let mut j = job.clone();
+            j.next_attempt_at = Timestamp::now() + Duration::from_secs(1);
+            Verdict::Retry(j)
+        }
+    }
+}
+
+/// Whether a message in a response body is about this incident.
+fn body_message(body: &[u8], inc: &Incident) -> Option<InboundMessage> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return None;
+    }
+    match InboundMessage::parse(body) {
+        Ok(m)
+            if m.incident_reference == inc.reference
+                && m.customer_number == inc.customer_number =>
+        {
+            Some(m)
+        }
+        Ok(m) => {
+            tracing::warn!(integration = %inc.integration, reference = %inc.reference, other = %m.incident_reference,
+                "response body names another incident; ignored");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+impl Attempt {
+    async fn run(self, job: Job) -> Verdict {
+        let inc = match self
+            .gateway
+            .get(&job.incident.integration, &job.incident.reference)
+        {
+            Ok(Some(i)) => i,
+            Ok(None) => {
+                return settle(&self.gateway, &job, vec![], JobAction::Remove(job.id)).await
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read incident for delivery");
+                let mut j = job.clone();
+                j.next_attempt_at = Timestamp::now() + Duration::from_secs(1);
+                return Verdict::Retry(j);
+            }
+        };
+        let span = tracing::info_span!("deliver", integration = %inc.integration, reference = %inc.reference,
+            incident_id = inc.incident_id.as_deref().unwrap_or(""), kind = ?job.kind, attempt = job.attempts + 1);
+        let _g = span.enter();
+        let body = match &job.kind {
+            JobKind::Dispatch => {
+                if !machine::dispatch_pending(&inc) {
+                    // Loomis has it already (answered, or a Duplicate to our retry), or
+                    // the incident ended: nothing left to send.
+                    return settle(&self.gateway, &job, vec![], JobAction::Remove(job.id)).await;
+                }
+                serde_json::to_vec(&inc.dispatch)
+            }
+            JobKind::Cancel => {
+                let Some(id) = inc
+                    .incident_id
+                    .clone()
+                    .filter(|_| inc.state == State::CancelRequested)
+                else {
+                    return settle(&self.gateway, &job, vec![], JobAction::Remove(job.id)).await;
+                };
+                serde_json::to_vec(&CustomerCancel {
+                    message_type: "Cancel".into(),
+                    customer_number: inc.customer_number.clone(),
+                    incident_id: id,
+                    incident_reference: inc.reference.clone(),
+                    response_text: inc.cancel_reason.clone().unwrap_or_default(),
+                    date_time: format_utc(Timestamp::now()),
+                })
+            }
+            JobKind::PostUpdate { .. } => {
+                tracing::error!("tool job in the Loomis outbox; dropped");
+                return settle(&self.gateway, &job, vec![], JobAction::Remove(job.id)).await;
+            }
+        }
+        .expect("messages serialize");
+        let is_dispatch = job.kind == JobKind::Dispatch;
+        let mut events = Vec::new();
+        if is_dispatch && self.recovered && !inc.dispatch_uncertain {
+            events.push(Event::DispatchUncertain {
+                detail: "the gateway stopped while this Dispatch may have been in flight".into(),
+            });
+        }
+        let started = std::time::Instant::now();
+        let result = post(
+            &self.client,
+            &self.url,
+            &self.auth,
+            "application/json",
+            body,
+            self.timeout,
+        )
+        .await;
+        let kind = if is_dispatch { "dispatch" } else { "cancel" };
+        metrics::histogram!("gateway_loomis_request_seconds", "kind" => kind)
+            .record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(answer) => {
+                metrics::counter!("gateway_loomis_requests_total", "kind" => kind, "result" => "ok").increment(1);
+                let msg = body_message(&answer.body, &inc);
+                if is_dispatch {
+                    events.push(Event::DispatchDelivered {
+                        status: answer.status,
+                    });
+                    if let Some(m) =
+                        msg.filter(|m| matches!(m.kind, InboundKind::Ack | InboundKind::Nak))
+                    {
+                        events.push(Event::Loomis {
+                            msg: m,
+                            via: Via::ResponseBody,
+                        });
+                    }
+                } else {
+                    if let Some(m) = msg {
+                        events.push(Event::Loomis {
+                            msg: m,
+                            via: Via::ResponseBody,
+                        });
+                    }
+                    events.push(Event::CancelDelivered {
+                        status: answer.status,
+                    });
+                }
+                tracing::info!(status = answer.status, "delivered to Loomis");
+                settle(&self.gateway, &job, events, JobAction::Remove(job.id)).await
+            }
+            Err(AttemptError::Permanent { status, body }) => {
+                metrics::counter!("gateway_loomis_requests_total", "kind" => kind, "result" => "refused").increment(1);
+                tracing::warn!(status, body = %body, "Loomis refused the message; not retried");
+                // A NAK may come as the body of a 4xx: apply it as the NAK it is.
+                if let Some(m) = body_message(body.as_bytes(), &inc)
+                    .filter(|m| m.kind == InboundKind::Nak && is_dispatch)
+                {
+                    events.push(Event::Loomis {
+                        msg: m,
+                        via: Via::ResponseBody,
+                    });
+                } else if is_dispatch {
+                    events.push(Event::DispatchRejected { status, body });
+                } else {
+                    events.push(Event::CancelRejected { status, body });
+                }
+                settle(&self.gateway, &job, events, JobAction::Remove(job.id)).await
+            }
+            Err(AttemptError::Retryable {
+                detail,
+                retry_after,
+                uncertain,
+            }) => {
+                metrics::counter!("gateway_loomis_requests_total", "kind" => kind, "result" => "retry").increment(1);
+                let now = Timestamp::now();
+                let attempts = job.attempts + 1;
+                if self.policy.exhausted(job.created_at, attempts, now) {
+                    tracing::error!(detail = %detail, attempts, "delivery to Loomis gave up");
+                    let detail = format!("gave up after {attempts} attempts: {detail}");
+                    events.push(if is_dispatch {
+                        Event::DispatchExpired { detail }
+                    } else {
+                        Event::CancelExpired { detail }
+                    });
+                    return settle(&self.gateway, &job, events, JobAction::Remove(job.id)).await;
+                }
+                if is_dispatch && uncertain && !inc.dispatch_uncertain {
+                    events.push(Event::DispatchUncertain {
+                        detail: detail.clone(),
+                    });
+                }
+                let delay = self.policy.delay(attempts, retry_after, &mut rand::rng());
+                let mut next = job.clone();
+                next.attempts = attempts;
+                next.next_attempt_at = now + delay;
+                next.last_error = Some(detail.clone());
+                tracing::warn!(detail = %detail, attempts, retry_in_ms = delay.as_millis() as u64, "delivery to Loomis failed; will retry");
+                settle(&self.gateway, &job, events, JobAction::Reschedule(next)).await
+            }
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! Reliable delivery: the one retry engine for every outbound message (Dispatch and
+//! Cancel to Loomis, update posts to legacy tools).
+//!
+//! Jobs live in the store's outbox. A [`scheduler::Scheduler`] per target keeps them in
+//! lanes (one lane per incident and target, delivered strictly in order, one at a time),
+//! honours each job's persisted next-attempt time, bounds concurrency per group, and
+//! hands due jobs to a [`scheduler::Runner`] ([`loomis::LoomisRunner`],
+//! [`tool::ToolRunner`]) that makes one attempt and settles the outcome in the store.
+
+pub mod loomis;
+pub mod scheduler;
+pub mod tool;
+
+use crate::config::{Auth, RetrySpec};
+use jiff::{SignedDuration, Timestamp};
+use rand::Rng;
+use std::time::Duration;
+
+/// How an attempt ended, as the retry rules see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptError {
+    /// Worth retrying (408, 429, 5xx, timeouts, connection errors). `uncertain` means
+    /// the receiver may have processed the request.
+    Retryable {
+        detail: String,
+        retry_after: Option<Duration>,
+        uncertain: bool,
+    },
+    /// Not worth retrying (other 4xx): the receiver refused it.
+    Permanent { status: u16, body: String },
+}
+
+/// The retry policy: exponential backoff with equal jitter, `Retry-After` honoured, and
+/// an age (and optional attempt) limit.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub initial: Duration,
+    pub max: Duration,
+    pub max_age: Duration,
+    pub max_attempts: u32,
+}
+
+impl From<&RetrySpec> for RetryPolicy {
+    fn from(s: &RetrySpec) -> Self {
+        RetryPolicy {
+            initial: Duration::from_millis(s.initial_ms),
+            max: Duration::from_millis(s.max_ms),
+            max_age: Duration::from_secs(s.max_age_secs),
+            max_attempts: s.max_attempts,
+        }
+    }
+}
+
+/// The longest `Retry-After` we honour; a larger one is capped so a confused receiver
+/// cannot park a job for days.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+impl RetryPolicy {
+    /// The delay before attempt `attempts + 1`, given `attempts` failures so far.
+    pub fn delay(
+        &self,
+        attempts: u32,
+        retry_after: Option<Duration>,
+        rng: &mut impl Rng,
+    ) -> Duration {
+        let exp = self
+            .initial
+            .saturating_mul(1u32 << attempts.saturating_sub(1).min(20));
+        let capped = exp.min(self.max);
+        // Equal jitter: half fixed, half random, so retries spread but never collapse to 0.
+        let half = capped / 2;
+        let jitter = Duration::from_micros(rng.random_range(0..=half.as_micros() as u64));
+        let backoff = half + jitter;
+        match retry_after {
+            Some(ra) => backoff.max(ra.min(MAX_RETRY_AFTER)),
+            None => backoff,
+        }
+    }
+
+    /// True when a job queued at `created_at` with `attempts` failures should give up.
+    pub fn exhausted(&self, created_at: Timestamp, attempts: u32, now: Timestamp) -> bool {
+        let age = now.duration_since(created_at);
+        age >= SignedDuration::try_from(self.max_age).unwrap_or(SignedDuration::MAX)
+            || (self.max_attempts > 0 && attempts >= self.max_attempts)
+    }
+}
+
+/// Parses `Retry-After`: delta-seconds or an HTTP-date.
+pub fn parse_retry_after(value: &str, now: Timestamp) -> Option<Duration> {
+    let v = value.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = jiff::fmt::rfc2822::parse(v).ok()?.timestamp();
+    let d = when.duration_since(now);
+    Some(Duration::try_from(d).unwrap_or(Duration::ZERO))
+}
+
+/// Adds the configured credentials to a request.
+pub fn with_auth(req: reqwest::RequestBuilder, auth: &Auth) -> reqwest::RequestBuilder {
+    match auth {
+        Auth::None => req,
+        Auth::Bearer(t) => req.bearer_auth(t.expose()),
+        Auth::Basic { username, password } => req.basic_auth(username, Some(password.expose())),
+        Auth::Header { name, value } => req.header(name.clone(), value.expose()),
+    }
+}
+
+/// The most of a response body we read (Loomis answers are small JSON).
+pub const MAX_RESPONSE_BYTES: usize = 64 << 10;
+
+/// A completed HTTP exchange.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Vec<u8>,
+    pub retry_after: Option<Duration>,
+}
+
+/// POSTs `body` and classifies the result by the retry rules of the contract.
+pub async fn post(
+    client: &reqwest::Client,
+    url: &reqwest::Url,
+    auth: &Auth,
+    content_type: &'static str,
+    body: Vec<u8>,
+    timeout: Duration,
+) -> Result<Answer, AttemptError> {
+    let req = with_auth(client.post(url.clone()), auth)
+        .header(http::header::CONTENT_TYPE, content_type)
+        .timeout(timeout)
+        .body(body);
+    let mut resp = match req.send().await {
+        Ok(r) => r,
+        Err(e) => {
+            // A connect failure means the request never left; anything later may have
+            // been processed.
+            let uncertain = !e.is_connect();
+            return Err(AttemptError::Retryable {
+                detail: describe(&e),
+                retry_after: None,
+                uncertain,
+            });
+        }
+    };
+    let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, Timestamp::now()));
+    let mut body = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = MAX_RESPONSE_BYTES.saturating_sub(body.len());
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                if body.len() >= MAX_RESPONSE_BYTES {
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(e) if (200..300).contains(&status) => {
+                // The receiver answered 2xx: it has the message even if the body broke.
+                tracing::warn!(error = %describe(&e), "response body cut short after 2xx");
+                break;
+            }
+            Err(e) => {
+                return Err(AttemptError::Retryable {
+                    detail: describe(&e),
+                    retry_after,
+                    uncertain: true,
+                });
+            }
+        }
+    }
+    let answer = Answer {
+        status,
+        body,
+        retry_after,
+    };
+    match status {
+        200..=299 => Ok(answer),
+        408 | 429 | 500..=599 => Err(AttemptError::Retryable {
+            detail: format!("HTTP {status}: {}", snippet(&answer.body)),
+            retry_after,
+            // 429 and 503 say "not now"; other 5xx may have half-processed the request.
+            uncertain: !matches!(status, 429 | 503),
+        }),
+        _ => Err(AttemptError::Permanent {
+            status,
+            body: snippet(&answer.body),
+        }),
+    }
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timed out".into()
+    } else if e.is_connect() {
+        "connection failed".into()
+    } else {
+        let mut s = e.to_string();
+        let mut src = std::error::Error::source(e);
+        while let Some(inner) = src {
+            s.push_str(": ");
+            s.push_str(&inner.to_string());
+            src = inner.source();
+        }
+        s
+    }
+}
+
+/// The first 512 characters of a body, for timelines and logs.
+pub fn snippet(body: &[u8]) -> String {
+    let s = String::from_utf8_lossy(body);
+    let mut out: String = s.chars().take(512).collect();
+    if s.chars().count() > 512 {
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            initial: Duration::from_millis(500),
+            max: Duration::from_secs(300),
+            max_age: Duration::from_secs(86400),
+            max_attempts: 0,
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_caps() {
+        let p = policy();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for attempts in 1..30u32 {
+            let base = Duration::from_millis(500)
+                .saturating_mul(1 << (attempts - 1).min(20))
+                .min(p.max);
+            for _ in 0..50 {
+                let d = p.delay(attempts, None, &mut rng);
+                assert!(
+                    d >= base / 2 && d <= base,
+                    "attempt {attempts}: {d:?} vs {base:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn retry_after_is_honoured_and_capped() {
+        let p = policy();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        assert!(p.delay(1, Some(Duration::from_secs(30)), &mut rng) >= Duration::from_secs(30));
+        assert_eq!(
+            p.delay(1, Some(Duration::from_secs(86400)), &mut rng),
+            MAX_RETRY_AFTER
+        );
+        let now: Timestamp = "2015-10-21T07:27:00Z".parse().unwrap();
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn exhausted_by_age_or_attempts() {
+        let mut p = policy();
+        let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        assert!(!p.exhausted(t0, 100, t0 + SignedDuration::from_hours(23)));
+        assert!(p.exhausted(t0, 1, t0 + SignedDuration::from_hours(24)));
+        p.max_attempts = 3;
+        assert!(p.exhausted(t0, 3, t0));
+    }
+}

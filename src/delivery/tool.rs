@@ -1,0 +1,157 @@
+//! Posting updates back to legacy tools as XML, in sequence order per incident, retried
+//! like Loomis deliveries and dead-lettered after the limit (an operator can list and
+//! replay dead letters). A slow or failing tool holds only its own concurrency slots.
+
+use super::scheduler::{Runner, Verdict};
+use super::{post, AttemptError, RetryPolicy};
+use crate::config::Delivery;
+use crate::gateway::{Gateway, JobAction};
+use crate::incident::Update;
+use crate::store::records::{Job, JobKind};
+use futures::future::BoxFuture;
+use jiff::Timestamp;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Renders an update as the XML document the integration's tool expects.
+pub type Renderer = Arc<dyn Fn(&Update) -> Result<Vec<u8>, String> + Send + Sync>;
+
+/// One integration's delivery settings with its renderer.
+#[derive(Clone)]
+pub struct ToolTarget {
+    pub delivery: Delivery,
+    pub policy: RetryPolicy,
+    pub render: Renderer,
+}
+
+/// Sends jobs of target Tool.
+pub struct ToolRunner {
+    pub gateway: Gateway,
+    pub client: reqwest::Client,
+    pub targets: Arc<HashMap<String, ToolTarget>>,
+}
+
+impl Runner for ToolRunner {
+    fn run(&self, job: Job) -> BoxFuture<'static, Verdict> {
+        let gateway = self.gateway.clone();
+        let client = self.client.clone();
+        let target = self.targets.get(&job.incident.integration).cloned();
+        Box::pin(attempt(gateway, client, target, job))
+    }
+
+    fn group(&self, job: &Job) -> String {
+        job.incident.integration.clone()
+    }
+
+    fn limit(&self, group: &str) -> usize {
+        self.targets
+            .get(group)
+            .map(|t| t.delivery.concurrency)
+            .unwrap_or(1)
+    }
+}
+
+async fn settle(gateway: &Gateway, job: &Job, action: JobAction) -> Verdict {
+    let retry = match &action {
+        JobAction::Reschedule(j) => Some(j.clone()),
+        _ => None,
+    };
+    match gateway.settle(job.incident.clone(), vec![], action).await {
+        Ok(_) => match retry {
+            Some(j) => Verdict::Retry(j),
+            None => Verdict::Done,
+        },
+        Err(e) => {
+            tracing::error!(error = %e, job = job.id, "cannot settle tool delivery; will try again");
+            let mut j = job.clone();
+            j.next_attempt_at = Timestamp::now() + Duration::from_secs(1);
+            Verdict::Retry(j)
+        }
+    }
+}
+
+async fn attempt(
+    gateway: Gateway,
+    client: reqwest::Client,
+    target: Option<ToolTarget>,
+    job: Job,
+) -> Verdict {
+    let integration = job.incident.integration.clone();
+    let span = tracing::info_span!("post_update", integration = %integration, reference = %job.incident.reference, attempt = job.attempts + 1);
+    let _g = span.enter();
+    let JobKind::PostUpdate { sequence } = job.kind else {
+        tracing::error!("Loomis job in the tool outbox; dropped");
+        return settle(&gateway, &job, JobAction::Remove(job.id)).await;
+    };
+    let Some(target) = target else {
+        let reason = format!("integration {integration:?} has no delivery configured any more");
+        return settle(&gateway, &job, JobAction::DeadLetter(job.clone(), reason)).await;
+    };
+    let update = match gateway.store().update(&integration, sequence) {
+        Ok(Some(u)) => u,
+        Ok(None) => {
+            let reason = format!("update {sequence} of {integration} is no longer stored");
+            return settle(&gateway, &job, JobAction::DeadLetter(job.clone(), reason)).await;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read update");
+            let mut j = job.clone();
+            j.next_attempt_at = Timestamp::now() + Duration::from_secs(1);
+            return Verdict::Retry(j);
+        }
+    };
+    let body = match (target.render)(&update) {
+        Ok(b) => b,
+        Err(e) => {
+            let reason = format!("outbound mapping cannot render update {sequence}: {e}");
+            tracing::error!(reason = %reason, "dead-lettered");
+            return settle(&gateway, &job, JobAction::DeadLetter(job.clone(), reason)).await;
+        }
+    };
+    let d = &target.delivery;
+    match post(
+        &client,
+        &d.url,
+        &d.auth,
+        "application/xml; charset=utf-8",
+        body,
+        d.timeout,
+    )
+    .await
+    {
+        Ok(answer) => {
+            metrics::counter!("gateway_tool_posts_total", "integration" => integration.clone(), "result" => "ok").increment(1);
+            tracing::debug!(status = answer.status, sequence, "update posted");
+            settle(&gateway, &job, JobAction::Remove(job.id)).await
+        }
+        Err(AttemptError::Permanent { status, body }) => {
+            metrics::counter!("gateway_tool_posts_total", "integration" => integration.clone(), "result" => "dead").increment(1);
+            let reason = format!("tool refused update {sequence}: HTTP {status}: {body}");
+            tracing::warn!(reason = %reason, "dead-lettered");
+            settle(&gateway, &job, JobAction::DeadLetter(job.clone(), reason)).await
+        }
+        Err(AttemptError::Retryable {
+            detail,
+            retry_after,
+            ..
+        }) => {
+            let now = Timestamp::now();
+            let attempts = job.attempts + 1;
+            if target.policy.exhausted(job.created_at, attempts, now) {
+                metrics::counter!("gateway_tool_posts_total", "integration" => integration.clone(), "result" => "dead").increment(1);
+                let reason = format!("gave up after {attempts} attempts: {detail}");
+                tracing::warn!(reason = %reason, "dead-lettered");
+                return settle(&gateway, &job, JobAction::DeadLetter(job.clone(), reason)).await;
+            }
+            metrics::counter!("gateway_tool_posts_total", "integration" => integration.clone(), "result" => "retry").increment(1);
+            let delay = target.policy.delay(attempts, retry_after, &mut rand::rng());
+            let mut next = job.clone();
+            next.attempts = attempts;
+            next.next_attempt_at = now + delay;
+            next.last_error = Some(detail.clone());
+            tracing::warn!(detail = %detail, attempts, retry_in_ms = delay.as_millis() as u64, "update post failed; will retry");
+            settle(&gateway, &job, JobAction::Reschedule(next)).await
+        }
+    }
+}

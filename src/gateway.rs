@@ -1,0 +1,431 @@
+//! The gateway's core API, used by every front door (XML, gRPC, the Loomis callback
+//! route) and by the delivery workers. Each call is one store transaction: the state
+//! change, its timeline entry, its updates (with their sequence numbers), and the jobs it
+//! implies are written together and acknowledged only once flushed.
+
+use crate::incident::machine::{self, Event, Outcome, Via};
+use crate::incident::{Incident, IncidentKey, State};
+use crate::loomis::message::{Dispatch, InboundMessage};
+use crate::store::records::{DeadLetter, Job, JobKind, Orphan, Target};
+use crate::store::{Store, StoreError, Tx};
+use jiff::Timestamp;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// What the core needs to know of an integration.
+#[derive(Debug, Clone)]
+pub struct IntegrationInfo {
+    pub name: String,
+    pub customer_number: String,
+    /// Updates are posted back to the tool (`[integrations.delivery]`).
+    pub delivers: bool,
+}
+
+/// Why a submission was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("unknown integration {0:?}")]
+    UnknownIntegration(String),
+    #[error("incident {reference:?} exists with different content in: {}", fields.join(", "))]
+    Conflict {
+        reference: String,
+        fields: Vec<String>,
+        existing: Box<Incident>,
+    },
+    #[error("reference {reference:?} of customer {customer} is already used by integration {other:?}; Loomis could not tell the two apart")]
+    ReferenceTaken {
+        reference: String,
+        customer: String,
+        other: String,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why a customer cancel was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    #[error("no incident {0:?}")]
+    NotFound(String),
+    #[error("incident is already {0}")]
+    AlreadyTerminal(State, Box<Incident>),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why a Loomis message was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum MessageError {
+    #[error("no incident for CustomerNumber {customer:?} and IncidentReference {reference:?}; kept as orphan {orphan_id}")]
+    Unknown {
+        customer: String,
+        reference: String,
+        orphan_id: u64,
+    },
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The result of a submission.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    /// False when the same reference with the same content came again.
+    pub created: bool,
+    pub incident: Incident,
+}
+
+/// What a delivery worker wants done with its job in the same transaction as the events.
+#[derive(Debug, Clone)]
+pub enum JobAction {
+    /// Delivered or settled: remove it from the outbox.
+    Remove(u64),
+    /// Keep it, with its new attempt count and next attempt time.
+    Reschedule(Job),
+    /// Give up: move it to the dead letters with this reason.
+    DeadLetter(Job, String),
+}
+
+/// The gateway core. Cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    store: Store,
+    integrations: Arc<HashMap<String, IntegrationInfo>>,
+}
+
+impl Gateway {
+    pub fn new(store: Store, integrations: Vec<IntegrationInfo>) -> Self {
+        let integrations = integrations
+            .into_iter()
+            .map(|i| (i.name.clone(), i))
+            .collect();
+        Gateway {
+            store,
+            integrations: Arc::new(integrations),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn integration(&self, name: &str) -> Option<&IntegrationInfo> {
+        self.integrations.get(name)
+    }
+
+    /// Accepts a mapped, validated Dispatch for `integration` (its CustomerNumber is
+    /// already the integration's). Idempotent by reference.
+    pub async fn submit(
+        &self,
+        integration: &str,
+        dispatch: Dispatch,
+    ) -> Result<Submission, SubmitError> {
+        if !self.integrations.contains_key(integration) {
+            return Err(SubmitError::UnknownIntegration(integration.to_string()));
+        }
+        let integration = integration.to_string();
+        let result = self
+            .store
+            .write(move |tx| {
+                let now = Timestamp::now();
+                let key = IncidentKey::new(&integration, &dispatch.incident_reference);
+                if let Some(existing) = tx.incident(&key)? {
+                    let fields = differing_fields(&existing.dispatch, &dispatch);
+                    return Ok(if fields.is_empty() {
+                        Ok(Submission {
+                            created: false,
+                            incident: existing,
+                        })
+                    } else {
+                        Err(SubmitError::Conflict {
+                            reference: key.reference.clone(),
+                            fields,
+                            existing: Box::new(existing),
+                        })
+                    });
+                }
+                if let Some(other) =
+                    tx.by_reference(&dispatch.customer_number, &dispatch.incident_reference)?
+                {
+                    return Ok(Err(SubmitError::ReferenceTaken {
+                        reference: key.reference.clone(),
+                        customer: dispatch.customer_number.clone(),
+                        other: other.integration,
+                    }));
+                }
+                let incident = Incident::new(&integration, dispatch.clone(), now);
+                tx.put_incident(&incident)?;
+                tx.put_reference(&incident.customer_number, &incident.reference, &key)?;
+                enqueue(tx, Target::Loomis, JobKind::Dispatch, key, now)?;
+                Ok(Ok(Submission {
+                    created: true,
+                    incident,
+                }))
+            })
+            .await??;
+        if result.created {
+            metrics::counter!("gateway_incidents_created_total", "integration" => result.incident.integration.clone()).increment(1);
+            tracing::info!(integration = %result.incident.integration, reference = %result.incident.reference, "incident queued for Loomis");
+        }
+        Ok(result)
+    }
+
+    /// The customer cancels. Before the ACK the Cancel waits durably for the IncidentId.
+    pub async fn cancel(
+        &self,
+        integration: &str,
+        reference: &str,
+        reason: String,
+    ) -> Result<Incident, CancelError> {
+        let key = IncidentKey::new(integration, reference);
+        let delivers = self.delivers(integration);
+        self.store
+            .write(move |tx| {
+                let now = Timestamp::now();
+                let Some(mut inc) = tx.incident(&key)? else {
+                    return Ok(Err(CancelError::NotFound(key.reference.clone())));
+                };
+                let t = machine::apply(
+                    &mut inc,
+                    Event::CustomerCancel {
+                        reason: reason.clone(),
+                    },
+                    now,
+                );
+                match t.outcome {
+                    Outcome::AlreadyTerminal(s) => {
+                        return Ok(Err(CancelError::AlreadyTerminal(s, Box::new(inc))))
+                    }
+                    Outcome::Duplicate => return Ok(Ok(inc)),
+                    _ => {}
+                }
+                persist(tx, &mut inc, &t, delivers, now)?;
+                Ok(Ok(inc))
+            })
+            .await?
+    }
+
+    /// The incident as last committed.
+    pub fn get(&self, integration: &str, reference: &str) -> Result<Option<Incident>, StoreError> {
+        self.store
+            .incident(&IncidentKey::new(integration, reference))
+    }
+
+    /// Applies a message from Loomis (callback or response body), correlated by
+    /// CustomerNumber + IncidentReference. Unknown incidents are kept as orphans.
+    pub async fn loomis_message(
+        &self,
+        msg: InboundMessage,
+        via: Via,
+    ) -> Result<(Outcome, Incident), MessageError> {
+        let integrations = self.integrations.clone();
+        let kind = msg.kind;
+        let res = self
+            .store
+            .write(move |tx| {
+                let now = Timestamp::now();
+                let key = match tx.by_reference(&msg.customer_number, &msg.incident_reference)? {
+                    Some(k) => k,
+                    None => {
+                        let id = tx.next_id()?;
+                        tx.put_orphan(&Orphan {
+                            id,
+                            received_at: now,
+                            reason: "no incident with this CustomerNumber and IncidentReference"
+                                .into(),
+                            message: serde_json::Value::Object(msg.raw.clone()),
+                        })?;
+                        return Ok(Err(MessageError::Unknown {
+                            customer: msg.customer_number.clone(),
+                            reference: msg.incident_reference.clone(),
+                            orphan_id: id,
+                        }));
+                    }
+                };
+                let Some(mut inc) = tx.incident(&key)? else {
+                    return Err(StoreError::Corrupt(format!(
+                        "reference index points at missing incident {key}"
+                    )));
+                };
+                let delivers = integrations
+                    .get(&key.integration)
+                    .is_some_and(|i| i.delivers);
+                let t = machine::apply(
+                    &mut inc,
+                    Event::Loomis {
+                        msg: msg.clone(),
+                        via,
+                    },
+                    now,
+                );
+                persist(tx, &mut inc, &t, delivers, now)?;
+                Ok(match t.outcome {
+                    Outcome::Conflict(why) => Err(MessageError::Conflict(why)),
+                    o => Ok((o, inc)),
+                })
+            })
+            .await??;
+        let (outcome, inc) = &res;
+        metrics::counter!("gateway_loomis_messages_total", "kind" => kind.as_str(), "outcome" => outcome_label(outcome)).increment(1);
+        tracing::info!(integration = %inc.integration, reference = %inc.reference, incident_id = inc.incident_id.as_deref().unwrap_or(""),
+            kind = kind.as_str(), outcome = outcome_label(outcome), state = %inc.state, "Loomis message");
+        Ok(res)
+    }
+
+    /// Applies delivery `events` to the incident and settles the job, atomically.
+    pub async fn settle(
+        &self,
+        key: IncidentKey,
+        events: Vec<Event>,
+        job: JobAction,
+    ) -> Result<Option<Incident>, StoreError> {
+        let delivers = self.delivers(&key.integration);
+        self.store
+            .write(move |tx| {
+                let now = Timestamp::now();
+                settle_job(tx, &job, now)?;
+                if events.is_empty() {
+                    return Ok(None);
+                }
+                let Some(mut inc) = tx.incident(&key)? else {
+                    return Ok(None);
+                };
+                for ev in events.iter().cloned() {
+                    let t = machine::apply(&mut inc, ev, now);
+                    persist(tx, &mut inc, &t, delivers, now)?;
+                }
+                Ok(Some(inc))
+            })
+            .await
+    }
+
+    /// Moves a dead letter back into the outbox. Returns false if there is no such id.
+    pub async fn replay_dead_letter(&self, id: u64) -> Result<bool, StoreError> {
+        self.store
+            .write(move |tx| {
+                let Some(dl) = tx.dead_letter(id)? else {
+                    return Ok(false);
+                };
+                tx.remove_dead_letter(id)?;
+                let now = Timestamp::now();
+                enqueue(
+                    tx,
+                    dl.job.target,
+                    dl.job.kind.clone(),
+                    dl.job.incident.clone(),
+                    now,
+                )?;
+                Ok(true)
+            })
+            .await
+    }
+
+    fn delivers(&self, integration: &str) -> bool {
+        self.integrations
+            .get(integration)
+            .is_some_and(|i| i.delivers)
+    }
+}
+
+fn settle_job(tx: &Tx<'_>, job: &JobAction, now: Timestamp) -> Result<(), StoreError> {
+    match job {
+        JobAction::Remove(id) => tx.remove_job(*id),
+        JobAction::Reschedule(j) => tx.put_job(j),
+        JobAction::DeadLetter(j, reason) => {
+            tx.remove_job(j.id)?;
+            let id = tx.next_id()?;
+            tx.put_dead_letter(&DeadLetter {
+                id,
+                job: j.clone(),
+                failed_at: now,
+                reason: reason.clone(),
+            })
+        }
+    }
+}
+
+fn enqueue(
+    tx: &Tx<'_>,
+    target: Target,
+    kind: JobKind,
+    incident: IncidentKey,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    let id = tx.next_id()?;
+    tx.enqueue(Job {
+        id,
+        target,
+        kind,
+        incident,
+        attempts: 0,
+        created_at: now,
+        next_attempt_at: now,
+        last_error: None,
+    })
+}
+
+/// Writes what a transition implies: the incident, the IncidentId index, the updates
+/// with their sequence numbers, tool deliveries, and a Cancel toward Loomis.
+fn persist(
+    tx: &Tx<'_>,
+    inc: &mut Incident,
+    t: &machine::Transition,
+    delivers: bool,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    if !t.changed {
+        return Ok(());
+    }
+    let key = inc.key();
+    if t.learned_incident_id {
+        if let Some(id) = &inc.incident_id {
+            tx.put_incident_id(&inc.customer_number, id, &key)?;
+        }
+    }
+    for draft in &t.updates {
+        let seq = tx.next_sequence(&inc.integration)?;
+        let update = inc.update_from(draft, seq, now);
+        tx.append_update(&update)?;
+        if delivers {
+            enqueue(
+                tx,
+                Target::Tool,
+                JobKind::PostUpdate { sequence: seq },
+                key.clone(),
+                now,
+            )?;
+        }
+    }
+    if t.send_cancel {
+        enqueue(tx, Target::Loomis, JobKind::Cancel, key, now)?;
+    }
+    tx.put_incident(inc)
+}
+
+/// The Dispatch fields (by their Loomis names) whose values differ.
+pub fn differing_fields(a: &Dispatch, b: &Dispatch) -> Vec<String> {
+    let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) =
+        (serde_json::to_value(a), serde_json::to_value(b))
+    else {
+        return vec!["(unreadable)".into()];
+    };
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .cloned()
+        .collect()
+}
+
+/// A short label for metrics and logs.
+pub fn outcome_label(o: &Outcome) -> &'static str {
+    match o {
+        Outcome::Applied => "applied",
+        Outcome::Duplicate => "duplicate",
+        Outcome::Ignored(_) => "ignored",
+        Outcome::Conflict(_) => "conflict",
+        Outcome::AlreadyTerminal(_) => "already_terminal",
+    }
+}
