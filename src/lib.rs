@@ -9,3 +9,4 @@ pub mod incident;
 pub mod loomis;
 pub mod mapping;
 pub mod store;
+pub mod http;

@@ -1,0 +1,200 @@
+//! The HTTP listener: routes, the layers every request passes, and the JSON error body
+//! of the Loomis-facing and operator routes. The legacy XML routes live in
+//! [`crate::legacy`] and answer in XML; both are merged here.
+
+use crate::config::{Auth, Secret};
+use crate::gateway::Gateway;
+use crate::loomis::message::FieldProblem;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use serde_json::json;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use subtle::ConstantTimeEq;
+
+/// An error answered as JSON: `{"error":{"code":..,"message":..,"problems":[..]}}`.
+#[derive(Debug)]
+pub struct JsonError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub problems: Vec<FieldProblem>,
+}
+
+impl JsonError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        JsonError { status, code, message: message.into(), problems: Vec::new() }
+    }
+}
+
+impl IntoResponse for JsonError {
+    fn into_response(self) -> Response {
+        let mut body = json!({"error": {"code": self.code, "message": self.message}});
+        if !self.problems.is_empty() {
+            body["error"]["problems"] = json!(self.problems);
+        }
+        let mut resp = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+/// Checks a request's credentials against `auth` in constant time.
+pub fn authorized(headers: &HeaderMap, auth: &Auth) -> bool {
+    let (name, expected) = match auth {
+        Auth::None => return true,
+        Auth::Bearer(t) => (http::header::AUTHORIZATION, format!("Bearer {}", t.expose())),
+        Auth::Basic { username, password } => {
+            let raw = format!("{username}:{}", password.expose());
+            (http::header::AUTHORIZATION, format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw)))
+        }
+        Auth::Header { name, value } => (name.clone(), value.expose().to_string()),
+    };
+    let Some(got) = headers.get(&name) else { return false };
+    let got = got.as_bytes();
+    // Accept any case of the scheme word, as RFC 9110 says schemes are case-insensitive.
+    let (g, e) = (got, expected.as_bytes());
+    if g.len() != e.len() {
+        return false;
+    }
+    match g.iter().position(|b| *b == b' ') {
+        Some(sp) if matches!(auth, Auth::Bearer(_) | Auth::Basic { .. }) => {
+            g[..sp].eq_ignore_ascii_case(&e[..sp]) && bool::from(g[sp..].ct_eq(&e[sp..]))
+        }
+        _ => bool::from(g.ct_eq(e)),
+    }
+}
+
+/// A bearer token check for one secret (integration API keys, admin token).
+pub fn bearer_matches(headers: &HeaderMap, secret: &Secret) -> bool {
+    authorized(headers, &Auth::Bearer(secret.clone()))
+}
+
+/// Shared state of the HTTP routes.
+#[derive(Clone)]
+pub struct HttpState {
+    pub gateway: Gateway,
+    pub callback_auth: Auth,
+    pub admin_token: Option<Secret>,
+    /// Set once mappings are loaded and the listeners are up.
+    pub ready: Arc<std::sync::atomic::AtomicBool>,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+}
+
+/// The process-wide Prometheus recorder (installed once, shared by every app instance).
+pub fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: OnceLock<metrics_exporter_prometheus::PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (e.g. in tests); then ours only renders.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// The Loomis-facing, health, metrics and operator routes.
+pub fn routes(state: HttpState, max_callback_bytes: usize) -> Router {
+    Router::new()
+        .route(
+            "/v1/loomis/messages",
+            post(crate::loomis::callback::receive).layer(axum::extract::DefaultBodyLimit::max(max_callback_bytes)),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .route("/v1/admin/dead-letters", get(list_dead_letters))
+        .route("/v1/admin/dead-letters/{id}/replay", post(replay_dead_letter))
+        .route("/v1/admin/orphans", get(list_orphans))
+        .with_state(state)
+}
+
+/// Layers every HTTP request passes: a whole-request deadline (slow senders are cut off)
+/// outermost, then request tracing.
+pub fn layered(router: Router, request_timeout: Duration) -> Router {
+    router.layer(tower_http::trace::TraceLayer::new_for_http()).layer(
+        tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, request_timeout),
+    )
+}
+
+async fn readyz(State(s): State<HttpState>) -> Response {
+    let ready = s.ready.load(std::sync::atomic::Ordering::Relaxed);
+    let store = s.gateway.store().is_healthy();
+    let status = if ready && store { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(json!({"ready": ready, "store": if store {"ok"} else {"failing"}}))).into_response()
+}
+
+async fn metrics_text(State(s): State<HttpState>) -> Response {
+    let stats = s.gateway.store().stats();
+    metrics::gauge!("gateway_store_commits").set(stats.commits.load(std::sync::atomic::Ordering::Relaxed) as f64);
+    ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render()).into_response()
+}
+
+fn admin(s: &HttpState, headers: &HeaderMap) -> Result<(), JsonError> {
+    match &s.admin_token {
+        None => Err(JsonError::new(StatusCode::NOT_FOUND, "AdminDisabled", "admin routes are off: set [admin] token_env")),
+        Some(t) if bearer_matches(headers, t) => Ok(()),
+        Some(_) => Err(JsonError::new(StatusCode::UNAUTHORIZED, "Unauthorized", "admin bearer token missing or wrong")),
+    }
+}
+
+fn unavailable(e: crate::store::StoreError) -> JsonError {
+    tracing::error!(error = %e, "store error");
+    JsonError::new(StatusCode::SERVICE_UNAVAILABLE, "StoreUnavailable", "the store is unavailable; try again")
+}
+
+async fn list_dead_letters(State(s): State<HttpState>, headers: HeaderMap) -> Result<Response, JsonError> {
+    admin(&s, &headers)?;
+    let list = s.gateway.store().dead_letters().map_err(unavailable)?;
+    Ok(Json(json!({"dead_letters": list})).into_response())
+}
+
+async fn replay_dead_letter(State(s): State<HttpState>, headers: HeaderMap, Path(id): Path<u64>) -> Result<Response, JsonError> {
+    admin(&s, &headers)?;
+    if s.gateway.replay_dead_letter(id).await.map_err(unavailable)? {
+        Ok(Json(json!({"replayed": id})).into_response())
+    } else {
+        Err(JsonError::new(StatusCode::NOT_FOUND, "UnknownDeadLetter", format!("no dead letter {id}")))
+    }
+}
+
+async fn list_orphans(State(s): State<HttpState>, headers: HeaderMap) -> Result<Response, JsonError> {
+    admin(&s, &headers)?;
+    let list = s.gateway.store().orphans(1000).map_err(unavailable)?;
+    Ok(Json(json!({"orphans": list})).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(name: &str, v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(http::HeaderName::from_bytes(name.as_bytes()).unwrap(), v.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn auth_checks_each_scheme() {
+        let bearer = Auth::Bearer(Secret::new("tok"));
+        assert!(authorized(&headers("authorization", "Bearer tok"), &bearer));
+        assert!(authorized(&headers("authorization", "bearer tok"), &bearer));
+        assert!(!authorized(&headers("authorization", "Bearer tok2"), &bearer));
+        assert!(!authorized(&HeaderMap::new(), &bearer));
+        let basic = Auth::Basic { username: "u".into(), password: Secret::new("p") };
+        assert!(authorized(&headers("authorization", "Basic dTpw"), &basic));
+        assert!(!authorized(&headers("authorization", "Basic dTpx"), &basic));
+        let hdr = Auth::Header { name: http::HeaderName::from_static("x-key"), value: Secret::new("k") };
+        assert!(authorized(&headers("x-key", "k"), &hdr));
+        assert!(!authorized(&headers("x-key", "K"), &hdr));
+        assert!(authorized(&HeaderMap::new(), &Auth::None));
+    }
+}
