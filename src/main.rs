@@ -1,1 +1,191 @@
-fn main() {}
+//! The `safepoint-gateway` command: `serve`, `simulator`, `mapping check|test`, and the
+//! operator commands for dead letters and orphans. Exit codes: 0 ok, 1 a failure the user
+//! can fix (the message says how), 2 a usage error.
+
+use clap::{Parser, Subcommand};
+use safepoint_gateway::config::Config;
+use safepoint_gateway::loomis::simulator::{Simulator, SimulatorArgs};
+use safepoint_gateway::mapping::check;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "safepoint-gateway", version, about = "Gateway between legacy ITSM tools / internal gRPC services and Loomis SafePoint")]
+struct Cli {
+    /// Log format: text (default) or json.
+    #[arg(long, global = true, value_parser = ["text", "json"])]
+    log_format: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway. Without --config: ./gateway.toml if present, else built-in
+    /// defaults (loopback listeners, ./data, ./mappings, the built-in Loomis simulator).
+    Serve {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Run a stand-alone Loomis simulator.
+    Simulator(SimulatorArgs),
+    /// Validate and try mapping files.
+    #[command(subcommand)]
+    Mapping(MappingCommand),
+    /// List or replay tool deliveries that gave up (asks a running gateway).
+    #[command(subcommand)]
+    DeadLetters(DeadLetterCommand),
+    /// List Loomis messages that matched no incident (asks a running gateway).
+    Orphans(AdminArgs),
+}
+
+#[derive(Subcommand)]
+enum MappingCommand {
+    /// Validate mapping files (a directory means every *.toml in it; default: mappings/)
+    /// and run their golden fixtures. Every error names file, line and column.
+    Check { paths: Vec<PathBuf> },
+    /// Run one mapping on one sample input and print the Loomis JSON it yields (or, with
+    /// --update, the XML posted back for a JSON update), or every problem found.
+    Test {
+        #[arg(long)]
+        mapping: PathBuf,
+        /// A sample XML document (or a JSON object of fields for a gRPC field map).
+        #[arg(long, required_unless_present = "update", conflicts_with = "update")]
+        input: Option<PathBuf>,
+        /// A JSON update (as streamed by WatchUpdates) to render as outbound XML.
+        #[arg(long)]
+        update: Option<PathBuf>,
+        /// CustomerNumber to show in the Dispatch.
+        #[arg(long, default_value = "A123456")]
+        customer_number: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// The gateway's HTTP address.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Environment variable holding the admin token (`[admin] token_env`).
+    #[arg(long, default_value = "GATEWAY_ADMIN_TOKEN")]
+    token_env: String,
+}
+
+#[derive(Subcommand)]
+enum DeadLetterCommand {
+    /// List dead letters as JSON.
+    List(AdminArgs),
+    /// Move a dead letter back into the outbox.
+    Replay {
+        id: u64,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config } => {
+            let config = match Config::locate(config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let json = cli.log_format.as_deref().or(config.log.format.as_deref()) == Some("json");
+            safepoint_gateway::telemetry::init(json, config.log.level.as_deref());
+            tracing::info!(config = %config.origin, "starting safepoint-gateway");
+            run(async move { safepoint_gateway::app::serve(config).await })
+        }
+        Command::Simulator(args) => {
+            safepoint_gateway::telemetry::init(cli.log_format.as_deref() == Some("json"), None);
+            let listen = args.listen;
+            let config = match args.into_config() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("simulator: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            run(async move {
+                let listener = tokio::net::TcpListener::bind(listen).await?;
+                let sim = Simulator::start(config, listener).await?;
+                tracing::info!(url = %sim.incidents_url(), "Loomis simulator listening");
+                tokio::signal::ctrl_c().await?;
+                sim.shutdown().await;
+                Ok(())
+            })
+        }
+        Command::Mapping(MappingCommand::Check { paths }) => {
+            let paths = if paths.is_empty() { vec![PathBuf::from("mappings")] } else { paths };
+            let report = check::check_paths(&paths);
+            print!("{report}");
+            if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Command::Mapping(MappingCommand::Test { mapping, input, update, customer_number }) => {
+            let result = match (input, update) {
+                (Some(input), _) => check::test_dispatch(&mapping, &input, &customer_number),
+                (None, Some(update)) => check::test_update(&mapping, &update),
+                (None, None) => unreachable!("clap requires --input or --update"),
+            };
+            match result {
+                Ok(out) => {
+                    println!("{out}");
+                    ExitCode::SUCCESS
+                }
+                Err(problems) => {
+                    eprintln!("{problems}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::DeadLetters(DeadLetterCommand::List(a)) => admin(&a, reqwest::Method::GET, "/v1/admin/dead-letters"),
+        Command::DeadLetters(DeadLetterCommand::Replay { id, admin: a }) => {
+            admin(&a, reqwest::Method::POST, &format!("/v1/admin/dead-letters/{id}/replay"))
+        }
+        Command::Orphans(a) => admin(&a, reqwest::Method::GET, "/v1/admin/orphans"),
+    }
+}
+
+fn run(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn admin(a: &AdminArgs, method: reqwest::Method, path: &str) -> ExitCode {
+    let Ok(token) = std::env::var(&a.token_env) else {
+        eprintln!("set {} to the gateway's admin token ([admin] token_env in gateway.toml)", a.token_env);
+        return ExitCode::from(1);
+    };
+    let url = format!("{}{path}", a.url.trim_end_matches('/'));
+    run(async move {
+        let resp = reqwest::Client::new().request(method, &url).bearer_auth(token).send().await?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        println!("{text}");
+        if status.is_success() {
+            Ok(())
+        } else {
+            anyhow::bail!("{url}: HTTP {status}")
+        }
+    })
+}
