@@ -2,3 +2,4 @@
 //! callback route that receives them, and a built-in simulator that plays Loomis.
 
 pub mod message;
+pub mod simulator;
