@@ -945,3 +945,48 @@ async fn no_callback_url_drops_and_counts() {
     assert!(sim.wait_for(|s| s.callbacks_undeliverable == 1, WAIT).await);
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_same_seed_replays_the_same_faults() {
+    async fn run(seed: u64) -> Vec<u16> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sim = Simulator::start(
+            SimulatorConfig {
+                seed: Some(seed),
+                outcome: Outcome::None,
+                faults: Faults {
+                    fail_rate: 0.5,
+                    ..Faults::default()
+                },
+                ..fast()
+            },
+            listener,
+        )
+        .await
+        .unwrap();
+        assert_eq!(sim.seed(), seed);
+        let mut statuses = Vec::new();
+        for i in 0..24 {
+            statuses.push(post(&sim, &dispatch(&format!("S{i}"))).await.0);
+        }
+        sim.shutdown().await;
+        statuses
+    }
+    let a = run(7).await;
+    assert_eq!(a, run(7).await);
+    assert!(a.contains(&200) && a.contains(&503), "{a:?}");
+}
+
+#[tokio::test]
+async fn unknown_control_routes_are_not_incidents() {
+    let (sim, _rx) = start(fast()).await;
+    let r = reqwest::Client::new()
+        .post(format!("{}/fault", sim.control_url()))
+        .json(&dispatch("X1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(sim.stats().requests, 0);
+    sim.shutdown().await;
+}

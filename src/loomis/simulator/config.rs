@@ -138,13 +138,21 @@ impl Faults {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FaultsPatch {
+    /// See [`Faults::fail_rate`].
     pub fail_rate: Option<f64>,
+    /// See [`Faults::retry_after_rate`].
     pub retry_after_rate: Option<f64>,
+    /// See [`Faults::retry_after_secs`].
     pub retry_after_secs: Option<u64>,
+    /// See [`Faults::timeout_rate`].
     pub timeout_rate: Option<f64>,
+    /// Down from now for this long; `0` is up again. Absent: the window is untouched.
     pub down_for_ms: Option<u64>,
+    /// See [`Faults::down_mode`].
     pub down_mode: Option<DownMode>,
+    /// See [`Faults::duplicate_callbacks`].
     pub duplicate_callbacks: Option<f64>,
+    /// See [`Faults::reorder_callbacks`]; applies to incidents created afterwards.
     pub reorder_callbacks: Option<bool>,
 }
 

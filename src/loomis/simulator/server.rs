@@ -166,6 +166,16 @@ async fn incident_path(State(sim): State<Arc<Shared>>, req: Request) -> Response
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
     let kill = parts.extensions.get::<ConnKill>().cloned();
+    if path.starts_with("/_sim/") {
+        // A mistyped control route must not be taken for an incident.
+        return Answer::error(
+            StatusCode::NOT_FOUND,
+            "UnknownControlRoute",
+            format!("{path} is not a control route; see /_sim/state, /_sim/faults, /_sim/received"),
+            &[],
+        )
+        .into_response();
+    }
     sim.count(|s| s.requests += 1);
 
     if parts.method != Method::POST {
