@@ -3,3 +3,4 @@
 
 pub mod callback;
 pub mod message;
+pub mod simulator;

@@ -1,0 +1,480 @@
+//! `safepoint-gateway mapping check` and `mapping test`: validate mapping files, run
+//! their golden fixtures, and try one mapping on one sample input.
+//!
+//! This is the only part of the mapping engine that reads files (besides
+//! [`MappingPlan::load`]). Fixture layout, next to the mapping files:
+//!
+//! ```text
+//! mappings/<name>.toml
+//! mappings/fixtures/<name>/<case>.input.xml        XML input (source = "xml")
+//! mappings/fixtures/<name>/<case>.input.json       field map input (source = "fields")
+//! mappings/fixtures/<name>/<case>.expected.json    the whole Loomis Dispatch expected
+//! mappings/fixtures/<name>/<case>.expected-errors.txt   or: every problem, one a line
+//! mappings/fixtures/<name>/<case>.update.json      an update (UpdateView as JSON)
+//! mappings/fixtures/<name>/<case>.expected.xml     the outbound document expected
+//! mappings/fixtures/<name>/<case>.cancel.xml|json  a cancel body (empty file: no body)
+//! mappings/fixtures/<name>/<case>.expected-reason.txt   the cancel reason expected
+//! ```
+//!
+//! `CustomerNumber` in `expected.json` is echoed into the produced Dispatch (the gateway
+//! fills it from `gateway.toml`, not the mapping), so the whole object can be compared.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::xml::{Document, Limits};
+use super::{DispatchFields, MappingPlan, Problem, SourceKind, UpdateView};
+
+/// The outcome of [`check_paths`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckReport {
+    /// Mapping files compiled.
+    pub mappings_checked: usize,
+    /// Fixture cases run.
+    pub fixtures_run: usize,
+    /// Every error, each starting with `file:line:col: `.
+    pub errors: Vec<String>,
+}
+
+impl CheckReport {
+    /// Whether everything passed.
+    pub fn ok(&self) -> bool {
+        self.errors.is_empty()
+    }
+}
+
+impl fmt::Display for CheckReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for e in &self.errors {
+            writeln!(f, "{e}")?;
+        }
+        write!(
+            f,
+            "{} mapping file(s), {} fixture case(s): {}",
+            self.mappings_checked,
+            self.fixtures_run,
+            if self.ok() {
+                "ok".to_string()
+            } else {
+                format!("{} error(s)", self.errors.len())
+            }
+        )
+    }
+}
+
+/// Validates mapping files (a directory means every `*.toml` in it; no paths means
+/// `mappings/`) and runs each mapping's golden fixtures.
+pub fn check_paths(paths: &[PathBuf]) -> CheckReport {
+    let mut report = CheckReport::default();
+    let default = [PathBuf::from("mappings")];
+    let paths = if paths.is_empty() { &default[..] } else { paths };
+    let mut files = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            match std::fs::read_dir(p) {
+                Ok(entries) => {
+                    let mut found: Vec<PathBuf> = entries
+                        .filter_map(Result::ok)
+                        .map(|e| e.path())
+                        .filter(|f| f.is_file() && f.extension().is_some_and(|x| x == "toml"))
+                        .collect();
+                    found.sort();
+                    if found.is_empty() {
+                        report.errors.push(format!("{}:1:1: no *.toml mapping files in this directory", p.display()));
+                    }
+                    files.extend(found);
+                }
+                Err(e) => report.errors.push(format!("{}:1:1: cannot read directory: {e}", p.display())),
+            }
+        } else {
+            files.push(p.clone());
+        }
+    }
+    for file in files {
+        report.mappings_checked += 1;
+        match MappingPlan::load(&file) {
+            Err(errors) => report.errors.extend(errors.errors.iter().map(|e| e.to_string())),
+            Ok(plan) => run_fixtures(&plan, &file, &mut report),
+        }
+    }
+    report
+}
+
+/// Runs one mapping on one sample input (XML, or a JSON object of string fields for a
+/// `source = "fields"` mapping). Returns the pretty Loomis Dispatch JSON, or every
+/// problem (or the mapping's load errors), one a line.
+pub fn test_dispatch(mapping: &Path, input: &Path, customer_number: &str) -> Result<String, String> {
+    let plan = MappingPlan::load(mapping).map_err(|e| e.to_string())?;
+    let bytes = std::fs::read(input).map_err(|e| format!("{}: cannot read: {e}", input.display()))?;
+    match dispatch(&plan, &bytes) {
+        Ok(fields) => Ok(loomis_json_pretty(&fields, customer_number)),
+        Err(lines) => Err(lines.join("\n")),
+    }
+}
+
+/// Renders the outbound XML for an update given as JSON (the fields of [`UpdateView`];
+/// times as RFC 3339 strings).
+pub fn test_update(mapping: &Path, update_json: &Path) -> Result<String, String> {
+    let plan = MappingPlan::load(mapping).map_err(|e| e.to_string())?;
+    let text = std::fs::read_to_string(update_json).map_err(|e| format!("{}: cannot read: {e}", update_json.display()))?;
+    let update = parse_update(&text).map_err(|e| format!("{}: {e}", update_json.display()))?;
+    let xml = plan.render_update(&update).map_err(|e| e.to_string())?;
+    String::from_utf8(xml).map_err(|e| e.to_string())
+}
+
+/// Writes the Dispatch JSON in Loomis document order.
+pub fn loomis_json_pretty(fields: &DispatchFields, customer_number: &str) -> String {
+    let mut pairs: Vec<(&str, &str)> = vec![
+        ("MessageType", "Dispatch"),
+        ("CustomerNumber", customer_number),
+        ("IncidentReference", &fields.incident_reference),
+        ("DeviceId", &fields.device_id),
+        ("ContactName", &fields.contact_name),
+        ("ContactNumber", &fields.contact_number),
+    ];
+    if let Some(e) = &fields.contact_email {
+        pairs.push(("ContactEmail", e));
+    }
+    pairs.push(("Subject", &fields.subject));
+    pairs.push(("Description", &fields.description));
+    if let Some(f) = &fields.fault_code {
+        pairs.push(("FaultCode", f));
+    }
+    pairs.push(("FaultDateTime", &fields.fault_date_time));
+    let mut out = String::from("{\n");
+    for (i, (k, v)) in pairs.iter().enumerate() {
+        let v = serde_json::to_string(v).unwrap_or_default();
+        out.push_str(&format!("  \"{k}\": {v}"));
+        out.push_str(if i + 1 < pairs.len() { ",\n" } else { "\n" });
+    }
+    out.push('}');
+    out
+}
+
+fn problem_lines(ps: &[Problem]) -> Vec<String> {
+    ps.iter().map(|p| p.to_string()).collect()
+}
+
+/// Maps raw input per the plan's source kind; errors as display lines.
+fn dispatch(plan: &MappingPlan, bytes: &[u8]) -> Result<DispatchFields, Vec<String>> {
+    match plan.source_kind() {
+        SourceKind::Xml => {
+            let doc = Document::parse(bytes, &Limits::default()).map_err(|e| vec![format!("xml: {e}")])?;
+            plan.map_document(&doc).map_err(|p| problem_lines(&p))
+        }
+        SourceKind::Fields => {
+            let fields = parse_fields(bytes).map_err(|e| vec![format!("json: {e}")])?;
+            plan.map_fields(&fields).map_err(|p| problem_lines(&p))
+        }
+    }
+}
+
+fn parse_fields(bytes: &[u8]) -> Result<HashMap<String, String>, String> {
+    let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    let serde_json::Value::Object(m) = v else {
+        return Err("expected a JSON object of string fields".into());
+    };
+    m.into_iter()
+        .map(|(k, v)| match v {
+            serde_json::Value::String(s) => Ok((k, s)),
+            other => Err(format!("field {k:?} is {other}, expected a string (gRPC fields are strings)")),
+        })
+        .collect()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateJson {
+    sequence: u64,
+    integration: String,
+    incident_reference: String,
+    #[serde(default)]
+    incident_id: Option<String>,
+    customer_number: String,
+    kind: String,
+    state: String,
+    #[serde(default)]
+    response_code: Option<String>,
+    #[serde(default)]
+    response_text: Option<String>,
+    #[serde(default)]
+    sla_time: Option<String>,
+    #[serde(default)]
+    event_time: Option<String>,
+    received_at: String,
+}
+
+fn parse_update(text: &str) -> Result<UpdateView, String> {
+    let u: UpdateJson = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    let ts = |name: &str, s: &str| -> Result<jiff::Timestamp, String> {
+        s.parse()
+            .map_err(|e| format!("{name}: {s:?} is not an RFC 3339 time: {e}"))
+    };
+    Ok(UpdateView {
+        sequence: u.sequence,
+        integration: u.integration,
+        incident_reference: u.incident_reference,
+        incident_id: u.incident_id,
+        customer_number: u.customer_number,
+        kind: u.kind,
+        state: u.state,
+        response_code: u.response_code,
+        response_text: u.response_text,
+        sla_time: u.sla_time.as_deref().map(|s| ts("sla_time", s)).transpose()?,
+        event_time: u.event_time.as_deref().map(|s| ts("event_time", s)).transpose()?,
+        received_at: ts("received_at", &u.received_at)?,
+    })
+}
+
+/// The files of one fixture case, by role.
+#[derive(Default)]
+struct Case {
+    input: Option<PathBuf>,
+    expected_json: Option<PathBuf>,
+    expected_errors: Option<PathBuf>,
+    update: Option<PathBuf>,
+    expected_xml: Option<PathBuf>,
+    cancel: Option<PathBuf>,
+    expected_reason: Option<PathBuf>,
+}
+
+fn run_fixtures(plan: &MappingPlan, mapping: &Path, report: &mut CheckReport) {
+    let Some(stem) = mapping.file_stem() else {
+        return;
+    };
+    let dir = mapping.parent().unwrap_or(Path::new(".")).join("fixtures").join(stem);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return; // A mapping without fixtures is allowed (but not recommended).
+    };
+    let mut cases: BTreeMap<String, Case> = BTreeMap::new();
+    let mut names: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
+    names.sort();
+    for path in names {
+        let Some(file) = path.file_name().and_then(|f| f.to_str()) else {
+            continue;
+        };
+        if path.is_dir() || file.starts_with('.') || file.eq_ignore_ascii_case("README.md") {
+            continue;
+        }
+        let Some((case, role)) = file.split_once('.') else {
+            report.errors.push(format!("{}:1:1: fixture file name must be <case>.<role>", path.display()));
+            continue;
+        };
+        let c = cases.entry(case.to_string()).or_default();
+        let slot = match role {
+            "input.xml" | "input.json" => &mut c.input,
+            "expected.json" => &mut c.expected_json,
+            "expected-errors.txt" => &mut c.expected_errors,
+            "update.json" => &mut c.update,
+            "expected.xml" => &mut c.expected_xml,
+            "cancel.xml" | "cancel.json" => &mut c.cancel,
+            "expected-reason.txt" => &mut c.expected_reason,
+            _ => {
+                report.errors.push(format!(
+                    "{}:1:1: unknown fixture role {role:?}; expected input.xml, input.json, expected.json, expected-errors.txt, update.json, expected.xml, cancel.xml, cancel.json or expected-reason.txt",
+                    path.display()
+                ));
+                continue;
+            }
+        };
+        *slot = Some(path);
+    }
+    for (name, case) in cases {
+        report.fixtures_run += 1;
+        run_case(plan, &dir, &name, &case, report);
+    }
+}
+
+fn read(path: &Path, report: &mut CheckReport) -> Option<String> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            report.errors.push(format!("{}:1:1: cannot read: {e}", path.display()));
+            None
+        }
+    }
+}
+
+/// Line of the first occurrence of `needle` in `text` (1 when absent).
+fn line_of(text: &str, needle: &str) -> usize {
+    text.find(needle).map_or(1, |i| text[..i].matches('\n').count() + 1)
+}
+
+fn expected_lines(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim_end)
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect()
+}
+
+fn run_case(plan: &MappingPlan, dir: &Path, name: &str, case: &Case, report: &mut CheckReport) {
+    let mut did_something = false;
+    if let Some(input) = &case.input {
+        did_something = true;
+        let Ok(bytes) = std::fs::read(input) else {
+            report.errors.push(format!("{}:1:1: cannot read", input.display()));
+            return;
+        };
+        let result = dispatch(plan, &bytes);
+        match (&case.expected_json, &case.expected_errors, result) {
+            (Some(exp), _, Ok(fields)) => compare_dispatch(exp, &fields, report),
+            (Some(exp), _, Err(lines)) => report.errors.push(format!(
+                "{}:1:1: fixture {name}: expected a Dispatch, the mapping reported:\n    {}",
+                exp.display(),
+                lines.join("\n    ")
+            )),
+            (None, Some(exp), Ok(fields)) => report.errors.push(format!(
+                "{}:1:1: fixture {name}: expected errors, the mapping produced:\n{}",
+                exp.display(),
+                loomis_json_pretty(&fields, "?")
+            )),
+            (None, Some(exp), Err(lines)) => {
+                if let Some(text) = read(exp, report) {
+                    let want = expected_lines(&text);
+                    if want != lines {
+                        report.errors.push(format!(
+                            "{}:1:1: fixture {name}: problems differ\n  expected:\n    {}\n  got:\n    {}",
+                            exp.display(),
+                            want.join("\n    "),
+                            lines.join("\n    ")
+                        ));
+                    }
+                }
+            }
+            (None, None, _) => report.errors.push(format!(
+                "{}:1:1: fixture {name}: add {name}.expected.json or {name}.expected-errors.txt",
+                input.display()
+            )),
+        }
+    }
+    if let Some(update) = &case.update {
+        did_something = true;
+        let Some(text) = read(update, report) else {
+            return;
+        };
+        let rendered = parse_update(&text)
+            .map_err(|e| format!("{}:1:1: {e}", update.display()))
+            .and_then(|u| {
+                plan.render_update(&u)
+                    .map_err(|e| format!("{}:1:1: fixture {name}: {e}", update.display()))
+            });
+        match (rendered, &case.expected_xml) {
+            (Err(e), _) => report.errors.push(e),
+            (Ok(_), None) => report
+                .errors
+                .push(format!("{}:1:1: fixture {name}: add {name}.expected.xml", update.display())),
+            (Ok(xml), Some(exp)) => {
+                if let Some(want) = read(exp, report) {
+                    let got = String::from_utf8_lossy(&xml);
+                    if want.trim_end() != got.trim_end() {
+                        let line = want
+                            .lines()
+                            .zip(got.lines())
+                            .position(|(a, b)| a != b)
+                            .map_or(1, |i| i + 1);
+                        report.errors.push(format!(
+                            "{}:{line}:1: fixture {name}: outbound XML differs\n  expected:\n{}\n  got:\n{}",
+                            exp.display(),
+                            want.trim_end(),
+                            got.trim_end()
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    if let Some(cancel) = &case.cancel {
+        did_something = true;
+        let Ok(bytes) = std::fs::read(cancel) else {
+            report.errors.push(format!("{}:1:1: cannot read", cancel.display()));
+            return;
+        };
+        let result: Result<String, Vec<String>> = if bytes.iter().all(u8::is_ascii_whitespace) {
+            plan.cancel_reason(None).map_err(|p| problem_lines(&p))
+        } else if cancel.extension().is_some_and(|e| e == "json") {
+            parse_fields(&bytes)
+                .map_err(|e| vec![format!("json: {e}")])
+                .and_then(|f| plan.cancel_reason_fields(&f).map_err(|p| problem_lines(&p)))
+        } else {
+            Document::parse(&bytes, &Limits::default())
+                .map_err(|e| vec![format!("xml: {e}")])
+                .and_then(|d| plan.cancel_reason(Some(&d)).map_err(|p| problem_lines(&p)))
+        };
+        match (&case.expected_reason, result) {
+            (None, _) => report.errors.push(format!(
+                "{}:1:1: fixture {name}: add {name}.expected-reason.txt",
+                cancel.display()
+            )),
+            (Some(exp), got) => {
+                if let Some(want) = read(exp, report) {
+                    let got = match got {
+                        Ok(r) => r,
+                        Err(lines) => lines.join("\n"),
+                    };
+                    if want.trim_end_matches(['\n', '\r']) != got {
+                        report.errors.push(format!(
+                            "{}:1:1: fixture {name}: cancel reason differs\n  expected: {:?}\n  got:      {got:?}",
+                            exp.display(),
+                            want.trim_end_matches(['\n', '\r'])
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    if !did_something {
+        report.errors.push(format!(
+            "{}:1:1: fixture {name}: no {name}.input.*, {name}.update.json or {name}.cancel.* file",
+            dir.display()
+        ));
+    }
+}
+
+fn compare_dispatch(expected: &Path, fields: &DispatchFields, report: &mut CheckReport) {
+    let Some(text) = read(expected, report) else {
+        return;
+    };
+    let want: serde_json::Value = match serde_json::from_str(&text) {
+        Ok(v) => v,
+        Err(e) => {
+            report
+                .errors
+                .push(format!("{}:{}:{}: invalid JSON: {e}", expected.display(), e.line(), e.column()));
+            return;
+        }
+    };
+    let customer = want
+        .get("CustomerNumber")
+        .and_then(|c| c.as_str())
+        .unwrap_or("A123456");
+    let got = fields.to_loomis_json(customer);
+    if want == got {
+        return;
+    }
+    let (Some(w), Some(g)) = (want.as_object(), got.as_object()) else {
+        report
+            .errors
+            .push(format!("{}:1:1: expected a JSON object", expected.display()));
+        return;
+    };
+    let mut keys: Vec<&String> = w.keys().chain(g.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    for k in keys {
+        let (a, b) = (w.get(k), g.get(k));
+        if a != b {
+            let show = |v: Option<&serde_json::Value>| v.map_or("(absent)".to_string(), |v| v.to_string());
+            report.errors.push(format!(
+                "{}:{}:1: {k}: expected {}, got {}",
+                expected.display(),
+                line_of(&text, &format!("\"{k}\"")),
+                show(a),
+                show(b)
+            ));
+        }
+    }
+}

@@ -1,0 +1,507 @@
+//! Value transforms: the ordered steps a mapped value goes through.
+//!
+//! Every transform takes the current value and returns the next one or a message that
+//! says why the value was refused. Transforms that only clean text allocate only when
+//! they change something. Lookups and date-time parsing pass an empty value through
+//! untouched, so that "missing" is reported once, by the required check, and not as a
+//! lookup or date-time failure.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use jiff::tz::{AmbiguousOffset, TimeZone};
+use jiff::Timestamp;
+use regex::Regex;
+
+/// A compiled lookup table.
+#[derive(Debug)]
+pub(crate) struct Lookup {
+    pub(crate) name: String,
+    /// Keys are lowercased when `case_insensitive`.
+    pub(crate) entries: HashMap<String, String>,
+    pub(crate) default: Option<String>,
+    pub(crate) case_insensitive: bool,
+}
+
+impl Lookup {
+    pub(crate) fn get<'v>(&'v self, key: &str) -> Option<&'v str> {
+        let hit = if self.case_insensitive {
+            self.entries.get(&key.to_lowercase())
+        } else {
+            self.entries.get(key)
+        };
+        hit.or(self.default.as_ref()).map(String::as_str)
+    }
+}
+
+/// What to do with a local time that a DST change makes ambiguous or non-existent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DstPolicy {
+    /// Ambiguous (clocks fall back): the earlier instant; non-existent (clocks spring
+    /// forward): shifted forward by the gap. What most software (and RFC 5545, and
+    /// Temporal) does.
+    Compatible,
+    /// Always the earlier of the two candidate instants.
+    Earlier,
+    /// Always the later of the two candidate instants.
+    Later,
+    /// Refuse the value with a problem.
+    Reject,
+}
+
+impl DstPolicy {
+    pub(crate) const NAMES: &'static [&'static str] = &["compatible", "earlier", "later", "reject"];
+
+    pub(crate) fn parse(s: &str) -> Option<DstPolicy> {
+        Some(match s {
+            "compatible" => DstPolicy::Compatible,
+            "earlier" => DstPolicy::Earlier,
+            "later" => DstPolicy::Later,
+            "reject" => DstPolicy::Reject,
+            _ => return None,
+        })
+    }
+}
+
+/// How a date-time is written.
+#[derive(Debug, Clone)]
+pub(crate) enum DateFormat {
+    /// RFC 3339 with any offset (`2021-01-16T09:17:48-06:00`, `...Z`).
+    Rfc3339,
+    /// A strftime format (jiff's `strtime`).
+    Strftime(String),
+}
+
+impl DateFormat {
+    pub(crate) fn describe(&self) -> &str {
+        match self {
+            DateFormat::Rfc3339 => "rfc3339",
+            DateFormat::Strftime(f) => f,
+        }
+    }
+}
+
+/// A compiled date-time transform: parse in `format` and `tz`, output UTC RFC 3339
+/// with `Z`, whole seconds.
+#[derive(Debug, Clone)]
+pub(crate) struct DateTimeSpec {
+    pub(crate) format: DateFormat,
+    pub(crate) tz: TimeZone,
+    pub(crate) tz_name: String,
+    pub(crate) policy: DstPolicy,
+}
+
+/// One compiled transform.
+#[derive(Debug, Clone)]
+pub(crate) enum Transform {
+    /// Removes leading and trailing whitespace.
+    Trim,
+    /// Trims and replaces every run of whitespace with one space.
+    Collapse,
+    /// Upper-cases (Unicode).
+    Upper,
+    /// Lower-cases (Unicode).
+    Lower,
+    /// Keeps at most this many characters.
+    Truncate(usize),
+    /// Regex replace of every match; `with` may use `$1`, `${name}`.
+    Replace { regex: Regex, with: String },
+    /// Value used when the current value is empty (or only whitespace).
+    Default(String),
+    /// Refuses values that do not match.
+    Matches { regex: Regex, message: Option<String> },
+    /// Table lookup.
+    Lookup(Arc<Lookup>),
+    /// Date-time normalization.
+    DateTime(Box<DateTimeSpec>),
+}
+
+impl Transform {
+    /// The names of the transforms written as a bare string.
+    pub(crate) const SIMPLE: &'static [&'static str] = &["trim", "collapse", "upper", "lower"];
+    /// The names of the transforms written as a one-key table.
+    pub(crate) const TABLE: &'static [&'static str] =
+        &["truncate", "replace", "default", "matches", "lookup", "datetime"];
+
+    /// Applies the transform.
+    pub(crate) fn apply<'v>(&self, value: Cow<'v, str>) -> Result<Cow<'v, str>, String> {
+        Ok(match self {
+            Transform::Trim => trim(value),
+            Transform::Collapse => collapse(value),
+            Transform::Upper => {
+                if value.chars().any(|c| c.is_lowercase()) {
+                    Cow::Owned(value.to_uppercase())
+                } else {
+                    value
+                }
+            }
+            Transform::Lower => {
+                if value.chars().any(|c| c.is_uppercase()) {
+                    Cow::Owned(value.to_lowercase())
+                } else {
+                    value
+                }
+            }
+            Transform::Truncate(n) => truncate(value, *n),
+            Transform::Replace { regex, with } => match regex.replace_all(&value, with.as_str()) {
+                Cow::Borrowed(_) => value,
+                Cow::Owned(s) => Cow::Owned(s),
+            },
+            Transform::Default(d) => {
+                if is_blank(&value) {
+                    Cow::Owned(d.clone())
+                } else {
+                    value
+                }
+            }
+            Transform::Matches { regex, message } => {
+                if value.is_empty() || regex.is_match(&value) {
+                    value
+                } else {
+                    return Err(match message {
+                        Some(m) => format!("{:?} {m}", &*value),
+                        None => format!("{:?} does not match {}", &*value, regex.as_str()),
+                    });
+                }
+            }
+            Transform::Lookup(table) => {
+                if value.is_empty() {
+                    return Ok(value);
+                }
+                match table.get(&value) {
+                    Some(v) => Cow::Owned(v.to_string()),
+                    None => {
+                        return Err(format!(
+                            "{:?} is not in lookup {} and the lookup has no default",
+                            &*value, table.name
+                        ))
+                    }
+                }
+            }
+            Transform::DateTime(spec) => {
+                if value.is_empty() {
+                    return Ok(value);
+                }
+                Cow::Owned(spec.normalize(&value)?)
+            }
+        })
+    }
+}
+
+/// Whether the value is empty or only whitespace.
+pub(crate) fn is_blank(s: &str) -> bool {
+    s.trim().is_empty()
+}
+
+fn trim(value: Cow<'_, str>) -> Cow<'_, str> {
+    match value {
+        Cow::Borrowed(s) => Cow::Borrowed(s.trim()),
+        Cow::Owned(s) => {
+            let t = s.trim();
+            if t.len() == s.len() {
+                Cow::Owned(s)
+            } else {
+                Cow::Owned(t.to_string())
+            }
+        }
+    }
+}
+
+fn collapse(value: Cow<'_, str>) -> Cow<'_, str> {
+    let t = value.trim();
+    // Already collapsed: no whitespace other than single spaces.
+    let mut prev_space = false;
+    let clean = t.chars().all(|c| {
+        let ok = if c.is_whitespace() {
+            c == ' ' && !prev_space
+        } else {
+            true
+        };
+        prev_space = c.is_whitespace();
+        ok
+    });
+    if clean {
+        return trim(value);
+    }
+    let mut out = String::with_capacity(t.len());
+    for word in t.split_whitespace() {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(word);
+    }
+    Cow::Owned(out)
+}
+
+/// Keeps at most `n` characters, cutting on a character boundary.
+pub(crate) fn truncate(value: Cow<'_, str>, n: usize) -> Cow<'_, str> {
+    match value.char_indices().nth(n) {
+        None => value,
+        Some((cut, _)) => match value {
+            Cow::Borrowed(s) => Cow::Borrowed(&s[..cut]),
+            Cow::Owned(mut s) => {
+                s.truncate(cut);
+                Cow::Owned(s)
+            }
+        },
+    }
+}
+
+/// Formats a timestamp as `YYYY-MM-DDTHH:MM:SSZ` (UTC, whole seconds).
+pub(crate) fn format_utc(ts: Timestamp) -> String {
+    let dt = jiff::tz::Offset::UTC.to_datetime(ts);
+    let mut s = String::with_capacity(20);
+    let _ = write!(
+        s,
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        dt.year(),
+        dt.month(),
+        dt.day(),
+        dt.hour(),
+        dt.minute(),
+        dt.second()
+    );
+    s
+}
+
+/// Formats a timestamp in `format` and `tz` (RFC 3339 keeps `Z` for UTC and a numeric
+/// offset otherwise).
+pub(crate) fn format_in(ts: Timestamp, format: &DateFormat, tz: &TimeZone) -> Result<String, String> {
+    let zoned = ts.to_zoned_datetime(tz.clone());
+    match format {
+        DateFormat::Rfc3339 => {
+            if zoned.offset() == jiff::tz::Offset::UTC {
+                Ok(format_utc(ts))
+            } else {
+                jiff::fmt::strtime::format("%Y-%m-%dT%H:%M:%S%:z", &zoned)
+                    .map_err(|e| e.to_string())
+            }
+        }
+        DateFormat::Strftime(f) => jiff::fmt::strtime::format(f.as_str(), &zoned).map_err(|e| e.to_string()),
+    }
+}
+
+impl DateTimeSpec {
+    /// Parses `value` and returns it as UTC RFC 3339 with `Z`, whole seconds.
+    pub(crate) fn normalize(&self, value: &str) -> Result<String, String> {
+        let ts = self.parse(value.trim())?;
+        Ok(format_utc(ts))
+    }
+
+    fn parse(&self, value: &str) -> Result<Timestamp, String> {
+        let not_in_format = || {
+            format!(
+                "{value:?} is not a date-time in format {}",
+                self.format.describe()
+            )
+        };
+        match &self.format {
+            DateFormat::Rfc3339 => {
+                let ts: Timestamp = value.parse().map_err(|_| {
+                    format!("{value:?} is not an RFC 3339 date-time with offset (e.g. 2021-01-16T15:17:48Z)")
+                })?;
+                Ok(ts)
+            }
+            DateFormat::Strftime(f) => {
+                let tm = jiff::fmt::strtime::parse(f.as_str(), value).map_err(|_| not_in_format())?;
+                if tm.offset().is_some() {
+                    return tm.to_timestamp().map_err(|_| not_in_format());
+                }
+                let dt = tm.to_datetime().map_err(|_| not_in_format())?;
+                let (tz, tz_name) = match tm.iana_time_zone() {
+                    Some(name) => (
+                        TimeZone::get(name).map_err(|_| format!("{value:?}: unknown time zone {name:?}"))?,
+                        name,
+                    ),
+                    None => (self.tz.clone(), self.tz_name.as_str()),
+                };
+                let amb = tz.to_ambiguous_timestamp(dt);
+                let result = match self.policy {
+                    DstPolicy::Compatible => amb.compatible(),
+                    DstPolicy::Earlier => amb.earlier(),
+                    DstPolicy::Later => amb.later(),
+                    DstPolicy::Reject => match amb.offset() {
+                        AmbiguousOffset::Unambiguous { .. } => amb.compatible(),
+                        AmbiguousOffset::Gap { .. } => {
+                            return Err(format!(
+                                "{value:?} does not exist in {tz_name} (clocks skip it at a DST change)"
+                            ))
+                        }
+                        AmbiguousOffset::Fold { .. } => {
+                            return Err(format!(
+                                "{value:?} is ambiguous in {tz_name} (it happens twice at a DST change)"
+                            ))
+                        }
+                    },
+                };
+                result.map_err(|_| format!("{value:?} is out of range"))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(t: &Transform, v: &str) -> Result<String, String> {
+        t.apply(Cow::Borrowed(v)).map(|c| c.into_owned())
+    }
+
+    fn dt(format: &str, tz: &str, policy: DstPolicy) -> Transform {
+        Transform::DateTime(Box::new(DateTimeSpec {
+            format: if format == "rfc3339" {
+                DateFormat::Rfc3339
+            } else {
+                DateFormat::Strftime(format.into())
+            },
+            tz: TimeZone::get(tz).unwrap(),
+            tz_name: tz.into(),
+            policy,
+        }))
+    }
+
+    #[test]
+    fn text_transforms() {
+        assert_eq!(run(&Transform::Trim, "  a b \n").unwrap(), "a b");
+        assert_eq!(run(&Transform::Collapse, "  a \n\t b  c ").unwrap(), "a b c");
+        assert_eq!(run(&Transform::Collapse, "a b").unwrap(), "a b");
+        assert_eq!(run(&Transform::Upper, "ug1234 ß").unwrap(), "UG1234 SS");
+        assert_eq!(run(&Transform::Lower, "ÄBC").unwrap(), "äbc");
+    }
+
+    #[test]
+    fn borrowed_when_nothing_changes() {
+        for t in [Transform::Trim, Transform::Collapse, Transform::Upper, Transform::Truncate(10)] {
+            assert!(matches!(t.apply(Cow::Borrowed("ABC")).unwrap(), Cow::Borrowed(_)));
+        }
+    }
+
+    #[test]
+    fn truncate_is_char_boundary_safe() {
+        assert_eq!(run(&Transform::Truncate(3), "héllo").unwrap(), "hél");
+        assert_eq!(run(&Transform::Truncate(2), "日本語").unwrap(), "日本");
+        assert_eq!(run(&Transform::Truncate(1), "👍🏽x").unwrap(), "👍");
+        assert_eq!(run(&Transform::Truncate(9), "short").unwrap(), "short");
+        assert_eq!(run(&Transform::Truncate(0), "x").unwrap(), "");
+    }
+
+    #[test]
+    fn replace_and_matches() {
+        let t = Transform::Replace {
+            regex: Regex::new(r"^INC0*").unwrap(),
+            with: "".into(),
+        };
+        assert_eq!(run(&t, "INC0001234").unwrap(), "1234");
+        let t = Transform::Replace {
+            regex: Regex::new(r"(\d{3})(\d{3})(\d{4})").unwrap(),
+            with: "$1-$2-$3".into(),
+        };
+        assert_eq!(run(&t, "1231231234").unwrap(), "123-123-1234");
+        let m = Transform::Matches {
+            regex: Regex::new(r"^[^@\s]+@[^@\s]+$").unwrap(),
+            message: Some("is not an e-mail address".into()),
+        };
+        assert_eq!(run(&m, "a@b.c").unwrap(), "a@b.c");
+        assert_eq!(run(&m, "").unwrap(), "");
+        assert_eq!(run(&m, "nope").unwrap_err(), "\"nope\" is not an e-mail address");
+    }
+
+    #[test]
+    fn default_applies_to_blank_only() {
+        let t = Transform::Default("n/a".into());
+        assert_eq!(run(&t, "").unwrap(), "n/a");
+        assert_eq!(run(&t, "  ").unwrap(), "n/a");
+        assert_eq!(run(&t, "x").unwrap(), "x");
+    }
+
+    #[test]
+    fn lookup_hit_miss_default_and_case() {
+        let mut entries = HashMap::new();
+        entries.insert("door".to_string(), "AC12".to_string());
+        let strict = Transform::Lookup(Arc::new(Lookup {
+            name: "faults".into(),
+            entries: entries.clone(),
+            default: None,
+            case_insensitive: true,
+        }));
+        assert_eq!(run(&strict, "DOOR").unwrap(), "AC12");
+        assert_eq!(run(&strict, "").unwrap(), "");
+        assert_eq!(
+            run(&strict, "lock").unwrap_err(),
+            "\"lock\" is not in lookup faults and the lookup has no default"
+        );
+        let lenient = Transform::Lookup(Arc::new(Lookup {
+            name: "faults".into(),
+            entries,
+            default: Some("ZZ99".into()),
+            case_insensitive: false,
+        }));
+        assert_eq!(run(&lenient, "DOOR").unwrap(), "ZZ99");
+        assert_eq!(run(&lenient, "door").unwrap(), "AC12");
+    }
+
+    #[test]
+    fn datetime_in_zone_to_utc() {
+        let t = dt("%Y-%m-%d %H:%M:%S", "America/Chicago", DstPolicy::Compatible);
+        assert_eq!(run(&t, "2021-01-16 09:17:48").unwrap(), "2021-01-16T15:17:48Z");
+        // Summer time: UTC-5.
+        assert_eq!(run(&t, "2021-07-16 09:17:48").unwrap(), "2021-07-16T14:17:48Z");
+        assert_eq!(
+            run(&t, "16/01/2021").unwrap_err(),
+            "\"16/01/2021\" is not a date-time in format %Y-%m-%d %H:%M:%S"
+        );
+        assert_eq!(run(&t, "").unwrap(), "");
+    }
+
+    #[test]
+    fn datetime_with_offset_in_input_ignores_zone() {
+        let t = dt("%Y-%m-%d %H:%M:%S %z", "America/Chicago", DstPolicy::Compatible);
+        assert_eq!(run(&t, "2021-01-16 09:17:48 +0100").unwrap(), "2021-01-16T08:17:48Z");
+    }
+
+    #[test]
+    fn dst_gap_and_fold_policies() {
+        // America/Chicago 2021-03-14: 02:00 -> 03:00 (gap); 2021-11-07: 02:00 -> 01:00 (fold).
+        let gap = "2021-03-14 02:30:00";
+        let fold = "2021-11-07 01:30:00";
+        let f = "%Y-%m-%d %H:%M:%S";
+        let c = dt(f, "America/Chicago", DstPolicy::Compatible);
+        assert_eq!(run(&c, gap).unwrap(), "2021-03-14T08:30:00Z"); // 03:30 CDT
+        assert_eq!(run(&c, fold).unwrap(), "2021-11-07T06:30:00Z"); // first 01:30, CDT
+        let e = dt(f, "America/Chicago", DstPolicy::Earlier);
+        assert_eq!(run(&e, gap).unwrap(), "2021-03-14T07:30:00Z"); // 01:30 CST
+        assert_eq!(run(&e, fold).unwrap(), "2021-11-07T06:30:00Z");
+        let l = dt(f, "America/Chicago", DstPolicy::Later);
+        assert_eq!(run(&l, gap).unwrap(), "2021-03-14T08:30:00Z");
+        assert_eq!(run(&l, fold).unwrap(), "2021-11-07T07:30:00Z"); // second 01:30, CST
+        let r = dt(f, "America/Chicago", DstPolicy::Reject);
+        assert!(run(&r, gap).unwrap_err().contains("does not exist in America/Chicago"));
+        assert!(run(&r, fold).unwrap_err().contains("is ambiguous in America/Chicago"));
+        assert_eq!(run(&r, "2021-01-16 09:17:48").unwrap(), "2021-01-16T15:17:48Z");
+    }
+
+    #[test]
+    fn rfc3339_any_offset_to_utc_whole_seconds() {
+        let t = dt("rfc3339", "UTC", DstPolicy::Compatible);
+        assert_eq!(run(&t, "2021-01-16T09:17:48-06:00").unwrap(), "2021-01-16T15:17:48Z");
+        assert_eq!(run(&t, "2021-01-16T15:17:48Z").unwrap(), "2021-01-16T15:17:48Z");
+        assert_eq!(run(&t, "2021-01-16T16:17:48.987+01:00").unwrap(), "2021-01-16T15:17:48Z");
+        assert!(run(&t, "2021-01-16T15:17:48").unwrap_err().contains("RFC 3339"));
+        assert!(run(&t, "yesterday").is_err());
+    }
+
+    #[test]
+    fn format_in_zone() {
+        let ts: Timestamp = "2021-01-16T15:17:48Z".parse().unwrap();
+        let chicago = TimeZone::get("America/Chicago").unwrap();
+        assert_eq!(
+            format_in(ts, &DateFormat::Strftime("%Y-%m-%d %H:%M:%S".into()), &chicago).unwrap(),
+            "2021-01-16 09:17:48"
+        );
+        assert_eq!(format_in(ts, &DateFormat::Rfc3339, &chicago).unwrap(), "2021-01-16T09:17:48-06:00");
+        assert_eq!(format_in(ts, &DateFormat::Rfc3339, &TimeZone::UTC).unwrap(), "2021-01-16T15:17:48Z");
+    }
+}
