@@ -263,7 +263,22 @@ fn run_fixtures(plan: &MappingPlan, mapping: &Path, report: &mut CheckReport) {
             report.errors.push(format!("{}:1:1: fixture file name must be <case>.<role>", path.display()));
             continue;
         };
-        let c = cases.entry(case.to_string()).or_default();
+        let known = [
+            "input.xml",
+            "input.json",
+            "expected.json",
+            "expected-errors.txt",
+            "update.json",
+            "expected.xml",
+            "cancel.xml",
+            "cancel.json",
+            "expected-reason.txt",
+        ];
+        let c = if known.contains(&role) {
+            cases.entry(case.to_string()).or_default()
+        } else {
+            &mut Case::default()
+        };
         let slot = match role {
             "input.xml" | "input.json" => &mut c.input,
             "expected.json" => &mut c.expected_json,

@@ -84,7 +84,14 @@ struct Ctx<'t> {
 
 impl<'t> Ctx<'t> {
     fn err(&mut self, span: Range<usize>, message: impl Into<String>) {
-        self.errors.push((span.start, message.into()));
+        // One error per line: fold any multi-line message.
+        let message: String = message.into();
+        let message = if message.contains('\n') {
+            message.split_whitespace().collect::<Vec<_>>().join(" ")
+        } else {
+            message
+        };
+        self.errors.push((span.start, message));
     }
 
     fn finish(mut self) -> LoadErrors {
@@ -315,6 +322,7 @@ pub(crate) fn compile(text: &str, origin: &str) -> Result<MappingPlan, LoadError
     };
 
     let mut fields = Vec::new();
+    let mut declared = Vec::new();
     match get(root, "dispatch") {
         None => cx.err(
             root_span.start..root_span.start,
@@ -326,6 +334,7 @@ pub(crate) fn compile(text: &str, origin: &str) -> Result<MappingPlan, LoadError
                     let key = k.get_ref().as_ref();
                     match DispatchField::ALL.iter().find(|f| f.name() == key) {
                         Some(&f) => {
+                            declared.push(f);
                             let place = format!("[dispatch.{key}]");
                             if let Some(ft) = cx.table(fv, &place) {
                                 cx.check_keys(ft, FIELD_KEYS, &place);
@@ -348,7 +357,7 @@ pub(crate) fn compile(text: &str, origin: &str) -> Result<MappingPlan, LoadError
                     }
                 }
                 for f in DispatchField::ALL {
-                    if f.required() && !fields.iter().any(|(g, _)| g == f) {
+                    if f.required() && !declared.contains(f) {
                         cx.err(
                             v.span(),
                             format!("[dispatch] has no {} (Loomis requires it); add [dispatch.{}]", f.name(), f.name()),
@@ -643,7 +652,10 @@ fn regex(cx: &mut Ctx<'_>, v: &Value<'_>, what: &str) -> Option<Regex> {
     match RegexBuilder::new(pattern).size_limit(1 << 20).build() {
         Ok(r) => Some(r),
         Err(e) => {
-            cx.err(v.span(), format!("{what}: invalid regular expression: {e}"));
+            // regex errors are multi-line with a caret; the last line says what is wrong.
+            let text = e.to_string();
+            let why = text.lines().last().unwrap_or("").trim_start_matches("error: ");
+            cx.err(v.span(), format!("{what}: invalid regular expression {pattern:?}: {why}"));
             None
         }
     }
@@ -803,6 +815,7 @@ fn date_format(cx: &mut Ctx<'_>, v: &Value<'_>, what: &str, tz: &TimeZone) -> Op
 }
 
 /// A template piece before its paths are compiled.
+#[derive(Debug)]
 enum RawPart {
     Literal(String),
     Value(String),
@@ -1019,40 +1032,17 @@ fn out_value(cx: &mut Ctx<'_>, env: &Env<'_>, t: &DeTable<'_>, span: Range<usize
     }
     let field_names = || UpdateField::ALL.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ");
     let source = if let Some(v) = get(t, "field") {
-        let name = cx.string(v, &format!("{place} field"))?;
-        match UpdateField::parse(name) {
-            Some(f) => OutSource::Field(f),
+        cx.string(v, &format!("{place} field")).and_then(|name| match UpdateField::parse(name) {
+            Some(f) => Some(OutSource::Field(f)),
             None => {
                 cx.err(v.span(), format!("{place} field: unknown update field {name:?}; expected one of: {}", field_names()));
-                return None;
+                None
             }
-        }
+        })
     } else if let Some(v) = get(t, "value") {
-        OutSource::Const(cx.string(v, &format!("{place} value"))?.to_string())
+        cx.string(v, &format!("{place} value")).map(|s| OutSource::Const(s.to_string()))
     } else {
-        let v = get(t, "template")?;
-        let text = cx.string(v, &format!("{place} template"))?;
-        let raw = match template(text) {
-            Ok(r) => r,
-            Err(e) => {
-                cx.err(v.span(), format!("{place} template: {e}"));
-                return None;
-            }
-        };
-        let mut parts = Vec::new();
-        for p in raw {
-            match p {
-                RawPart::Literal(l) => parts.push(OutPart::Literal(l)),
-                RawPart::Value(n) => match UpdateField::parse(&n) {
-                    Some(f) => parts.push(OutPart::Field(f)),
-                    None => {
-                        cx.err(v.span(), format!("{place} template: unknown update field {n:?}; expected one of: {}", field_names()));
-                        return None;
-                    }
-                },
-            }
-        }
-        OutSource::Template(parts)
+        get(t, "template").and_then(|v| out_template(cx, v, &place))
     };
     let kinds = match get(t, "kinds") {
         Some(v) => match v.get_ref() {
@@ -1075,21 +1065,40 @@ fn out_value(cx: &mut Ctx<'_>, env: &Env<'_>, t: &DeTable<'_>, span: Range<usize
     let keep_empty = get(t, "keep_empty")
         .and_then(|v| cx.boolean(v, &format!("{place} keep_empty")))
         .unwrap_or(false);
-    let ns_env = Env {
-        kind: SourceKind::Fields,
-        prefixes: env.prefixes,
-        default_ns: env.default_ns,
-        lookups: env.lookups,
-        tz: env.tz,
-    };
-    let transforms = transforms(cx, &ns_env, t, &place);
+    let transforms = transforms(cx, env, t, &place);
     Some(OutValue {
-        source,
+        source: source?,
         transforms,
         kinds,
         keep_empty,
         path: path.to_string(),
     })
+}
+
+fn out_template(cx: &mut Ctx<'_>, v: &Value<'_>, place: &str) -> Option<OutSource> {
+    let text = cx.string(v, &format!("{place} template"))?;
+    let raw = match template(text) {
+        Ok(r) => r,
+        Err(e) => {
+            cx.err(v.span(), format!("{place} template: {e}"));
+            return None;
+        }
+    };
+    let mut parts = Vec::new();
+    for p in raw {
+        match p {
+            RawPart::Literal(l) => parts.push(OutPart::Literal(l)),
+            RawPart::Value(n) => match UpdateField::parse(&n) {
+                Some(f) => parts.push(OutPart::Field(f)),
+                None => {
+                    let names = UpdateField::ALL.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ");
+                    cx.err(v.span(), format!("{place} template: unknown update field {n:?}; expected one of: {names}"));
+                    return None;
+                }
+            },
+        }
+    }
+    Some(OutSource::Template(parts))
 }
 
 #[cfg(test)]
@@ -1100,7 +1109,8 @@ mod tests {
     fn line_col_counts_chars() {
         assert_eq!(line_col("ab\ncdé\nx", 0), (1, 1));
         assert_eq!(line_col("ab\ncdé\nx", 3), (2, 1));
-        assert_eq!(line_col("ab\ncdé\nx", 9), (3, 1));
+        assert_eq!(line_col("ab\ncdé\nx", 8), (3, 1));
+        assert_eq!(line_col("ab\ncdé\nx", 7), (2, 4));
     }
 
     #[test]

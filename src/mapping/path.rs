@@ -295,7 +295,8 @@ mod tests {
             ("a/@b/c", "must come last"),
             ("x:a", "not declared"),
             ("a b", "not a valid XML name"),
-            ("/", "payload root"),
+            ("/", "empty step"),
+            ("/@id", "payload root"),
             ("a/", "empty step"),
         ] {
             let err = compile_xml_path(bad, &c).unwrap_err();
