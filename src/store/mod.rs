@@ -229,7 +229,9 @@ impl Store {
             let healthy = healthy.clone();
             std::thread::Builder::new()
                 .name("store-writer".into())
-                .spawn(move || writer_loop(rx, backend, watermarks, job_sinks, stats, healthy, closing))
+                .spawn(move || {
+                    writer_loop(rx, backend, watermarks, job_sinks, stats, healthy, closing)
+                })
                 .expect("spawn store writer thread")
         };
         Store {

@@ -138,11 +138,17 @@ impl SledTxn<'_> {
     /// Increments the u64 counter at `key` in `meta` and returns the new value.
     fn bump(&self, key: &[u8]) -> Result<u64, StoreError> {
         let cur = match self.t[META].get(key).map_err(txerr)? {
-            Some(v) => u64::from_be_bytes(v.as_ref().try_into().map_err(|_| StoreError::Corrupt("counter".into()))?),
+            Some(v) => u64::from_be_bytes(
+                v.as_ref()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("counter".into()))?,
+            ),
             None => 0,
         };
         let next = cur + 1;
-        self.t[META].insert(key, &next.to_be_bytes()).map_err(txerr)?;
+        self.t[META]
+            .insert(key, &next.to_be_bytes())
+            .map_err(txerr)?;
         Ok(next)
     }
 

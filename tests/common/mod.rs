@@ -44,7 +44,9 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             loomis_url: None,
-            simulator: "ack = \"body\"\naccept_after_ms = 10\nclose_after_ms = 10\noutcome = \"close\"\n".into(),
+            simulator:
+                "ack = \"body\"\naccept_after_ms = 10\nclose_after_ms = 10\noutcome = \"close\"\n"
+                    .into(),
             loomis_timeout_ms: 2000,
             retry_max_age_secs: 3600,
             delivery_url: None,
@@ -115,7 +117,12 @@ impl Harness {
     pub async fn start(options: Options) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let running = boot(dir.path(), &options).await;
-        Harness { running: Some(running), dir, options, client: reqwest::Client::new() }
+        Harness {
+            running: Some(running),
+            dir,
+            options,
+            client: reqwest::Client::new(),
+        }
     }
 
     pub fn running(&self) -> &Running {
@@ -131,7 +138,10 @@ impl Harness {
     }
 
     pub fn sim(&self) -> &SimulatorHandle {
-        self.running().simulator.as_ref().expect("built-in simulator")
+        self.running()
+            .simulator
+            .as_ref()
+            .expect("built-in simulator")
     }
 
     /// Graceful stop, then start again on the same store.
@@ -148,7 +158,12 @@ impl Harness {
 
     /// POSTs an XML incident for servicenow.
     pub async fn create(&self, xml: &str) -> (u16, String) {
-        self.post_xml("/v1/integrations/servicenow/incidents", xml, "application/xml").await
+        self.post_xml(
+            "/v1/integrations/servicenow/incidents",
+            xml,
+            "application/xml",
+        )
+        .await
     }
 
     pub async fn post_xml(&self, path: &str, xml: &str, content_type: &str) -> (u16, String) {
@@ -165,7 +180,14 @@ impl Harness {
     }
 
     pub async fn callback(&self, msg: serde_json::Value) -> (u16, serde_json::Value) {
-        let r = self.client.post(self.callback_url()).bearer_auth(CB_TOKEN).json(&msg).send().await.unwrap();
+        let r = self
+            .client
+            .post(self.callback_url())
+            .bearer_auth(CB_TOKEN)
+            .json(&msg)
+            .send()
+            .await
+            .unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(serde_json::Value::Null))
     }
@@ -175,16 +197,28 @@ impl Harness {
     }
 
     pub fn updates(&self, integration: &str) -> Vec<Update> {
-        self.running().gateway.store().updates_after(integration, 0, 1_000_000).unwrap()
+        self.running()
+            .gateway
+            .store()
+            .updates_after(integration, 0, 1_000_000)
+            .unwrap()
     }
 
     pub fn updates_of(&self, reference: &str) -> Vec<Update> {
-        self.updates("servicenow").into_iter().filter(|u| u.incident_reference == reference).collect()
+        self.updates("servicenow")
+            .into_iter()
+            .filter(|u| u.incident_reference == reference)
+            .collect()
     }
 
     /// Waits until the incident satisfies `pred`, waking on every durable update and
     /// on a short tick (states like Sent produce no update to wake on).
-    pub async fn wait_for(&self, reference: &str, what: &str, pred: impl Fn(&Incident) -> bool) -> Incident {
+    pub async fn wait_for(
+        &self,
+        reference: &str,
+        what: &str,
+        pred: impl Fn(&Incident) -> bool,
+    ) -> Incident {
         let mut watch = self.running().gateway.store().watch_sequence("servicenow");
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
@@ -194,7 +228,10 @@ impl Harness {
                 }
             }
             if tokio::time::Instant::now() > deadline {
-                panic!("{reference}: timed out waiting for {what}; now {:?}", self.incident(reference).map(|i| (i.state, i.timeline)));
+                panic!(
+                    "{reference}: timed out waiting for {what}; now {:?}",
+                    self.incident(reference).map(|i| (i.state, i.timeline))
+                );
             }
             tokio::select! {
                 _ = watch.changed() => {}
@@ -204,14 +241,16 @@ impl Harness {
     }
 
     pub async fn wait_state(&self, reference: &str, state: State) -> Incident {
-        self.wait_for(reference, state.as_str(), |i| i.state == state).await
+        self.wait_for(reference, state.as_str(), |i| i.state == state)
+            .await
     }
 }
 
 pub async fn boot(dir: &std::path::Path, o: &Options) -> Running {
     let text = config_text(dir, o);
     safepoint_gateway::telemetry::init(false, Some("warn"));
-    let config = Config::parse(&text, "test", false, &env).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let config =
+        Config::parse(&text, "test", false, &env).unwrap_or_else(|e| panic!("{e}\n{text}"));
     app::start(config).await.expect("gateway starts")
 }
 
