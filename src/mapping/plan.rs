@@ -100,7 +100,11 @@ impl FieldPlan {
     /// Describes the source for problem messages.
     pub(crate) fn source_text(&self) -> String {
         match &self.source {
-            Source::Paths(ps) => ps.iter().map(SourcePath::text).collect::<Vec<_>>().join(" | "),
+            Source::Paths(ps) => ps
+                .iter()
+                .map(SourcePath::text)
+                .collect::<Vec<_>>()
+                .join(" | "),
             Source::Const(_) => "constant".to_string(),
             Source::Template { text, .. } => format!("template {text:?}"),
         }
@@ -137,7 +141,8 @@ impl FieldPlan {
             return None;
         }
         if let Some((limit, overflow)) = self.limit {
-            if value.chars().nth(limit).is_some() {
+            // Bytes >= characters, so short values skip the character count.
+            if value.len() > limit && value.chars().nth(limit).is_some() {
                 match overflow {
                     Overflow::Truncate => value = truncate(value, limit),
                     Overflow::Reject => {
@@ -197,14 +202,22 @@ impl FieldPlan {
                     }
                 }
                 Ok(Extracted {
-                    value: if any { Cow::Owned(out) } else { Cow::Borrowed("") },
+                    value: if any {
+                        Cow::Owned(out)
+                    } else {
+                        Cow::Borrowed("")
+                    },
                     found,
                 })
             }
         }
     }
 
-    fn lookup<'d>(&'d self, path: &'d SourcePath, input: Input<'d>) -> Result<Extracted<'d>, String> {
+    fn lookup<'d>(
+        &'d self,
+        path: &'d SourcePath,
+        input: Input<'d>,
+    ) -> Result<Extracted<'d>, String> {
         let none = Extracted {
             value: Cow::Borrowed(""),
             found: false,

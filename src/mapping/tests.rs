@@ -50,7 +50,11 @@ fn plan_is_send_sync_and_shareable() {
     let handles: Vec<_> = (0..2)
         .map(|_| {
             let plan = plan.clone();
-            std::thread::spawn(move || plan.map_document(&parse(SERVICENOW_SAMPLE)).unwrap().device_id)
+            std::thread::spawn(move || {
+                plan.map_document(&parse(SERVICENOW_SAMPLE))
+                    .unwrap()
+                    .device_id
+            })
         })
         .collect();
     for h in handles {
@@ -78,8 +82,14 @@ fn fixture_check_detects_a_wrong_expectation() {
     let report = check_paths(&[dir.path().to_path_buf()]);
     assert!(!report.ok());
     let text = report.to_string();
-    assert!(text.contains("a.expected.json:3:1: DeviceId: expected \"ug1234\", got \"UG1234\""), "{text}");
-    assert!(text.contains("b.expected-errors.txt:1:1: fixture b: problems differ"), "{text}");
+    assert!(
+        text.contains("a.expected.json:3:1: DeviceId: expected \"ug1234\", got \"UG1234\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("b.expected-errors.txt:1:1: fixture b: problems differ"),
+        "{text}"
+    );
     assert!(text.contains("unknown fixture role \"bogus\""), "{text}");
     assert_eq!(report.errors.len(), 3, "{report:#?}");
 }
@@ -96,7 +106,10 @@ fn test_dispatch_and_test_update_commands() {
 
     std::fs::write(&input, "<incident><number>1</number></incident>").unwrap();
     let err = test_dispatch(&repo("mappings/servicenow.toml"), &input, "A1").unwrap_err();
-    assert!(err.contains("DeviceId: required, missing at /incident/cmdb_ci/serial_number"), "{err}");
+    assert!(
+        err.contains("DeviceId: required, missing at /incident/cmdb_ci/serial_number"),
+        "{err}"
+    );
     assert!(err.lines().count() >= 5, "{err}");
 
     let xml = test_update(
@@ -104,18 +117,26 @@ fn test_dispatch_and_test_update_commands() {
         &repo("mappings/fixtures/servicenow/accept.update.json"),
     )
     .unwrap();
-    assert!(xml.contains("<u_loomis_state>In Progress</u_loomis_state>"), "{xml}");
+    assert!(
+        xml.contains("<u_loomis_state>In Progress</u_loomis_state>"),
+        "{xml}"
+    );
 
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "source = \"xml\"\n[dispatch]\nfoo = 1\n").unwrap();
     let err = test_dispatch(&bad, &input, "A1").unwrap_err();
-    assert!(err.contains("bad.toml:3:1: unknown Dispatch field \"foo\""), "{err}");
+    assert!(
+        err.contains("bad.toml:3:1: unknown Dispatch field \"foo\""),
+        "{err}"
+    );
 }
 
 // ---- load errors -------------------------------------------------------------
 
 fn load_err(text: &str) -> String {
-    MappingPlan::from_str(text, "m.toml").unwrap_err().to_string()
+    MappingPlan::from_str(text, "m.toml")
+        .unwrap_err()
+        .to_string()
 }
 
 const MINIMAL: &str = r#"
@@ -140,7 +161,8 @@ path = "t"
 fn minimal_mapping_compiles() {
     let plan = MappingPlan::from_str(MINIMAL, "m.toml").unwrap();
     assert!(!plan.has_outbound());
-    let doc = parse("<r><n>1</n><d>d</d><c>c</c><p>p</p><s>s</s><t>2021-01-16T15:17:48+01:00</t></r>");
+    let doc =
+        parse("<r><n>1</n><d>d</d><c>c</c><p>p</p><s>s</s><t>2021-01-16T15:17:48+01:00</t></r>");
     let f = plan.map_document(&doc).unwrap();
     // Without a datetime transform FaultDateTime is read as RFC 3339 and normalized.
     assert_eq!(f.fault_date_time, "2021-01-16T14:17:48Z");
@@ -215,7 +237,10 @@ fn toml_syntax_errors_have_positions() {
 fn source_kind_is_required_and_checked() {
     assert!(load_err("[dispatch]\n").contains("missing key `source`"));
     assert!(load_err("source = \"json\"\n").contains("\"json\" is not one of: xml, fields"));
-    let fields_with_ns = MINIMAL.replace("source = \"xml\"", "source = \"fields\"\n[namespaces]\na = \"urn:a\"");
+    let fields_with_ns = MINIMAL.replace(
+        "source = \"xml\"",
+        "source = \"fields\"\n[namespaces]\na = \"urn:a\"",
+    );
     assert!(load_err(&fields_with_ns).contains("only for source = \"xml\""));
 }
 
@@ -312,7 +337,9 @@ value = "2021-01-16T15:17:48Z"
 "#;
     let plan = MappingPlan::from_str(text, "m.toml").unwrap();
     let f = plan
-        .map_document(&parse("<r><a>A</a><b>B</b><n>one</n><n> </n><n>two</n></r>"))
+        .map_document(&parse(
+            "<r><a>A</a><b>B</b><n>one</n><n> </n><n>two</n></r>",
+        ))
         .unwrap();
     assert_eq!(f.incident_reference, "A-B");
     assert_eq!(f.device_id, "DEV1");
@@ -320,7 +347,10 @@ value = "2021-01-16T15:17:48Z"
     assert_eq!(f.contact_number, "unknown");
     assert_eq!(f.subject, "one / two");
     assert_eq!(f.description, "one");
-    assert_eq!(f.fault_code, None, "a template whose values are all missing is empty");
+    assert_eq!(
+        f.fault_code, None,
+        "a template whose values are all missing is empty"
+    );
     // Half a template still renders.
     let f = plan
         .map_document(&parse("<r><a>A</a><n>x</n></r>"))
@@ -345,7 +375,10 @@ fn fields_mapping_uses_plain_keys() {
     let f = plan.map_fields(&fields).unwrap();
     assert_eq!(f.device_id, "DEV");
     assert_eq!(f.fault_date_time, "2021-01-16T15:17:48Z");
-    assert_eq!(plan.cancel_reason_fields(&fields).unwrap(), "Cancelled by internal service");
+    assert_eq!(
+        plan.cancel_reason_fields(&fields).unwrap(),
+        "Cancelled by internal service"
+    );
     fields.insert("reason".into(), " gone ".into());
     assert_eq!(plan.cancel_reason_fields(&fields).unwrap(), "gone");
 }
@@ -357,7 +390,10 @@ fn cancel_reason_defaults() {
     let doc = parse("<cancel><reason>Fixed</reason></cancel>");
     assert_eq!(plan.cancel_reason(Some(&doc)).unwrap(), "Fixed");
     let minimal = MappingPlan::from_str(MINIMAL, "m.toml").unwrap();
-    assert_eq!(minimal.cancel_reason(Some(&doc)).unwrap(), "Cancelled by customer");
+    assert_eq!(
+        minimal.cancel_reason(Some(&doc)).unwrap(),
+        "Cancelled by customer"
+    );
     let long = format!("<cancel><reason>{}</reason></cancel>", "a".repeat(2000));
     assert_eq!(plan.cancel_reason(Some(&parse(&long))).unwrap().len(), 1000);
 }
@@ -386,10 +422,16 @@ fn default_document_is_well_formed_and_omits_empty_values() {
     let plan = MappingPlan::from_str(MINIMAL, "m.toml").unwrap();
     let xml = plan.render_update(&update("ACCEPT")).unwrap();
     let text = String::from_utf8(xml.clone()).unwrap();
-    assert!(text.starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<IncidentUpdate>"), "{text}");
+    assert!(
+        text.starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<IncidentUpdate>"),
+        "{text}"
+    );
     assert!(!text.contains("ResponseCode"), "{text}");
     assert!(!text.contains("EventTime"), "{text}");
-    assert!(text.contains("<SlaTime>2021-01-16T15:17:48Z</SlaTime>"), "{text}");
+    assert!(
+        text.contains("<SlaTime>2021-01-16T15:17:48Z</SlaTime>"),
+        "{text}"
+    );
     // Escaped, control characters replaced, and parseable by our own strict parser.
     let doc = Document::parse(&xml, &Limits::default()).unwrap();
     let rt = doc
@@ -420,8 +462,10 @@ fn unmapped_status_is_a_render_error() {
 
 #[test]
 fn schema_lists_every_key_the_compiler_accepts() {
-    let schema: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(repo("mappings/mapping.schema.json")).unwrap()).unwrap();
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo("mappings/mapping.schema.json")).unwrap(),
+    )
+    .unwrap();
     let defs = &schema["$defs"];
     let props = |v: &serde_json::Value| -> Vec<String> {
         v["properties"]
@@ -434,7 +478,10 @@ fn schema_lists_every_key_the_compiler_accepts() {
             assert!(have.iter().any(|h| h == k), "schema lacks {k:?} in {place}");
         }
         for h in &have {
-            assert!(keys.contains(&h.as_str()), "schema has {h:?} in {place}, the compiler does not accept it");
+            assert!(
+                keys.contains(&h.as_str()),
+                "schema has {h:?} in {place}, the compiler does not accept it"
+            );
         }
     };
     check(compile::TOP_KEYS, props(&schema), "top level");
@@ -447,7 +494,11 @@ fn schema_lists_every_key_the_compiler_accepts() {
     check(compile::REPLACE_KEYS, props(&defs["replace"]), "replace");
     check(compile::MATCHES_KEYS, props(&defs["matches"]), "matches");
     let dispatch: Vec<&str> = DispatchField::ALL.iter().map(|f| f.name()).collect();
-    check(&dispatch, props(&schema["properties"]["dispatch"]), "dispatch");
+    check(
+        &dispatch,
+        props(&schema["properties"]["dispatch"]),
+        "dispatch",
+    );
     let simple: Vec<String> = defs["transform"]["oneOf"][0]["enum"]
         .as_array()
         .unwrap()
@@ -459,7 +510,13 @@ fn schema_lists_every_key_the_compiler_accepts() {
         .as_array()
         .unwrap()
         .iter()
-        .flat_map(|v| v["required"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()))
+        .flat_map(|v| {
+            v["required"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s.as_str().unwrap().to_string())
+        })
         .collect();
     check(transform::Transform::TABLE, table, "table transforms");
     let fields: Vec<String> = defs["element"]["properties"]["field"]["enum"]

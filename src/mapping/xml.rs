@@ -268,9 +268,8 @@ struct Node {
 struct Attr {
     ns: u32,
     name: Range<u32>,
-    /// Normalized value, a range of [`Document::text`] (values are stored after the
-    /// text that precedes the element, which is harmless: element text ranges are
-    /// computed from text pushed while the element is open, see `push_text`).
+    /// Normalized value, a range of [`Document::attr_values`] (kept apart from element
+    /// text so that an element's text stays one contiguous range).
     value: Range<u32>,
 }
 
@@ -387,10 +386,13 @@ impl Document {
     /// Parses `bytes` under `limits`. Never panics; time and memory are linear in the
     /// input and bounded by the limits.
     pub fn parse(bytes: &[u8], limits: &Limits) -> Result<Document, XmlError> {
-        if bytes.len() > limits.max_bytes {
+        // The tree stores offsets as u32; everything stored is at most as long as the
+        // input (entity references never grow), so capping the input caps them all.
+        let max_bytes = limits.max_bytes.min(u32::MAX as usize);
+        if bytes.len() > max_bytes {
             return Err(XmlError::TooLarge {
                 size: bytes.len(),
-                limit: limits.max_bytes,
+                limit: max_bytes,
             });
         }
         // A UTF-8 byte order mark is allowed and skipped; UTF-16 ones are refused
@@ -696,11 +698,16 @@ impl<'a> Parser<'a> {
                 if !prefix.is_empty() && value.is_empty() {
                     return Err(self.malformed(
                         offset,
-                        format!("xmlns:{prefix}=\"\" is not allowed (a prefix cannot be undeclared)"),
+                        format!(
+                            "xmlns:{prefix}=\"\" is not allowed (a prefix cannot be undeclared)"
+                        ),
                     ));
                 }
                 if value == XMLNS_NS || (value == XML_NS && prefix != "xml") {
-                    return Err(self.malformed(offset, format!("reserved namespace {value} cannot be bound to {key}")));
+                    return Err(self.malformed(
+                        offset,
+                        format!("reserved namespace {value} cannot be bound to {key}"),
+                    ));
                 }
                 self.text_bytes += value.len();
                 if self.text_bytes > self.limits.max_text_bytes {
@@ -947,8 +954,14 @@ mod tests {
         .unwrap();
         let r = doc.payload_root();
         assert!(r.is("urn:x", "a"));
-        let kids: Vec<(&str, &str)> = r.children().map(|c| (c.namespace(), c.local_name())).collect();
-        assert_eq!(kids, [("urn:d", "b"), ("urn:y", "c"), ("", "e"), ("urn:d", "f")]);
+        let kids: Vec<(&str, &str)> = r
+            .children()
+            .map(|c| (c.namespace(), c.local_name()))
+            .collect();
+        assert_eq!(
+            kids,
+            [("urn:d", "b"), ("urn:y", "c"), ("", "e"), ("urn:d", "f")]
+        );
         let f = r.children().nth(3).unwrap();
         assert_eq!(f.attribute("urn:x", "k"), Some("v"));
         assert_eq!(f.attribute("", "k"), None);
@@ -990,7 +1003,13 @@ mod tests {
             ..Limits::default()
         };
         let err = Document::parse(b"<a>0123456789</a>", &limits).unwrap_err();
-        assert!(matches!(err, XmlError::TooLarge { size: 17, limit: 10 }));
+        assert!(matches!(
+            err,
+            XmlError::TooLarge {
+                size: 17,
+                limit: 10
+            }
+        ));
     }
 
     #[test]
@@ -1012,7 +1031,10 @@ mod tests {
     #[test]
     fn error_unsupported_encoding() {
         let err = parse("<?xml version=\"1.0\" encoding=\"ISO-8859-1\"?><a>é</a>").unwrap_err();
-        assert!(matches!(err, XmlError::UnsupportedEncoding { .. }), "{err:?}");
+        assert!(
+            matches!(err, XmlError::UnsupportedEncoding { .. }),
+            "{err:?}"
+        );
         // Pure ASCII is the same in every ASCII-compatible encoding: accepted.
         assert!(parse("<?xml version=\"1.0\" encoding=\"ISO-8859-1\"?><a>e</a>").is_ok());
     }
@@ -1025,18 +1047,35 @@ mod tests {
             XmlError::Dtd { position } => assert_eq!(position.offset, 21),
             other => panic!("{other:?}"),
         }
-        assert!(matches!(parse("<!DOCTYPE a><a/>"), Err(XmlError::Dtd { .. })));
-        assert!(matches!(parse("<!doctype a><a/>"), Err(XmlError::Dtd { .. })));
+        assert!(matches!(
+            parse("<!DOCTYPE a><a/>"),
+            Err(XmlError::Dtd { .. })
+        ));
+        assert!(matches!(
+            parse("<!doctype a><a/>"),
+            Err(XmlError::Dtd { .. })
+        ));
         // Even an unterminated DOCTYPE is reported as a DTD, not as garbage.
-        assert!(matches!(parse("<!DOCTYPE a [ <!ENTITY x \"y\">"), Err(XmlError::Dtd { .. })));
+        assert!(matches!(
+            parse("<!DOCTYPE a [ <!ENTITY x \"y\">"),
+            Err(XmlError::Dtd { .. })
+        ));
     }
 
     #[test]
     fn error_billion_laughs_is_refused_quickly() {
-        let mut s = String::from("<?xml version=\"1.0\"?>\n<!DOCTYPE lolz [\n<!ENTITY lol \"lol\">\n");
+        let mut s =
+            String::from("<?xml version=\"1.0\"?>\n<!DOCTYPE lolz [\n<!ENTITY lol \"lol\">\n");
         for i in 1..=9 {
-            let prev = if i == 1 { "lol".to_string() } else { format!("lol{}", i - 1) };
-            s.push_str(&format!("<!ENTITY lol{i} \"{}\">\n", format!("&{prev};").repeat(10)));
+            let prev = if i == 1 {
+                "lol".to_string()
+            } else {
+                format!("lol{}", i - 1)
+            };
+            s.push_str(&format!(
+                "<!ENTITY lol{i} \"{}\">\n",
+                format!("&{prev};").repeat(10)
+            ));
         }
         s.push_str("]>\n<lolz>&lol9;</lolz>");
         assert!(matches!(parse(&s), Err(XmlError::Dtd { .. })));
@@ -1045,10 +1084,19 @@ mod tests {
     #[test]
     fn error_undefined_entity() {
         let err = parse("<a>&nbsp;</a>").unwrap_err();
-        assert!(matches!(err, XmlError::UndefinedEntity { ref name, .. } if name == "nbsp"), "{err:?}");
+        assert!(
+            matches!(err, XmlError::UndefinedEntity { ref name, .. } if name == "nbsp"),
+            "{err:?}"
+        );
         let err = parse("<a b=\"&foo;\"/>").unwrap_err();
-        assert!(matches!(err, XmlError::UndefinedEntity { ref name, .. } if name == "foo"), "{err:?}");
-        assert!(matches!(parse("<a>&#0;</a>"), Err(XmlError::Malformed { .. })));
+        assert!(
+            matches!(err, XmlError::UndefinedEntity { ref name, .. } if name == "foo"),
+            "{err:?}"
+        );
+        assert!(matches!(
+            parse("<a>&#0;</a>"),
+            Err(XmlError::Malformed { .. })
+        ));
     }
 
     #[test]
@@ -1068,7 +1116,10 @@ mod tests {
     #[test]
     fn error_too_many_elements() {
         let s = format!("<r>{}</r>", "<e/>".repeat(10_000));
-        assert!(matches!(parse(&s), Err(XmlError::TooManyElements { limit: 10_000, .. })));
+        assert!(matches!(
+            parse(&s),
+            Err(XmlError::TooManyElements { limit: 10_000, .. })
+        ));
         let s = format!("<r>{}</r>", "<e/>".repeat(9_999));
         assert!(parse(&s).is_ok());
     }
@@ -1077,13 +1128,18 @@ mod tests {
     fn error_too_many_attributes() {
         let attrs: String = (0..65).map(|i| format!(" a{i}=\"x\"")).collect();
         let err = parse(&format!("<r{attrs}/>")).unwrap_err();
-        assert!(matches!(err, XmlError::TooManyAttributes { limit: 64, .. }), "{err:?}");
+        assert!(
+            matches!(err, XmlError::TooManyAttributes { limit: 64, .. }),
+            "{err:?}"
+        );
     }
 
     #[test]
     fn error_100000_namespace_declarations() {
         // All on one element ...
-        let decls: String = (0..100_000).map(|i| format!(" xmlns:p{i}=\"urn:{i}\"")).collect();
+        let decls: String = (0..100_000)
+            .map(|i| format!(" xmlns:p{i}=\"urn:{i}\""))
+            .collect();
         let err = Document::parse(
             format!("<r{decls}/>").as_bytes(),
             &Limits {
@@ -1092,7 +1148,10 @@ mod tests {
             },
         )
         .unwrap_err();
-        assert!(matches!(err, XmlError::TooManyNamespaces { limit: 256, .. }), "{err:?}");
+        assert!(
+            matches!(err, XmlError::TooManyNamespaces { limit: 256, .. }),
+            "{err:?}"
+        );
         // ... or spread over siblings: the limit is per document.
         let s = format!("<r>{}</r>", "<e xmlns:p=\"urn:p\"/>".repeat(300));
         assert!(matches!(parse(&s), Err(XmlError::TooManyNamespaces { .. })));
@@ -1105,7 +1164,10 @@ mod tests {
             ..Limits::default()
         };
         let err = Document::parse(b"<a>0123456789</a>", &limits).unwrap_err();
-        assert!(matches!(err, XmlError::TooMuchText { limit: 8, .. }), "{err:?}");
+        assert!(
+            matches!(err, XmlError::TooMuchText { limit: 8, .. }),
+            "{err:?}"
+        );
         let err = Document::parse(b"<a v=\"0123456789\"/>", &limits).unwrap_err();
         assert!(matches!(err, XmlError::TooMuchText { .. }), "{err:?}");
     }
@@ -1120,7 +1182,10 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(parse("<a x:y=\"1\"/>"), Err(XmlError::UnboundPrefix { .. })));
+        assert!(matches!(
+            parse("<a x:y=\"1\"/>"),
+            Err(XmlError::UnboundPrefix { .. })
+        ));
         // A prefix goes out of scope with its element.
         assert!(matches!(
             parse("<a><b xmlns:x=\"urn:x\"/><x:c/></a>"),
@@ -1132,10 +1197,20 @@ mod tests {
     fn error_soap_without_payload() {
         let err = parse(r#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body/></s:Envelope>"#)
             .unwrap_err();
-        assert_eq!(err, XmlError::SoapWithoutPayload { version: SoapVersion::Soap11 });
+        assert_eq!(
+            err,
+            XmlError::SoapWithoutPayload {
+                version: SoapVersion::Soap11
+            }
+        );
         let err = parse(r#"<e:Envelope xmlns:e="http://www.w3.org/2003/05/soap-envelope"><e:Header/></e:Envelope>"#)
             .unwrap_err();
-        assert_eq!(err, XmlError::SoapWithoutPayload { version: SoapVersion::Soap12 });
+        assert_eq!(
+            err,
+            XmlError::SoapWithoutPayload {
+                version: SoapVersion::Soap12
+            }
+        );
         assert!(err.to_string().contains("SOAP 1.2"));
     }
 
