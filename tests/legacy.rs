@@ -609,6 +609,19 @@ async fn every_error_status_has_an_xml_error_body() {
     plain_error(&r, 415, "WrongFrontDoor");
     assert!(h.incident_in("internal", "INC0010001").is_none());
 
+    // 404 and 405 from the router itself still answer with an XML error.
+    let r = h.get(SN_INCIDENTS, Some(SN_KEY)).await;
+    plain_error(&r, 405, "MethodNotAllowed");
+    let r = h
+        .post(
+            &format!("{SN_INCIDENTS}/INC0010001/reopen"),
+            Some(SN_KEY),
+            xml,
+            "",
+        )
+        .await;
+    plain_error(&r, 404, "UnknownRoute");
+
     // None of the refused requests stored anything.
     for reference in [
         "INC0050001",
