@@ -192,7 +192,7 @@ async fn stall_after(h: &Harness, head: &str) -> String {
 #[tokio::test]
 async fn a_slow_sender_is_cut_off_with_408() {
     let h = Harness::start(Options {
-        request_timeout_ms: Some(500),
+        request_timeout_ms: Some(1000),
         ..Options::default()
     })
     .await;
