@@ -71,20 +71,6 @@ async fn settle(gateway: &Gateway, job: &Job, action: JobAction) -> Verdict {
     }
 }
 
-/// How long an attempt waits for its update to become readable.
-const VISIBILITY_WAIT: Duration = Duration::from_secs(5);
-
-/// Waits until update `sequence` of `integration` is readable. The store hands a job to
-/// its scheduler as soon as the batch that queued it is flushed, a moment before it
-/// advances the durable watermark that bounds update reads; reading at once could find
-/// nothing and dead-letter a stored update as missing. False if it stays unreadable.
-async fn update_visible(gateway: &Gateway, integration: &str, sequence: u64) -> bool {
-    let mut watermark = gateway.store().watch_sequence(integration);
-    let reached =
-        tokio::time::timeout(VISIBILITY_WAIT, watermark.wait_for(|s| *s >= sequence)).await;
-    reached.is_ok_and(|r| r.is_ok())
-}
-
 async fn attempt(
     gateway: Gateway,
     client: reqwest::Client,
@@ -102,12 +88,6 @@ async fn attempt(
         let reason = format!("integration {integration:?} has no delivery configured any more");
         return settle(&gateway, &job, JobAction::DeadLetter(job.clone(), reason)).await;
     };
-    if !update_visible(&gateway, &integration, sequence).await {
-        tracing::warn!(sequence, "update not readable yet; will try again");
-        let mut j = job.clone();
-        j.next_attempt_at = Timestamp::now() + Duration::from_secs(1);
-        return Verdict::Retry(j);
-    }
     let update = match gateway.store().update(&integration, sequence) {
         Ok(Some(u)) => u,
         Ok(None) => {
