@@ -412,6 +412,10 @@ fn writer_loop(
         match &flushed {
             Ok(()) => {
                 healthy.store(true, Ordering::Relaxed);
+                // Watermarks first: a job handed out below may read its update at once.
+                for (integration, seq) in effects.watermarks.drain() {
+                    watermarks.advance(&integration, seq);
+                }
                 if !effects.jobs.is_empty() {
                     let sinks = job_sinks.lock().expect("job sink lock");
                     for job in effects.jobs.drain(..) {
@@ -419,9 +423,6 @@ fn writer_loop(
                             let _ = sink.send(job);
                         }
                     }
-                }
-                for (integration, seq) in effects.watermarks.drain() {
-                    watermarks.advance(&integration, seq);
                 }
             }
             Err(e) => {

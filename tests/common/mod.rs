@@ -255,6 +255,15 @@ impl Harness {
         loop {
             if let Some(i) = self.incident(reference) {
                 if pred(&i) {
+                    // A read can see a batch a moment before its flush; an empty write
+                    // completes only after the next flush, when all before it is durable
+                    // and its updates are published.
+                    self.running()
+                        .gateway
+                        .store()
+                        .write(|_| Ok(()))
+                        .await
+                        .unwrap();
                     return i;
                 }
             }
