@@ -214,3 +214,21 @@ async fn a_slow_sender_is_cut_off_with_408() {
     still_healthy(&h, "HOS4001").await;
     h.stop().await;
 }
+
+#[tokio::test]
+async fn stalled_headers_are_cut_off() {
+    let h = Harness::start(Options {
+        header_timeout_ms: Some(300),
+        ..Options::default()
+    })
+    .await;
+    // Half a request head, then nothing: the connection is closed by the header
+    // timeout (there is no request yet to answer).
+    let head = format!(
+        "POST {SN_INCIDENTS} HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer {SN_KEY}\r\n"
+    );
+    let answer = stall_after(&h, &head).await;
+    assert!(!answer.contains("202"), "{answer}");
+    still_healthy(&h, "HOS5001").await;
+    h.stop().await;
+}

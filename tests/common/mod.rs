@@ -46,6 +46,8 @@ pub struct Options {
     pub remedy: bool,
     /// `server.request_timeout_ms`; `None` keeps the gateway's default.
     pub request_timeout_ms: Option<u64>,
+    /// `server.header_timeout_ms`; `None` keeps the gateway's default.
+    pub header_timeout_ms: Option<u64>,
     /// `server.max_body_bytes`; `None` keeps the gateway's default (1 MiB).
     pub max_body_bytes: Option<usize>,
 }
@@ -63,6 +65,7 @@ impl Default for Options {
             delivery_max_attempts: 5,
             remedy: false,
             request_timeout_ms: None,
+            header_timeout_ms: None,
             max_body_bytes: None,
         }
     }
@@ -129,6 +132,9 @@ fn server_extra(o: &Options) -> String {
     let mut s = String::new();
     if let Some(ms) = o.request_timeout_ms {
         s.push_str(&format!("request_timeout_ms = {ms}\n"));
+    }
+    if let Some(ms) = o.header_timeout_ms {
+        s.push_str(&format!("header_timeout_ms = {ms}\n"));
     }
     if let Some(b) = o.max_body_bytes {
         s.push_str(&format!("max_body_bytes = {b}\n"));
