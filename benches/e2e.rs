@@ -1,0 +1,124 @@
+//! End-to-end load: N incidents as XML through the gateway (a child process running the
+//! release binary, durable receipts) to a Loomis simulator in this process, on loopback.
+//! Prints end-to-end incidents/s (until the last Dispatch reached the simulator), receipt
+//! latency percentiles, and the gateway's peak RSS.
+//!
+//! Run: `cargo bench --bench e2e` (env: `E2E_INCIDENTS`, default 50000; `E2E_SENDERS`,
+//! default 64). The load tool, the simulator and the gateway share the machine's cores.
+
+use safepoint_gateway::loomis::simulator::{Simulator, SimulatorConfig};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn vm_hwm_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn xml(reference: &str) -> String {
+    format!(
+        "<incident><number>{reference}</number><cmdb_ci><serial_number>ug1234</serial_number></cmdb_ci>\
+<caller_id><name>John Smith</name><phone>123-123-1234</phone><email>john.smith@example.com</email></caller_id>\
+<short_description>Safe Door Issue</short_description><description>Cannot open the door</description>\
+<u_fault_code>AC12</u_fault_code><opened_at>2021-01-16 09:17:48</opened_at></incident>"
+    )
+}
+
+fn main() {
+    let n = env_or("E2E_INCIDENTS", 50_000);
+    let senders = env_or("E2E_SENDERS", 64);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async move {
+        // Loomis: ACK in the body; Accept far in the future so only intake and dispatch run.
+        let sim_cfg = SimulatorConfig {
+            accept_after: Duration::from_secs(3600),
+            max_records: 16,
+            seed: Some(1),
+            ..SimulatorConfig::default()
+        };
+        let sim = Simulator::start(sim_cfg, tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (hp, gp) = (free_port(), free_port());
+        let config = format!(
+            "[server]\nhttp_listen = \"127.0.0.1:{hp}\"\ngrpc_listen = \"127.0.0.1:{gp}\"\n[store]\npath = \"{}\"\n\
+[loomis]\nurl = \"{}\"\n[callbacks]\nauth = {{ type = \"bearer\", token_env = \"CB_TOKEN\" }}\n[log]\nlevel = \"warn\"\n\
+[[integrations]]\nname = \"servicenow\"\ncustomer_number = \"A123456\"\nmapping = \"{}/mappings/servicenow.toml\"\napi_key_env = \"SN_KEY\"\n",
+            dir.path().join("data").display(),
+            sim.incidents_url(),
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let cfg_path = dir.path().join("gateway.toml");
+        std::fs::write(&cfg_path, config).unwrap();
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_safepoint-gateway"))
+            .args(["serve", "--config"])
+            .arg(&cfg_path)
+            .env("SN_KEY", "bench-key")
+            .env("CB_TOKEN", "bench-cb")
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let pid = child.id().unwrap();
+        let base = format!("http://127.0.0.1:{hp}");
+        let client = reqwest::Client::builder().pool_max_idle_per_host(senders).build().unwrap();
+        while client.get(format!("{base}/readyz")).send().await.map(|r| r.status() != 200).unwrap_or(true) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let rss_idle = vm_hwm_kib(pid);
+        println!("e2e load: {n} incidents as XML, {senders} concurrent senders, gateway pid {pid} (release), simulator in the load tool");
+        let next = Arc::new(AtomicUsize::new(0));
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..senders {
+            let (client, next, url) = (client.clone(), next.clone(), format!("{base}/v1/integrations/servicenow/incidents"));
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        break;
+                    }
+                    let t = Instant::now();
+                    let r = client
+                        .post(&url)
+                        .bearer_auth("bench-key")
+                        .header("content-type", "application/xml")
+                        .body(xml(&format!("E2E{i:08}")))
+                        .send()
+                        .await
+                        .expect("gateway answers");
+                    assert_eq!(r.status(), 202);
+                    let _ = r.bytes().await;
+                    lat.push(t.elapsed());
+                }
+                lat
+            }));
+        }
+        let mut lat = Vec::with_capacity(n);
+        for t in tasks {
+            lat.extend(t.await.unwrap());
+        }
+        let intake = started.elapsed();
+        assert!(sim.wait_for(|s| s.dispatches as usize >= n, Duration::from_secs(600)).await, "dispatches did not all arrive");
+        let e2e = started.elapsed();
+        lat.sort();
+        let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+        println!("  receipts:    {:>9.0} incidents/s ({:.2?} for all receipts)", n as f64 / intake.as_secs_f64(), intake);
+        println!("  end to end:  {:>9.0} incidents/s (last Dispatch at the simulator after {:.2?})", n as f64 / e2e.as_secs_f64(), e2e);
+        println!("  receipt latency: p50 {:.2?}  p99 {:.2?}  max {:.2?}", pct(0.50), pct(0.99), lat[lat.len() - 1]);
+        println!("  gateway peak RSS: {:.1} MiB (idle {:.1} MiB)", vm_hwm_kib(pid) as f64 / 1024.0, rss_idle as f64 / 1024.0);
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+        sim.shutdown().await;
+    });
+}
