@@ -398,7 +398,7 @@ pub struct SimulatorArgs {
     /// Add the original IncidentId to Duplicate NAKs (an extension, not in the spec).
     #[arg(long)]
     pub nak_duplicate_with_incident_id: bool,
-    /// Number of the first IncidentId (INC<number>).
+    /// Number of the first IncidentId (`INC` followed by it).
     #[arg(long, default_value_t = 400_300)]
     pub first_incident_number: u64,
     /// Fraction of requests answered 503.
