@@ -9,8 +9,8 @@ use crate::delivery::tool::{ToolRunner, ToolTarget};
 use crate::delivery::RetryPolicy;
 use crate::gateway::{Gateway, IntegrationInfo};
 use crate::http::HttpState;
-use crate::loomis::simulator::{Simulator, SimulatorConfig, SimulatorHandle};
 use crate::intake::{IntegrationRuntime, Integrations};
+use crate::loomis::simulator::{Simulator, SimulatorConfig, SimulatorHandle};
 use crate::mapping::MappingPlan;
 use crate::store::records::Target;
 use crate::store::Store;
@@ -73,10 +73,12 @@ fn simulator_config(config: &Config) -> anyhow::Result<SimulatorConfig> {
     let s = &config.simulator;
     let mut sim = SimulatorConfig::default();
     if let Some(a) = &s.ack {
-        sim.ack = ValueEnum::from_str(a, true).map_err(|e| anyhow::anyhow!("simulator.ack: {e}"))?;
+        sim.ack =
+            ValueEnum::from_str(a, true).map_err(|e| anyhow::anyhow!("simulator.ack: {e}"))?;
     }
     if let Some(o) = &s.outcome {
-        sim.outcome = ValueEnum::from_str(o, true).map_err(|e| anyhow::anyhow!("simulator.outcome: {e}"))?;
+        sim.outcome =
+            ValueEnum::from_str(o, true).map_err(|e| anyhow::anyhow!("simulator.outcome: {e}"))?;
     }
     if let Some(ms) = s.accept_after_ms {
         sim.accept_after = Duration::from_millis(ms);
@@ -107,13 +109,21 @@ fn simulator_config(config: &Config) -> anyhow::Result<SimulatorConfig> {
 /// simulator when `loomis.url = "simulator"`. Returns once everything listens.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let integrations = load_integrations(&config)?;
-    std::fs::create_dir_all(&config.store.path)
-        .with_context(|| format!("cannot create store directory {}", config.store.path.display()))?;
+    std::fs::create_dir_all(&config.store.path).with_context(|| {
+        format!(
+            "cannot create store directory {}",
+            config.store.path.display()
+        )
+    })?;
     let store = Store::open_sled(&config.store.path, config.store.cache_mb << 20)?;
     let infos = config
         .integrations
         .iter()
-        .map(|i| IntegrationInfo { name: i.name.clone(), customer_number: i.customer_number.clone(), delivers: i.delivery.is_some() })
+        .map(|i| IntegrationInfo {
+            name: i.name.clone(),
+            customer_number: i.customer_number.clone(),
+            delivers: i.delivery.is_some(),
+        })
         .collect();
     let gateway = Gateway::new(store.clone(), infos);
     let shutdown = CancellationToken::new();
@@ -121,11 +131,21 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
     let http_listener = tokio::net::TcpListener::bind(config.http_listen)
         .await
-        .with_context(|| format!("cannot listen on {} (server.http_listen)", config.http_listen))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (server.http_listen)",
+                config.http_listen
+            )
+        })?;
     let http_addr = http_listener.local_addr()?;
     let grpc_listener = tokio::net::TcpListener::bind(config.grpc_listen)
         .await
-        .with_context(|| format!("cannot listen on {} (server.grpc_listen)", config.grpc_listen))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (server.grpc_listen)",
+                config.grpc_listen
+            )
+        })?;
     let grpc_addr = grpc_listener.local_addr()?;
 
     // Loomis: the real endpoint, or the built-in simulator calling us back on loopback.
@@ -137,9 +157,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             let token = match &config.callback_auth {
                 Auth::Bearer(t) => Some(t.expose().to_string()),
                 Auth::None => None,
-                _ => anyhow::bail!("with loomis.url = \"simulator\", callbacks.auth must be bearer or none"),
+                _ => anyhow::bail!(
+                    "with loomis.url = \"simulator\", callbacks.auth must be bearer or none"
+                ),
             };
-            let cb_host = if http_addr.ip().is_unspecified() { SocketAddr::from(([127, 0, 0, 1], http_addr.port())) } else { http_addr };
+            let cb_host = if http_addr.ip().is_unspecified() {
+                SocketAddr::from(([127, 0, 0, 1], http_addr.port()))
+            } else {
+                http_addr
+            };
             sim.set_callback(format!("http://{cb_host}/v1/loomis/messages"), token);
             tracing::warn!(url = %sim.incidents_url(),
                 "LOOMIS SIMULATOR IN USE: no message leaves this machine; set loomis.url in gateway.toml to talk to Loomis");
@@ -158,36 +184,71 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let (tool_tx, tool_rx) = tokio::sync::mpsc::unbounded_channel();
     store.attach_jobs(Target::Tool, tool_tx);
     let outbox = store.jobs()?;
-    let (loomis_jobs, tool_jobs): (Vec<_>, Vec<_>) = outbox.into_iter().partition(|j| j.target == Target::Loomis);
+    let (loomis_jobs, tool_jobs): (Vec<_>, Vec<_>) =
+        outbox.into_iter().partition(|j| j.target == Target::Loomis);
     if !loomis_jobs.is_empty() || !tool_jobs.is_empty() {
-        tracing::info!(loomis = loomis_jobs.len(), tools = tool_jobs.len(), "resuming deliveries from the outbox");
+        tracing::info!(
+            loomis = loomis_jobs.len(),
+            tools = tool_jobs.len(),
+            "resuming deliveries from the outbox"
+        );
     }
     let ls = &config.loomis_section;
     let loomis_runner = LoomisRunner {
         gateway: gateway.clone(),
-        client: crate::delivery::loomis::client(Duration::from_millis(ls.connect_timeout_ms), Duration::from_millis(ls.pool_idle_timeout_ms)),
+        client: crate::delivery::loomis::client(
+            Duration::from_millis(ls.connect_timeout_ms),
+            Duration::from_millis(ls.pool_idle_timeout_ms),
+        ),
         url: Arc::new(Mutex::new(loomis_url)),
         auth: config.loomis_auth.clone(),
         timeout: Duration::from_millis(ls.timeout_ms),
         policy: RetryPolicy::from(&ls.retry),
         concurrency: ls.concurrency,
-        recovered: Mutex::new(loomis_jobs.iter().filter(|j| j.kind == crate::store::records::JobKind::Dispatch).map(|j| j.id).collect()),
+        recovered: Mutex::new(
+            loomis_jobs
+                .iter()
+                .filter(|j| j.kind == crate::store::records::JobKind::Dispatch)
+                .map(|j| j.id)
+                .collect(),
+        ),
     };
-    workers.push(tokio::spawn(Scheduler::new(Arc::new(loomis_runner)).run(loomis_jobs, loomis_rx, shutdown.clone())));
+    workers.push(tokio::spawn(Scheduler::new(Arc::new(loomis_runner)).run(
+        loomis_jobs,
+        loomis_rx,
+        shutdown.clone(),
+    )));
     let mut targets = HashMap::new();
     for it in &config.integrations {
         if let Some(d) = &it.delivery {
             let plan = integrations[&it.name].plan.clone();
-            let render: crate::delivery::tool::Renderer = Arc::new(move |u| plan.render_update(&crate::legacy::update_view(u)).map_err(|e| e.to_string()));
-            targets.insert(it.name.clone(), ToolTarget { delivery: d.clone(), policy: RetryPolicy::from(&d.retry), render });
+            let render: crate::delivery::tool::Renderer = Arc::new(move |u| {
+                plan.render_update(&crate::legacy::update_view(u))
+                    .map_err(|e| e.to_string())
+            });
+            targets.insert(
+                it.name.clone(),
+                ToolTarget {
+                    delivery: d.clone(),
+                    policy: RetryPolicy::from(&d.retry),
+                    render,
+                },
+            );
         }
     }
     let tool_runner = ToolRunner {
         gateway: gateway.clone(),
-        client: crate::delivery::loomis::client(Duration::from_millis(ls.connect_timeout_ms), Duration::from_millis(ls.pool_idle_timeout_ms)),
+        client: crate::delivery::loomis::client(
+            Duration::from_millis(ls.connect_timeout_ms),
+            Duration::from_millis(ls.pool_idle_timeout_ms),
+        ),
         targets: Arc::new(targets),
     };
-    workers.push(tokio::spawn(Scheduler::new(Arc::new(tool_runner)).run(tool_jobs, tool_rx, shutdown.clone())));
+    workers.push(tokio::spawn(Scheduler::new(Arc::new(tool_runner)).run(
+        tool_jobs,
+        tool_rx,
+        shutdown.clone(),
+    )));
 
     // HTTP: Loomis callbacks, legacy XML routes, health, metrics, operators.
     let http_state = HttpState {
@@ -210,7 +271,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     {
         let shutdown = shutdown.clone();
         servers.push(tokio::spawn(async move {
-            let r = axum::serve(http_listener, router).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
+            let r = axum::serve(http_listener, router)
+                .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                .await;
             if let Err(e) = r {
                 tracing::error!(error = %e, "HTTP server failed");
             }

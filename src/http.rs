@@ -27,7 +27,12 @@ pub struct JsonError {
 
 impl JsonError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        JsonError { status, code, message: message.into(), problems: Vec::new() }
+        JsonError {
+            status,
+            code,
+            message: message.into(),
+            problems: Vec::new(),
+        }
     }
 }
 
@@ -39,7 +44,10 @@ impl IntoResponse for JsonError {
         }
         let mut resp = (self.status, Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+            resp.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
         }
         resp
     }
@@ -49,14 +57,25 @@ impl IntoResponse for JsonError {
 pub fn authorized(headers: &HeaderMap, auth: &Auth) -> bool {
     let (name, expected) = match auth {
         Auth::None => return true,
-        Auth::Bearer(t) => (http::header::AUTHORIZATION, format!("Bearer {}", t.expose())),
+        Auth::Bearer(t) => (
+            http::header::AUTHORIZATION,
+            format!("Bearer {}", t.expose()),
+        ),
         Auth::Basic { username, password } => {
             let raw = format!("{username}:{}", password.expose());
-            (http::header::AUTHORIZATION, format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw)))
+            (
+                http::header::AUTHORIZATION,
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(raw)
+                ),
+            )
         }
         Auth::Header { name, value } => (name.clone(), value.expose().to_string()),
     };
-    let Some(got) = headers.get(&name) else { return false };
+    let Some(got) = headers.get(&name) else {
+        return false;
+    };
     let got = got.as_bytes();
     // Accept any case of the scheme word, as RFC 9110 says schemes are case-insensitive.
     let (g, e) = (got, expected.as_bytes());
@@ -106,13 +125,17 @@ pub fn routes(state: HttpState, max_callback_bytes: usize) -> Router {
     Router::new()
         .route(
             "/v1/loomis/messages",
-            post(crate::loomis::callback::receive).layer(axum::extract::DefaultBodyLimit::max(max_callback_bytes)),
+            post(crate::loomis::callback::receive)
+                .layer(axum::extract::DefaultBodyLimit::max(max_callback_bytes)),
         )
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/v1/admin/dead-letters", get(list_dead_letters))
-        .route("/v1/admin/dead-letters/{id}/replay", post(replay_dead_letter))
+        .route(
+            "/v1/admin/dead-letters/{id}/replay",
+            post(replay_dead_letter),
+        )
         .route("/v1/admin/orphans", get(list_orphans))
         .with_state(state)
 }
@@ -120,53 +143,99 @@ pub fn routes(state: HttpState, max_callback_bytes: usize) -> Router {
 /// Layers every HTTP request passes: a whole-request deadline (slow senders are cut off)
 /// outermost, then request tracing.
 pub fn layered(router: Router, request_timeout: Duration) -> Router {
-    router.layer(tower_http::trace::TraceLayer::new_for_http()).layer(
-        tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, request_timeout),
-    )
+    router
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
+        ))
 }
 
 async fn readyz(State(s): State<HttpState>) -> Response {
     let ready = s.ready.load(std::sync::atomic::Ordering::Relaxed);
     let store = s.gateway.store().is_healthy();
-    let status = if ready && store { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(json!({"ready": ready, "store": if store {"ok"} else {"failing"}}))).into_response()
+    let status = if ready && store {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({"ready": ready, "store": if store {"ok"} else {"failing"}})),
+    )
+        .into_response()
 }
 
 async fn metrics_text(State(s): State<HttpState>) -> Response {
     let stats = s.gateway.store().stats();
-    metrics::gauge!("gateway_store_commits").set(stats.commits.load(std::sync::atomic::Ordering::Relaxed) as f64);
-    ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render()).into_response()
+    metrics::gauge!("gateway_store_commits")
+        .set(stats.commits.load(std::sync::atomic::Ordering::Relaxed) as f64);
+    (
+        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+        .into_response()
 }
 
 fn admin(s: &HttpState, headers: &HeaderMap) -> Result<(), JsonError> {
     match &s.admin_token {
-        None => Err(JsonError::new(StatusCode::NOT_FOUND, "AdminDisabled", "admin routes are off: set [admin] token_env")),
+        None => Err(JsonError::new(
+            StatusCode::NOT_FOUND,
+            "AdminDisabled",
+            "admin routes are off: set [admin] token_env",
+        )),
         Some(t) if bearer_matches(headers, t) => Ok(()),
-        Some(_) => Err(JsonError::new(StatusCode::UNAUTHORIZED, "Unauthorized", "admin bearer token missing or wrong")),
+        Some(_) => Err(JsonError::new(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "admin bearer token missing or wrong",
+        )),
     }
 }
 
 fn unavailable(e: crate::store::StoreError) -> JsonError {
     tracing::error!(error = %e, "store error");
-    JsonError::new(StatusCode::SERVICE_UNAVAILABLE, "StoreUnavailable", "the store is unavailable; try again")
+    JsonError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "StoreUnavailable",
+        "the store is unavailable; try again",
+    )
 }
 
-async fn list_dead_letters(State(s): State<HttpState>, headers: HeaderMap) -> Result<Response, JsonError> {
+async fn list_dead_letters(
+    State(s): State<HttpState>,
+    headers: HeaderMap,
+) -> Result<Response, JsonError> {
     admin(&s, &headers)?;
     let list = s.gateway.store().dead_letters().map_err(unavailable)?;
     Ok(Json(json!({"dead_letters": list})).into_response())
 }
 
-async fn replay_dead_letter(State(s): State<HttpState>, headers: HeaderMap, Path(id): Path<u64>) -> Result<Response, JsonError> {
+async fn replay_dead_letter(
+    State(s): State<HttpState>,
+    headers: HeaderMap,
+    Path(id): Path<u64>,
+) -> Result<Response, JsonError> {
     admin(&s, &headers)?;
-    if s.gateway.replay_dead_letter(id).await.map_err(unavailable)? {
+    if s.gateway
+        .replay_dead_letter(id)
+        .await
+        .map_err(unavailable)?
+    {
         Ok(Json(json!({"replayed": id})).into_response())
     } else {
-        Err(JsonError::new(StatusCode::NOT_FOUND, "UnknownDeadLetter", format!("no dead letter {id}")))
+        Err(JsonError::new(
+            StatusCode::NOT_FOUND,
+            "UnknownDeadLetter",
+            format!("no dead letter {id}"),
+        ))
     }
 }
 
-async fn list_orphans(State(s): State<HttpState>, headers: HeaderMap) -> Result<Response, JsonError> {
+async fn list_orphans(
+    State(s): State<HttpState>,
+    headers: HeaderMap,
+) -> Result<Response, JsonError> {
     admin(&s, &headers)?;
     let list = s.gateway.store().orphans(1000).map_err(unavailable)?;
     Ok(Json(json!({"orphans": list})).into_response())
@@ -178,7 +247,10 @@ mod tests {
 
     fn headers(name: &str, v: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert(http::HeaderName::from_bytes(name.as_bytes()).unwrap(), v.parse().unwrap());
+        h.insert(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
         h
     }
 
@@ -187,12 +259,21 @@ mod tests {
         let bearer = Auth::Bearer(Secret::new("tok"));
         assert!(authorized(&headers("authorization", "Bearer tok"), &bearer));
         assert!(authorized(&headers("authorization", "bearer tok"), &bearer));
-        assert!(!authorized(&headers("authorization", "Bearer tok2"), &bearer));
+        assert!(!authorized(
+            &headers("authorization", "Bearer tok2"),
+            &bearer
+        ));
         assert!(!authorized(&HeaderMap::new(), &bearer));
-        let basic = Auth::Basic { username: "u".into(), password: Secret::new("p") };
+        let basic = Auth::Basic {
+            username: "u".into(),
+            password: Secret::new("p"),
+        };
         assert!(authorized(&headers("authorization", "Basic dTpw"), &basic));
         assert!(!authorized(&headers("authorization", "Basic dTpx"), &basic));
-        let hdr = Auth::Header { name: http::HeaderName::from_static("x-key"), value: Secret::new("k") };
+        let hdr = Auth::Header {
+            name: http::HeaderName::from_static("x-key"),
+            value: Secret::new("k"),
+        };
         assert!(authorized(&headers("x-key", "k"), &hdr));
         assert!(!authorized(&headers("x-key", "K"), &hdr));
         assert!(authorized(&HeaderMap::new(), &Auth::None));

@@ -23,7 +23,12 @@ pub struct IntegrationRuntime {
 pub type Integrations = Arc<HashMap<String, IntegrationRuntime>>;
 
 fn problems(p: Vec<Problem>) -> Vec<FieldProblem> {
-    p.into_iter().map(|p| FieldProblem { field: p.field, message: p.message }).collect()
+    p.into_iter()
+        .map(|p| FieldProblem {
+            field: p.field,
+            message: p.message,
+        })
+        .collect()
 }
 
 /// Completes mapped fields into a Dispatch and applies the Loomis rules.
@@ -46,13 +51,19 @@ pub fn dispatch(rt: &IntegrationRuntime, f: DispatchFields) -> Result<Dispatch, 
 }
 
 /// Maps an XML (or SOAP) document through the integration's mapping.
-pub fn from_document(rt: &IntegrationRuntime, doc: &Document) -> Result<Dispatch, Vec<FieldProblem>> {
+pub fn from_document(
+    rt: &IntegrationRuntime,
+    doc: &Document,
+) -> Result<Dispatch, Vec<FieldProblem>> {
     let fields = rt.plan.map_document(doc).map_err(problems)?;
     dispatch(rt, fields)
 }
 
 /// Maps a gRPC field map (keys are the mapping's source paths).
-pub fn from_fields(rt: &IntegrationRuntime, fields: &HashMap<String, String>) -> Result<Dispatch, Vec<FieldProblem>> {
+pub fn from_fields(
+    rt: &IntegrationRuntime,
+    fields: &HashMap<String, String>,
+) -> Result<Dispatch, Vec<FieldProblem>> {
     let mapped = rt.plan.map_fields(fields).map_err(problems)?;
     dispatch(rt, mapped)
 }

@@ -10,7 +10,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "safepoint-gateway", version, about = "Gateway between legacy ITSM tools / internal gRPC services and Loomis SafePoint")]
+#[command(
+    name = "safepoint-gateway",
+    version,
+    about = "Gateway between legacy ITSM tools / internal gRPC services and Loomis SafePoint"
+)]
 struct Cli {
     /// Log format: text (default) or json.
     #[arg(long, global = true, value_parser = ["text", "json"])]
@@ -120,7 +124,11 @@ fn main() -> ExitCode {
             })
         }
         Command::Mapping(MappingCommand::Check { paths }) => {
-            let paths = if paths.is_empty() { vec![PathBuf::from("mappings")] } else { paths };
+            let paths = if paths.is_empty() {
+                vec![PathBuf::from("mappings")]
+            } else {
+                paths
+            };
             let report = check::check_paths(&paths);
             print!("{report}");
             if report.ok() {
@@ -129,7 +137,12 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         }
-        Command::Mapping(MappingCommand::Test { mapping, input, update, customer_number }) => {
+        Command::Mapping(MappingCommand::Test {
+            mapping,
+            input,
+            update,
+            customer_number,
+        }) => {
             let result = match (input, update) {
                 (Some(input), _) => check::test_dispatch(&mapping, &input, &customer_number),
                 (None, Some(update)) => check::test_update(&mapping, &update),
@@ -146,16 +159,23 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::DeadLetters(DeadLetterCommand::List(a)) => admin(&a, reqwest::Method::GET, "/v1/admin/dead-letters"),
-        Command::DeadLetters(DeadLetterCommand::Replay { id, admin: a }) => {
-            admin(&a, reqwest::Method::POST, &format!("/v1/admin/dead-letters/{id}/replay"))
+        Command::DeadLetters(DeadLetterCommand::List(a)) => {
+            admin(&a, reqwest::Method::GET, "/v1/admin/dead-letters")
         }
+        Command::DeadLetters(DeadLetterCommand::Replay { id, admin: a }) => admin(
+            &a,
+            reqwest::Method::POST,
+            &format!("/v1/admin/dead-letters/{id}/replay"),
+        ),
         Command::Orphans(a) => admin(&a, reqwest::Method::GET, "/v1/admin/orphans"),
     }
 }
 
 fn run(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
@@ -173,12 +193,19 @@ fn run(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
 
 fn admin(a: &AdminArgs, method: reqwest::Method, path: &str) -> ExitCode {
     let Ok(token) = std::env::var(&a.token_env) else {
-        eprintln!("set {} to the gateway's admin token ([admin] token_env in gateway.toml)", a.token_env);
+        eprintln!(
+            "set {} to the gateway's admin token ([admin] token_env in gateway.toml)",
+            a.token_env
+        );
         return ExitCode::from(1);
     };
     let url = format!("{}{path}", a.url.trim_end_matches('/'));
     run(async move {
-        let resp = reqwest::Client::new().request(method, &url).bearer_auth(token).send().await?;
+        let resp = reqwest::Client::new()
+            .request(method, &url)
+            .bearer_auth(token)
+            .send()
+            .await?;
         let status = resp.status();
         let text = resp.text().await?;
         println!("{text}");

@@ -74,7 +74,10 @@ pub fn routes(state: LegacyState) -> Router {
     Router::new()
         .route("/v1/integrations/{name}/incidents", post(create))
         .route("/v1/integrations/{name}/incidents/{reference}", get(status))
-        .route("/v1/integrations/{name}/incidents/{reference}/cancel", post(cancel))
+        .route(
+            "/v1/integrations/{name}/incidents/{reference}/cancel",
+            post(cancel),
+        )
         .with_state(state)
 }
 
@@ -90,7 +93,13 @@ pub struct LegacyError {
 
 impl LegacyError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        LegacyError { status, code, message: message.into(), problems: Vec::new(), envelope: Envelope::Plain }
+        LegacyError {
+            status,
+            code,
+            message: message.into(),
+            problems: Vec::new(),
+            envelope: Envelope::Plain,
+        }
     }
 
     fn in_envelope(mut self, env: Envelope) -> Self {
@@ -102,23 +111,46 @@ impl LegacyError {
 impl IntoResponse for LegacyError {
     fn into_response(self) -> Response {
         let sender = self.status.is_client_error();
-        let body = xml_out::error(self.envelope, sender, self.code, &self.message, &self.problems);
-        let mut resp = (self.status, [(http::header::CONTENT_TYPE, self.envelope.content_type())], body).into_response();
+        let body = xml_out::error(
+            self.envelope,
+            sender,
+            self.code,
+            &self.message,
+            &self.problems,
+        );
+        let mut resp = (
+            self.status,
+            [(http::header::CONTENT_TYPE, self.envelope.content_type())],
+            body,
+        )
+            .into_response();
         if self.status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+            resp.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
         }
         resp
     }
 }
 
 fn xml_response(status: StatusCode, env: Envelope, body: Vec<u8>) -> Response {
-    (status, [(http::header::CONTENT_TYPE, env.content_type())], body).into_response()
+    (
+        status,
+        [(http::header::CONTENT_TYPE, env.content_type())],
+        body,
+    )
+        .into_response()
 }
 
 /// The SOAP version a caller announces before its body is parsed (for errors about the
 /// body itself): `application/soap+xml` is SOAP 1.2, a `SOAPAction` header SOAP 1.1.
 fn announced_envelope(headers: &HeaderMap) -> Envelope {
-    let ct = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
+    let ct = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
     if ct.starts_with("application/soap+xml") {
         Envelope::Soap(SoapVersion::Soap12)
     } else if headers.contains_key("soapaction") {
@@ -129,26 +161,46 @@ fn announced_envelope(headers: &HeaderMap) -> Envelope {
 }
 
 /// Finds the integration and checks the caller's API key.
-fn authenticate<'a>(s: &'a LegacyState, name: &str, headers: &HeaderMap) -> Result<&'a IntegrationRuntime, LegacyError> {
+fn authenticate<'a>(
+    s: &'a LegacyState,
+    name: &str,
+    headers: &HeaderMap,
+) -> Result<&'a IntegrationRuntime, LegacyError> {
     let env = announced_envelope(headers);
-    let rt = s
-        .integrations
-        .get(name)
-        .ok_or_else(|| LegacyError::new(StatusCode::NOT_FOUND, "UnknownIntegration", format!("no integration {name:?}")).in_envelope(env))?;
+    let rt = s.integrations.get(name).ok_or_else(|| {
+        LegacyError::new(
+            StatusCode::NOT_FOUND,
+            "UnknownIntegration",
+            format!("no integration {name:?}"),
+        )
+        .in_envelope(env)
+    })?;
     if !bearer_matches(headers, &rt.api_key) {
-        return Err(LegacyError::new(StatusCode::UNAUTHORIZED, "Unauthorized", "send Authorization: Bearer <the integration's API key>")
-            .in_envelope(env));
+        return Err(LegacyError::new(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "send Authorization: Bearer <the integration's API key>",
+        )
+        .in_envelope(env));
     }
     Ok(rt)
 }
 
 /// Checks the content type and reads the body within the size limit.
-async fn read_xml_body(s: &LegacyState, headers: &HeaderMap, body: Body, required: bool) -> Result<Option<Document>, LegacyError> {
+async fn read_xml_body(
+    s: &LegacyState,
+    headers: &HeaderMap,
+    body: Body,
+    required: bool,
+) -> Result<Option<Document>, LegacyError> {
     let env = announced_envelope(headers);
     if let Some(ct) = headers.get(http::header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
         let mime = ct.split(';').next().unwrap_or("").trim();
-        let xml = matches!(mime, "application/xml" | "text/xml" | "application/soap+xml") || mime.ends_with("+xml");
+        let xml = matches!(
+            mime,
+            "application/xml" | "text/xml" | "application/soap+xml"
+        ) || mime.ends_with("+xml");
         if !xml {
             return Err(LegacyError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -162,16 +214,30 @@ async fn read_xml_body(s: &LegacyState, headers: &HeaderMap, body: Body, require
     let bytes = match http_body_util::Limited::new(body, limit).collect().await {
         Ok(c) => c.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return Err(LegacyError::new(StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge", format!("the body is larger than {limit} bytes"))
-                .in_envelope(env));
+            return Err(LegacyError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "PayloadTooLarge",
+                format!("the body is larger than {limit} bytes"),
+            )
+            .in_envelope(env));
         }
         Err(e) => {
-            return Err(LegacyError::new(StatusCode::BAD_REQUEST, "BodyUnreadable", format!("cannot read the body: {e}")).in_envelope(env));
+            return Err(LegacyError::new(
+                StatusCode::BAD_REQUEST,
+                "BodyUnreadable",
+                format!("cannot read the body: {e}"),
+            )
+            .in_envelope(env));
         }
     };
     if bytes.iter().all(u8::is_ascii_whitespace) {
         if required {
-            return Err(LegacyError::new(StatusCode::BAD_REQUEST, "MalformedXml", "the body is empty; an XML document is expected").in_envelope(env));
+            return Err(LegacyError::new(
+                StatusCode::BAD_REQUEST,
+                "MalformedXml",
+                "the body is empty; an XML document is expected",
+            )
+            .in_envelope(env));
         }
         return Ok(None);
     }
@@ -194,84 +260,168 @@ async fn read_xml_body(s: &LegacyState, headers: &HeaderMap, body: Body, require
 }
 
 fn envelope_of(doc: &Document) -> Envelope {
-    doc.soap_version().map(Envelope::Soap).unwrap_or(Envelope::Plain)
+    doc.soap_version()
+        .map(Envelope::Soap)
+        .unwrap_or(Envelope::Plain)
 }
 
 fn store_unavailable(env: Envelope, e: impl std::fmt::Display) -> LegacyError {
     tracing::error!(error = %e, "store error on a legacy route");
-    LegacyError::new(StatusCode::SERVICE_UNAVAILABLE, "StoreUnavailable", "the gateway cannot store the request now; send it again").in_envelope(env)
+    LegacyError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "StoreUnavailable",
+        "the gateway cannot store the request now; send it again",
+    )
+    .in_envelope(env)
 }
 
-async fn create(State(s): State<LegacyState>, Path(name): Path<String>, req: Request) -> Result<Response, LegacyError> {
+async fn create(
+    State(s): State<LegacyState>,
+    Path(name): Path<String>,
+    req: Request,
+) -> Result<Response, LegacyError> {
     let (parts, body) = req.into_parts();
     let rt = authenticate(&s, &name, &parts.headers)?.clone();
-    let doc = read_xml_body(&s, &parts.headers, body, true).await?.expect("required body");
+    let doc = read_xml_body(&s, &parts.headers, body, true)
+        .await?
+        .expect("required body");
     let env = envelope_of(&doc);
     if rt.plan.source_kind() != SourceKind::Xml {
         return Err(LegacyError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "WrongFrontDoor",
-            format!("integration {name:?} maps gRPC field maps, not XML; use the gRPC CreateIncident"),
+            format!(
+                "integration {name:?} maps gRPC field maps, not XML; use the gRPC CreateIncident"
+            ),
         )
         .in_envelope(env));
     }
     let dispatch = intake::from_document(&rt, &doc).map_err(|problems| {
-        metrics::counter!("gateway_intake_refused_total", "integration" => name.clone()).increment(1);
+        metrics::counter!("gateway_intake_refused_total", "integration" => name.clone())
+            .increment(1);
         LegacyError {
             status: StatusCode::UNPROCESSABLE_ENTITY,
             code: "ValidationFailed",
-            message: format!("{} problem{}", problems.len(), if problems.len() == 1 { "" } else { "s" }),
+            message: format!(
+                "{} problem{}",
+                problems.len(),
+                if problems.len() == 1 { "" } else { "s" }
+            ),
             problems,
             envelope: env,
         }
     })?;
     match s.gateway.submit(&name, dispatch).await {
         Ok(sub) => {
-            let status = if sub.created { StatusCode::ACCEPTED } else { StatusCode::OK };
-            Ok(xml_response(status, env, xml_out::receipt(env, &sub.incident)))
+            let status = if sub.created {
+                StatusCode::ACCEPTED
+            } else {
+                StatusCode::OK
+            };
+            Ok(xml_response(
+                status,
+                env,
+                xml_out::receipt(env, &sub.incident),
+            ))
         }
-        Err(SubmitError::Conflict { reference, fields, .. }) => Err(LegacyError {
+        Err(SubmitError::Conflict {
+            reference, fields, ..
+        }) => Err(LegacyError {
             status: StatusCode::CONFLICT,
             code: "ReferenceConflict",
             message: format!("incident {reference:?} was already submitted with different content"),
-            problems: fields.into_iter().map(|f| FieldProblem { field: f, message: "differs from the stored incident".into() }).collect(),
+            problems: fields
+                .into_iter()
+                .map(|f| FieldProblem {
+                    field: f,
+                    message: "differs from the stored incident".into(),
+                })
+                .collect(),
             envelope: env,
         }),
-        Err(e @ SubmitError::ReferenceTaken { .. }) => Err(LegacyError::new(StatusCode::CONFLICT, "ReferenceTaken", e.to_string()).in_envelope(env)),
-        Err(SubmitError::UnknownIntegration(n)) => {
-            Err(LegacyError::new(StatusCode::NOT_FOUND, "UnknownIntegration", format!("no integration {n:?}")).in_envelope(env))
+        Err(e @ SubmitError::ReferenceTaken { .. }) => {
+            Err(
+                LegacyError::new(StatusCode::CONFLICT, "ReferenceTaken", e.to_string())
+                    .in_envelope(env),
+            )
         }
+        Err(SubmitError::UnknownIntegration(n)) => Err(LegacyError::new(
+            StatusCode::NOT_FOUND,
+            "UnknownIntegration",
+            format!("no integration {n:?}"),
+        )
+        .in_envelope(env)),
         Err(SubmitError::Store(e)) => Err(store_unavailable(env, e)),
     }
 }
 
-async fn cancel(State(s): State<LegacyState>, Path((name, reference)): Path<(String, String)>, req: Request) -> Result<Response, LegacyError> {
+async fn cancel(
+    State(s): State<LegacyState>,
+    Path((name, reference)): Path<(String, String)>,
+    req: Request,
+) -> Result<Response, LegacyError> {
     let (parts, body) = req.into_parts();
     let rt = authenticate(&s, &name, &parts.headers)?.clone();
     let doc = read_xml_body(&s, &parts.headers, body, false).await?;
-    let env = doc.as_ref().map(envelope_of).unwrap_or_else(|| announced_envelope(&parts.headers));
-    let reason = rt.plan.cancel_reason(doc.as_ref()).map_err(|problems| LegacyError {
-        status: StatusCode::UNPROCESSABLE_ENTITY,
-        code: "ValidationFailed",
-        message: format!("{} problem(s) in the cancel request", problems.len()),
-        problems: problems.into_iter().map(|p| FieldProblem { field: p.field, message: p.message }).collect(),
-        envelope: env,
-    })?;
+    let env = doc
+        .as_ref()
+        .map(envelope_of)
+        .unwrap_or_else(|| announced_envelope(&parts.headers));
+    let reason = rt
+        .plan
+        .cancel_reason(doc.as_ref())
+        .map_err(|problems| LegacyError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: "ValidationFailed",
+            message: format!("{} problem(s) in the cancel request", problems.len()),
+            problems: problems
+                .into_iter()
+                .map(|p| FieldProblem {
+                    field: p.field,
+                    message: p.message,
+                })
+                .collect(),
+            envelope: env,
+        })?;
     match s.gateway.cancel(&name, &reference, reason).await {
-        Ok(inc) => Ok(xml_response(StatusCode::ACCEPTED, env, xml_out::receipt(env, &inc))),
-        Err(CancelError::NotFound(r)) => Err(LegacyError::new(StatusCode::NOT_FOUND, "UnknownIncident", format!("no incident {r:?} in {name}")).in_envelope(env)),
-        Err(CancelError::AlreadyTerminal(state, _)) => {
-            Err(LegacyError::new(StatusCode::CONFLICT, "AlreadyTerminal", format!("incident {reference:?} is already {state}")).in_envelope(env))
-        }
+        Ok(inc) => Ok(xml_response(
+            StatusCode::ACCEPTED,
+            env,
+            xml_out::receipt(env, &inc),
+        )),
+        Err(CancelError::NotFound(r)) => Err(LegacyError::new(
+            StatusCode::NOT_FOUND,
+            "UnknownIncident",
+            format!("no incident {r:?} in {name}"),
+        )
+        .in_envelope(env)),
+        Err(CancelError::AlreadyTerminal(state, _)) => Err(LegacyError::new(
+            StatusCode::CONFLICT,
+            "AlreadyTerminal",
+            format!("incident {reference:?} is already {state}"),
+        )
+        .in_envelope(env)),
         Err(CancelError::Store(e)) => Err(store_unavailable(env, e)),
     }
 }
 
-async fn status(State(s): State<LegacyState>, Path((name, reference)): Path<(String, String)>, headers: HeaderMap) -> Result<Response, LegacyError> {
+async fn status(
+    State(s): State<LegacyState>,
+    Path((name, reference)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, LegacyError> {
     authenticate(&s, &name, &headers)?;
     match s.gateway.get(&name, &reference) {
-        Ok(Some(inc)) => Ok(xml_response(StatusCode::OK, Envelope::Plain, xml_out::status(&inc))),
-        Ok(None) => Err(LegacyError::new(StatusCode::NOT_FOUND, "UnknownIncident", format!("no incident {reference:?} in {name}"))),
+        Ok(Some(inc)) => Ok(xml_response(
+            StatusCode::OK,
+            Envelope::Plain,
+            xml_out::status(&inc),
+        )),
+        Ok(None) => Err(LegacyError::new(
+            StatusCode::NOT_FOUND,
+            "UnknownIncident",
+            format!("no incident {reference:?} in {name}"),
+        )),
         Err(e) => Err(store_unavailable(Envelope::Plain, e)),
     }
 }

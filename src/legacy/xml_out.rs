@@ -128,7 +128,16 @@ pub fn status(inc: &Incident) -> Vec<u8> {
         let at = format_utc(e.at);
         let dir = format!("{:?}", e.direction);
         let outcome = format!("{:?}", e.outcome);
-        x.leaf("Entry", &[("at", &at), ("direction", &dir), ("kind", &e.kind), ("outcome", &outcome)], &e.detail);
+        x.leaf(
+            "Entry",
+            &[
+                ("at", &at),
+                ("direction", &dir),
+                ("kind", &e.kind),
+                ("outcome", &outcome),
+            ],
+            &e.detail,
+        );
     }
     x.close("Timeline");
     x.close("Incident");
@@ -137,10 +146,18 @@ pub fn status(inc: &Incident) -> Vec<u8> {
 
 /// An error: `<Error><Code/><Message/><Problem field="..">..</Problem>...</Error>`, or a
 /// SOAP fault carrying that document as its detail.
-pub fn error(env: Envelope, sender_fault: bool, code: &str, message: &str, problems: &[FieldProblem]) -> Vec<u8> {
+pub fn error(
+    env: Envelope,
+    sender_fault: bool,
+    code: &str,
+    message: &str,
+    problems: &[FieldProblem],
+) -> Vec<u8> {
     let mut x = Xml::new();
     let body = |x: &mut Xml| {
-        x.open("Error", &[]).leaf("Code", &[], code).leaf("Message", &[], message);
+        x.open("Error", &[])
+            .leaf("Code", &[], code)
+            .leaf("Message", &[], message);
         for p in problems {
             x.leaf("Problem", &[("field", &p.field)], &p.message);
         }
@@ -151,7 +168,15 @@ pub fn error(env: Envelope, sender_fault: bool, code: &str, message: &str, probl
         Envelope::Soap(SoapVersion::Soap11) => {
             env.open(&mut x);
             x.open("soap:Fault", &[])
-                .leaf("faultcode", &[], if sender_fault { "soap:Client" } else { "soap:Server" })
+                .leaf(
+                    "faultcode",
+                    &[],
+                    if sender_fault {
+                        "soap:Client"
+                    } else {
+                        "soap:Server"
+                    },
+                )
                 .leaf("faultstring", &[], message)
                 .open("detail", &[]);
             body(&mut x);
@@ -162,7 +187,15 @@ pub fn error(env: Envelope, sender_fault: bool, code: &str, message: &str, probl
             env.open(&mut x);
             x.open("soap:Fault", &[])
                 .open("soap:Code", &[])
-                .leaf("soap:Value", &[], if sender_fault { "soap:Sender" } else { "soap:Receiver" })
+                .leaf(
+                    "soap:Value",
+                    &[],
+                    if sender_fault {
+                        "soap:Sender"
+                    } else {
+                        "soap:Receiver"
+                    },
+                )
                 .close("soap:Code")
                 .open("soap:Reason", &[])
                 .leaf("soap:Text", &[("xml:lang", "en")], message)
@@ -183,8 +216,15 @@ mod tests {
 
     #[test]
     fn error_documents_escape_and_parse_back() {
-        let p = vec![FieldProblem { field: "Device<Id>".into(), message: "a & b \"c\"".into() }];
-        for env in [Envelope::Plain, Envelope::Soap(SoapVersion::Soap11), Envelope::Soap(SoapVersion::Soap12)] {
+        let p = vec![FieldProblem {
+            field: "Device<Id>".into(),
+            message: "a & b \"c\"".into(),
+        }];
+        for env in [
+            Envelope::Plain,
+            Envelope::Soap(SoapVersion::Soap11),
+            Envelope::Soap(SoapVersion::Soap12),
+        ] {
             let out = error(env, true, "ValidationFailed", "1 problem <x>", &p);
             let doc = Document::parse(&out, &Limits::default()).expect("well-formed");
             let text = String::from_utf8(out).unwrap();

@@ -15,13 +15,29 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-pub(crate) async fn receive(State(s): State<HttpState>, headers: HeaderMap, body: Bytes) -> Result<Response, JsonError> {
+pub(crate) async fn receive(
+    State(s): State<HttpState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, JsonError> {
     if !authorized(&headers, &s.callback_auth) {
         metrics::counter!("gateway_callbacks_refused_total", "reason" => "auth").increment(1);
-        return Err(JsonError::new(StatusCode::UNAUTHORIZED, "Unauthorized", "callback credentials missing or wrong"));
+        return Err(JsonError::new(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "callback credentials missing or wrong",
+        ));
     }
-    if let Some(ct) = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
-        let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if let Some(ct) = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    {
+        let mime = ct
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         if mime != "application/json" && !mime.ends_with("+json") {
             return Err(JsonError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -53,7 +69,11 @@ pub(crate) async fn receive(State(s): State<HttpState>, headers: HeaderMap, body
             }
             Ok((StatusCode::OK, Json(body)).into_response())
         }
-        Err(MessageError::Unknown { customer, reference, orphan_id }) => {
+        Err(MessageError::Unknown {
+            customer,
+            reference,
+            orphan_id,
+        }) => {
             tracing::warn!(customer = %customer, reference = %reference, orphan_id, "callback for an unknown incident kept as orphan");
             Err(JsonError::new(
                 StatusCode::NOT_FOUND,
@@ -61,10 +81,18 @@ pub(crate) async fn receive(State(s): State<HttpState>, headers: HeaderMap, body
                 format!("no incident for CustomerNumber {customer:?} and IncidentReference {reference:?}; kept as orphan {orphan_id}"),
             ))
         }
-        Err(MessageError::Conflict(why)) => Err(JsonError::new(StatusCode::CONFLICT, "IncidentIdConflict", why)),
+        Err(MessageError::Conflict(why)) => Err(JsonError::new(
+            StatusCode::CONFLICT,
+            "IncidentIdConflict",
+            why,
+        )),
         Err(MessageError::Store(e)) => {
             tracing::error!(error = %e, "store error on callback");
-            Err(JsonError::new(StatusCode::SERVICE_UNAVAILABLE, "StoreUnavailable", "the store is unavailable; send again"))
+            Err(JsonError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "StoreUnavailable",
+                "the store is unavailable; send again",
+            ))
         }
     }
 }

@@ -14,7 +14,9 @@ use regex::{Regex, RegexBuilder};
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
-use super::outbound::{Dates, OutNode, OutPart, OutSource, OutValue, OutboundPlan, UpdateField, KINDS};
+use super::outbound::{
+    Dates, OutNode, OutPart, OutSource, OutValue, OutboundPlan, UpdateField, KINDS,
+};
 use super::path::{compile_xml_path, is_ncname, resolve_qname, NsContext, SourcePath};
 use super::plan::{FieldPlan, Overflow, Part, Repeated, Source};
 use super::transform::{DateFormat, DateTimeSpec, DstPolicy, Lookup, Transform};
@@ -36,7 +38,15 @@ pub(crate) const TOP_KEYS: &[&str] = &[
     "outbound",
 ];
 /// Keys of a `[dispatch.<Field>]` table.
-pub(crate) const FIELD_KEYS: &[&str] = &["path", "value", "template", "repeated", "separator", "transforms", "required"];
+pub(crate) const FIELD_KEYS: &[&str] = &[
+    "path",
+    "value",
+    "template",
+    "repeated",
+    "separator",
+    "transforms",
+    "required",
+];
 /// Keys of the `[cancel]` table.
 pub(crate) const CANCEL_KEYS: &[&str] = &[
     "path",
@@ -60,7 +70,15 @@ pub(crate) const OUTBOUND_KEYS: &[&str] = &[
     "element",
 ];
 /// Keys of an `[[outbound.element]]` entry.
-pub(crate) const ELEMENT_KEYS: &[&str] = &["path", "field", "value", "template", "transforms", "kinds", "keep_empty"];
+pub(crate) const ELEMENT_KEYS: &[&str] = &[
+    "path",
+    "field",
+    "value",
+    "template",
+    "transforms",
+    "kinds",
+    "keep_empty",
+];
 /// Keys of a `{ datetime = { ... } }` transform.
 pub(crate) const DATETIME_KEYS: &[&str] = &["format", "timezone", "ambiguous"];
 /// Keys of a `{ replace = { ... } }` transform.
@@ -84,7 +102,14 @@ struct Ctx<'t> {
 
 impl<'t> Ctx<'t> {
     fn err(&mut self, span: Range<usize>, message: impl Into<String>) {
-        self.errors.push((span.start, message.into()));
+        // One error per line: fold any multi-line message.
+        let message: String = message.into();
+        let message = if message.contains('\n') {
+            message.split_whitespace().collect::<Vec<_>>().join(" ")
+        } else {
+            message
+        };
+        self.errors.push((span.start, message));
     }
 
     fn finish(mut self) -> LoadErrors {
@@ -126,7 +151,10 @@ impl<'t> Ctx<'t> {
         match v.get_ref() {
             DeValue::Table(t) => Some(t),
             other => {
-                self.err(v.span(), format!("{what}: expected a table, found {}", other.type_str()));
+                self.err(
+                    v.span(),
+                    format!("{what}: expected a table, found {}", other.type_str()),
+                );
                 None
             }
         }
@@ -136,7 +164,10 @@ impl<'t> Ctx<'t> {
         match v.get_ref() {
             DeValue::String(s) => Some(s),
             other => {
-                self.err(v.span(), format!("{what}: expected a string, found {}", other.type_str()));
+                self.err(
+                    v.span(),
+                    format!("{what}: expected a string, found {}", other.type_str()),
+                );
                 None
             }
         }
@@ -146,7 +177,10 @@ impl<'t> Ctx<'t> {
         match v.get_ref() {
             DeValue::Boolean(b) => Some(*b),
             other => {
-                self.err(v.span(), format!("{what}: expected true or false, found {}", other.type_str()));
+                self.err(
+                    v.span(),
+                    format!("{what}: expected true or false, found {}", other.type_str()),
+                );
                 None
             }
         }
@@ -154,7 +188,9 @@ impl<'t> Ctx<'t> {
 
     fn integer(&mut self, v: &Value<'_>, what: &str, range: Range<i64>) -> Option<usize> {
         let parsed = match v.get_ref() {
-            DeValue::Integer(i) => i64::from_str_radix(&i.as_str().replace('_', ""), i.radix()).ok(),
+            DeValue::Integer(i) => {
+                i64::from_str_radix(&i.as_str().replace('_', ""), i.radix()).ok()
+            }
             _ => None,
         };
         match parsed {
@@ -162,7 +198,11 @@ impl<'t> Ctx<'t> {
             _ => {
                 self.err(
                     v.span(),
-                    format!("{what}: expected an integer from {} to {}", range.start, range.end - 1),
+                    format!(
+                        "{what}: expected an integer from {} to {}",
+                        range.start,
+                        range.end - 1
+                    ),
                 );
                 None
             }
@@ -174,7 +214,10 @@ impl<'t> Ctx<'t> {
         if allowed.contains(&s) {
             Some(s)
         } else {
-            self.err(v.span(), format!("{what}: {s:?} is not one of: {}", allowed.join(", ")));
+            self.err(
+                v.span(),
+                format!("{what}: {s:?} is not one of: {}", allowed.join(", ")),
+            );
             None
         }
     }
@@ -242,7 +285,9 @@ pub(crate) fn compile(text: &str, origin: &str) -> Result<MappingPlan, LoadError
     if let Some(v) = get(root, "version") {
         cx.integer(v, "version", 1..2);
     }
-    let name = get(root, "name").and_then(|v| cx.string(v, "name")).map(str::to_string);
+    let name = get(root, "name")
+        .and_then(|v| cx.string(v, "name"))
+        .map(str::to_string);
     if let Some(v) = get(root, "description") {
         cx.string(v, "description");
     }
@@ -268,7 +313,10 @@ pub(crate) fn compile(text: &str, origin: &str) -> Result<MappingPlan, LoadError
     let default_ns = match get(root, "default_namespace") {
         Some(v) => {
             if kind == SourceKind::Fields {
-                cx.err(v.span(), "default_namespace: only for source = \"xml\" mappings");
+                cx.err(
+                    v.span(),
+                    "default_namespace: only for source = \"xml\" mappings",
+                );
             }
             cx.string(v, "default_namespace").unwrap_or("").to_string()
         }
@@ -283,11 +331,17 @@ pub(crate) fn compile(text: &str, origin: &str) -> Result<MappingPlan, LoadError
             for (k, uri) in t.iter() {
                 let prefix = k.get_ref().to_string();
                 if !is_ncname(&prefix) || prefix == "xml" || prefix == "xmlns" {
-                    cx.err(k.span(), format!("namespaces: {prefix:?} is not a usable prefix"));
+                    cx.err(
+                        k.span(),
+                        format!("namespaces: {prefix:?} is not a usable prefix"),
+                    );
                 }
                 if let Some(u) = cx.string(uri, &format!("namespaces.{prefix}")) {
                     if u.is_empty() {
-                        cx.err(uri.span(), format!("namespaces.{prefix}: the URI must not be empty"));
+                        cx.err(
+                            uri.span(),
+                            format!("namespaces.{prefix}: the URI must not be empty"),
+                        );
                     }
                     prefixes.insert(prefix, u.to_string());
                 }
@@ -315,6 +369,7 @@ pub(crate) fn compile(text: &str, origin: &str) -> Result<MappingPlan, LoadError
     };
 
     let mut fields = Vec::new();
+    let mut declared = Vec::new();
     match get(root, "dispatch") {
         None => cx.err(
             root_span.start..root_span.start,
@@ -326,6 +381,7 @@ pub(crate) fn compile(text: &str, origin: &str) -> Result<MappingPlan, LoadError
                     let key = k.get_ref().as_ref();
                     match DispatchField::ALL.iter().find(|f| f.name() == key) {
                         Some(&f) => {
+                            declared.push(f);
                             let place = format!("[dispatch.{key}]");
                             if let Some(ft) = cx.table(fv, &place) {
                                 cx.check_keys(ft, FIELD_KEYS, &place);
@@ -348,7 +404,7 @@ pub(crate) fn compile(text: &str, origin: &str) -> Result<MappingPlan, LoadError
                     }
                 }
                 for f in DispatchField::ALL {
-                    if f.required() && !fields.iter().any(|(g, _)| g == f) {
+                    if f.required() && !declared.contains(f) {
                         cx.err(
                             v.span(),
                             format!("[dispatch] has no {} (Loomis requires it); add [dispatch.{}]", f.name(), f.name()),
@@ -373,7 +429,9 @@ pub(crate) fn compile(text: &str, origin: &str) -> Result<MappingPlan, LoadError
                     default_reason = s.to_string();
                 }
             }
-            let has_source = ["path", "value", "template"].iter().any(|k| get(t, k).is_some());
+            let has_source = ["path", "value", "template"]
+                .iter()
+                .any(|k| get(t, k).is_some());
             if has_source {
                 cancel = cancel_field(&mut cx, &env, t, v.span());
             }
@@ -381,7 +439,9 @@ pub(crate) fn compile(text: &str, origin: &str) -> Result<MappingPlan, LoadError
     }
 
     let outbound = match get(root, "outbound") {
-        Some(v) => cx.table(v, "outbound").and_then(|t| outbound(&mut cx, &env, t, v.span())),
+        Some(v) => cx
+            .table(v, "outbound")
+            .and_then(|t| outbound(&mut cx, &env, t, v.span())),
         None => None,
     };
 
@@ -437,7 +497,13 @@ fn lookup(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>) -> Option<Lookup> {
                             k.get_ref().to_string()
                         };
                         if entries.insert(key, s.to_string()).is_some() {
-                            cx.err(k.span(), format!("{place}: {:?} is listed twice (keys are case-insensitive)", k.get_ref()));
+                            cx.err(
+                                k.span(),
+                                format!(
+                                    "{place}: {:?} is listed twice (keys are case-insensitive)",
+                                    k.get_ref()
+                                ),
+                            );
                         }
                     }
                 }
@@ -453,24 +519,43 @@ fn lookup(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>) -> Option<Lookup> {
 }
 
 /// Compiles the source part shared by dispatch fields and cancel.
-fn source(cx: &mut Ctx<'_>, env: &Env<'_>, t: &DeTable<'_>, span: Range<usize>, place: &str) -> Option<Source> {
+fn source(
+    cx: &mut Ctx<'_>,
+    env: &Env<'_>,
+    t: &DeTable<'_>,
+    span: Range<usize>,
+    place: &str,
+) -> Option<Source> {
     let given: Vec<&str> = ["path", "value", "template"]
         .into_iter()
         .filter(|k| get(t, k).is_some())
         .collect();
     match given.len() {
         0 => {
-            cx.err(span, format!("{place}: say where the value comes from with `path`, `value` or `template`"));
+            cx.err(
+                span,
+                format!(
+                    "{place}: say where the value comes from with `path`, `value` or `template`"
+                ),
+            );
             return None;
         }
         1 => {}
         _ => {
-            cx.err(span, format!("{place}: give only one of `path`, `value`, `template` (found {})", given.join(", ")));
+            cx.err(
+                span,
+                format!(
+                    "{place}: give only one of `path`, `value`, `template` (found {})",
+                    given.join(", ")
+                ),
+            );
             return None;
         }
     }
     if let Some(v) = get(t, "value") {
-        return cx.string(v, &format!("{place} value")).map(|s| Source::Const(s.to_string()));
+        return cx
+            .string(v, &format!("{place} value"))
+            .map(|s| Source::Const(s.to_string()));
     }
     if let Some(v) = get(t, "template") {
         let text = cx.string(v, &format!("{place} template"))?;
@@ -545,7 +630,10 @@ fn repeated(cx: &mut Ctx<'_>, env: &Env<'_>, t: &DeTable<'_>, place: &str) -> (R
     let mut mode = Repeated::First;
     if let Some(v) = get(t, "repeated") {
         if env.kind == SourceKind::Fields {
-            cx.err(v.span(), format!("{place} repeated: a field map has one value per key; remove `repeated`"));
+            cx.err(
+                v.span(),
+                format!("{place} repeated: a field map has one value per key; remove `repeated`"),
+            );
         } else if let Some(s) = cx.one_of(v, &format!("{place} repeated"), Repeated::NAMES) {
             mode = Repeated::parse(s).unwrap_or(Repeated::First);
         }
@@ -553,7 +641,10 @@ fn repeated(cx: &mut Ctx<'_>, env: &Env<'_>, t: &DeTable<'_>, place: &str) -> (R
     let mut separator = ", ".to_string();
     if let Some(v) = get(t, "separator") {
         if mode != Repeated::Join {
-            cx.err(v.span(), format!("{place} separator: only used with repeated = \"join\""));
+            cx.err(
+                v.span(),
+                format!("{place} separator: only used with repeated = \"join\""),
+            );
         }
         if let Some(s) = cx.string(v, &format!("{place} separator")) {
             separator = s.to_string();
@@ -585,7 +676,11 @@ fn field(
             required = b;
         }
     }
-    if f == DispatchField::FaultDateTime && !transforms.iter().any(|t| matches!(t, Transform::DateTime(_))) {
+    if f == DispatchField::FaultDateTime
+        && !transforms
+            .iter()
+            .any(|t| matches!(t, Transform::DateTime(_)))
+    {
         // Whatever the source, FaultDateTime must leave as UTC RFC 3339 with Z.
         transforms.push(Transform::DateTime(Box::new(DateTimeSpec {
             format: DateFormat::Rfc3339,
@@ -605,7 +700,12 @@ fn field(
     })
 }
 
-fn cancel_field(cx: &mut Ctx<'_>, env: &Env<'_>, t: &DeTable<'_>, span: Range<usize>) -> Option<FieldPlan> {
+fn cancel_field(
+    cx: &mut Ctx<'_>,
+    env: &Env<'_>,
+    t: &DeTable<'_>,
+    span: Range<usize>,
+) -> Option<FieldPlan> {
     let place = "[cancel]";
     let src = source(cx, env, t, span, place);
     let (mode, separator) = repeated(cx, env, t, place);
@@ -627,7 +727,10 @@ fn transforms(cx: &mut Ctx<'_>, env: &Env<'_>, t: &DeTable<'_>, place: &str) -> 
         return out;
     };
     let DeValue::Array(items) = v.get_ref() else {
-        cx.err(v.span(), format!("{place} transforms: expected an array, e.g. [\"trim\", {{ truncate = 100 }}]"));
+        cx.err(
+            v.span(),
+            format!("{place} transforms: expected an array, e.g. [\"trim\", {{ truncate = 100 }}]"),
+        );
         return out;
     };
     for item in items.iter() {
@@ -643,7 +746,17 @@ fn regex(cx: &mut Ctx<'_>, v: &Value<'_>, what: &str) -> Option<Regex> {
     match RegexBuilder::new(pattern).size_limit(1 << 20).build() {
         Ok(r) => Some(r),
         Err(e) => {
-            cx.err(v.span(), format!("{what}: invalid regular expression: {e}"));
+            // regex errors are multi-line with a caret; the last line says what is wrong.
+            let text = e.to_string();
+            let why = text
+                .lines()
+                .last()
+                .unwrap_or("")
+                .trim_start_matches("error: ");
+            cx.err(
+                v.span(),
+                format!("{what}: invalid regular expression {pattern:?}: {why}"),
+            );
             None
         }
     }
@@ -664,7 +777,13 @@ fn transform(cx: &mut Ctx<'_>, env: &Env<'_>, item: &Value<'_>, place: &str) -> 
             "upper" => Some(Transform::Upper),
             "lower" => Some(Transform::Lower),
             other => {
-                cx.err(item.span(), format!("{place} transforms: unknown transform {other:?}; {}", expected()));
+                cx.err(
+                    item.span(),
+                    format!(
+                        "{place} transforms: unknown transform {other:?}; {}",
+                        expected()
+                    ),
+                );
                 None
             }
         },
@@ -674,7 +793,9 @@ fn transform(cx: &mut Ctx<'_>, env: &Env<'_>, item: &Value<'_>, place: &str) -> 
             let what = format!("{place} transforms {key}");
             match key {
                 "truncate" => cx.integer(v, &what, 1..1_000_001).map(Transform::Truncate),
-                "default" => cx.string(v, &what).map(|s| Transform::Default(s.to_string())),
+                "default" => cx
+                    .string(v, &what)
+                    .map(|s| Transform::Default(s.to_string())),
                 "replace" => {
                     let t = cx.table(v, &what)?;
                     cx.check_keys(t, REPLACE_KEYS, &what);
@@ -683,7 +804,8 @@ fn transform(cx: &mut Ctx<'_>, env: &Env<'_>, item: &Value<'_>, place: &str) -> 
                         None => String::new(),
                     };
                     match get(t, "pattern") {
-                        Some(p) => regex(cx, p, &format!("{what} pattern")).map(|regex| Transform::Replace { regex, with }),
+                        Some(p) => regex(cx, p, &format!("{what} pattern"))
+                            .map(|regex| Transform::Replace { regex, with }),
                         None => {
                             cx.err(v.span(), format!("{what}: missing `pattern`"));
                             None
@@ -691,7 +813,10 @@ fn transform(cx: &mut Ctx<'_>, env: &Env<'_>, item: &Value<'_>, place: &str) -> 
                     }
                 }
                 "matches" => match v.get_ref() {
-                    DeValue::String(_) => regex(cx, v, &what).map(|regex| Transform::Matches { regex, message: None }),
+                    DeValue::String(_) => regex(cx, v, &what).map(|regex| Transform::Matches {
+                        regex,
+                        message: None,
+                    }),
                     _ => {
                         let t = cx.table(v, &what)?;
                         cx.check_keys(t, MATCHES_KEYS, &what);
@@ -699,7 +824,8 @@ fn transform(cx: &mut Ctx<'_>, env: &Env<'_>, item: &Value<'_>, place: &str) -> 
                             .and_then(|m| cx.string(m, &format!("{what} message")))
                             .map(str::to_string);
                         match get(t, "pattern") {
-                            Some(p) => regex(cx, p, &format!("{what} pattern")).map(|regex| Transform::Matches { regex, message }),
+                            Some(p) => regex(cx, p, &format!("{what} pattern"))
+                                .map(|regex| Transform::Matches { regex, message }),
                             None => {
                                 cx.err(v.span(), format!("{what}: missing `pattern`"));
                                 None
@@ -712,7 +838,8 @@ fn transform(cx: &mut Ctx<'_>, env: &Env<'_>, item: &Value<'_>, place: &str) -> 
                     match env.lookups.get(name) {
                         Some(l) => Some(Transform::Lookup(l.clone())),
                         None => {
-                            let mut known: Vec<&str> = env.lookups.keys().map(String::as_str).collect();
+                            let mut known: Vec<&str> =
+                                env.lookups.keys().map(String::as_str).collect();
                             known.sort_unstable();
                             cx.err(
                                 v.span(),
@@ -727,7 +854,13 @@ fn transform(cx: &mut Ctx<'_>, env: &Env<'_>, item: &Value<'_>, place: &str) -> 
                 }
                 "datetime" => datetime(cx, env, v, &what).map(|d| Transform::DateTime(Box::new(d))),
                 other => {
-                    cx.err(k.span(), format!("{place} transforms: unknown transform {other:?}; {}", expected()));
+                    cx.err(
+                        k.span(),
+                        format!(
+                            "{place} transforms: unknown transform {other:?}; {}",
+                            expected()
+                        ),
+                    );
                     None
                 }
             }
@@ -750,7 +883,11 @@ fn datetime(cx: &mut Ctx<'_>, env: &Env<'_>, v: &Value<'_>, what: &str) -> Optio
                 None => env.tz.clone(),
             };
             let policy = match get(t, "ambiguous") {
-                Some(a) => DstPolicy::parse(cx.one_of(a, &format!("{what} ambiguous"), DstPolicy::NAMES)?)?,
+                Some(a) => DstPolicy::parse(cx.one_of(
+                    a,
+                    &format!("{what} ambiguous"),
+                    DstPolicy::NAMES,
+                )?)?,
                 None => DstPolicy::Compatible,
             };
             match get(t, "format") {
@@ -784,7 +921,10 @@ fn date_format(cx: &mut Ctx<'_>, v: &Value<'_>, what: &str, tz: &TimeZone) -> Op
     let written = match jiff::fmt::strtime::format(f, &sample) {
         Ok(s) => s,
         Err(e) => {
-            cx.err(v.span(), format!("{what}: {f:?} is not a valid strftime format: {e}"));
+            cx.err(
+                v.span(),
+                format!("{what}: {f:?} is not a valid strftime format: {e}"),
+            );
             return None;
         }
     };
@@ -795,7 +935,9 @@ fn date_format(cx: &mut Ctx<'_>, v: &Value<'_>, what: &str, tz: &TimeZone) -> Op
     if !full {
         cx.err(
             v.span(),
-            format!("{what}: {f:?} does not give a full date and time (use e.g. \"%Y-%m-%d %H:%M:%S\")"),
+            format!(
+                "{what}: {f:?} does not give a full date and time (use e.g. \"%Y-%m-%d %H:%M:%S\")"
+            ),
         );
         return None;
     }
@@ -803,6 +945,7 @@ fn date_format(cx: &mut Ctx<'_>, v: &Value<'_>, what: &str, tz: &TimeZone) -> Op
 }
 
 /// A template piece before its paths are compiled.
+#[derive(Debug)]
 enum RawPart {
     Literal(String),
     Value(String),
@@ -842,7 +985,11 @@ fn template(text: &str) -> Result<Vec<RawPart>, String> {
                 parts.push(RawPart::Value(inner.trim().to_string()));
                 values += 1;
             }
-            '}' => return Err(format!("unmatched }} in {text:?} (write }}}} for a literal brace)")),
+            '}' => {
+                return Err(format!(
+                    "unmatched }} in {text:?} (write }}}} for a literal brace)"
+                ))
+            }
             c => lit.push(c),
         }
     }
@@ -850,34 +997,42 @@ fn template(text: &str) -> Result<Vec<RawPart>, String> {
         parts.push(RawPart::Literal(lit));
     }
     if values == 0 {
-        return Err(format!("{text:?} has no {{...}} value; use `value` for a constant"));
+        return Err(format!(
+            "{text:?} has no {{...}} value; use `value` for a constant"
+        ));
     }
     Ok(parts)
 }
 
-fn outbound(cx: &mut Ctx<'_>, env: &Env<'_>, t: &DeTable<'_>, span: Range<usize>) -> Option<OutboundPlan> {
+fn outbound(
+    cx: &mut Ctx<'_>,
+    env: &Env<'_>,
+    t: &DeTable<'_>,
+    span: Range<usize>,
+) -> Option<OutboundPlan> {
     cx.check_keys(t, OUTBOUND_KEYS, "[outbound]");
     let mut used_prefixes: Vec<String> = Vec::new();
     let mut unprefixed = false;
-    let mut check_name = |cx: &mut Ctx<'_>, name: &str, span: Range<usize>, element: bool, what: &str| -> bool {
-        match resolve_qname(name, &env.ns(), element) {
-            Ok(_) => {
-                match name.split_once(':') {
-                    Some((p, _)) => {
-                        if !used_prefixes.iter().any(|u| u == p) {
-                            used_prefixes.push(p.to_string());
+    let mut check_name =
+        |cx: &mut Ctx<'_>, name: &str, span: Range<usize>, element: bool, what: &str| -> bool {
+            match resolve_qname(name, &env.ns(), element) {
+                Ok(_) => {
+                    match name.split_once(':') {
+                        Some((p, _)) => {
+                            if !used_prefixes.iter().any(|u| u == p) {
+                                used_prefixes.push(p.to_string());
+                            }
                         }
+                        None => unprefixed |= element,
                     }
-                    None => unprefixed |= element,
+                    true
                 }
-                true
+                Err(e) => {
+                    cx.err(span, format!("{what}: {e}"));
+                    false
+                }
             }
-            Err(e) => {
-                cx.err(span, format!("{what}: {e}"));
-                false
-            }
-        }
-    };
+        };
     let root_name = match get(t, "root") {
         Some(v) => {
             let s = cx.string(v, "outbound.root")?;
@@ -895,7 +1050,13 @@ fn outbound(cx: &mut Ctx<'_>, env: &Env<'_>, t: &DeTable<'_>, span: Range<usize>
             for (k, n) in rt.iter() {
                 let kind = k.get_ref().as_ref();
                 if !KINDS.contains(&kind) {
-                    cx.err(k.span(), format!("outbound.root_by_kind: unknown kind {kind:?}; expected one of: {}", KINDS.join(", ")));
+                    cx.err(
+                        k.span(),
+                        format!(
+                            "outbound.root_by_kind: unknown kind {kind:?}; expected one of: {}",
+                            KINDS.join(", ")
+                        ),
+                    );
                 }
                 if let Some(s) = cx.string(n, "outbound.root_by_kind") {
                     check_name(cx, s, n.span(), true, "outbound.root_by_kind");
@@ -921,7 +1082,9 @@ fn outbound(cx: &mut Ctx<'_>, env: &Env<'_>, t: &DeTable<'_>, span: Range<usize>
         None => env.tz.clone(),
     };
     let format = match get(t, "datetime_format") {
-        Some(v) => date_format(cx, v, "outbound.datetime_format", &tz.0).unwrap_or(DateFormat::Rfc3339),
+        Some(v) => {
+            date_format(cx, v, "outbound.datetime_format", &tz.0).unwrap_or(DateFormat::Rfc3339)
+        }
         None => DateFormat::Rfc3339,
     };
     let mut root = OutNode {
@@ -932,7 +1095,10 @@ fn outbound(cx: &mut Ctx<'_>, env: &Env<'_>, t: &DeTable<'_>, span: Range<usize>
         Some(v) => match v.get_ref() {
             DeValue::Array(items) => items.iter().collect::<Vec<_>>(),
             _ => {
-                cx.err(v.span(), "outbound.element: expected [[outbound.element]] entries");
+                cx.err(
+                    v.span(),
+                    "outbound.element: expected [[outbound.element]] entries",
+                );
                 Vec::new()
             }
         },
@@ -945,7 +1111,10 @@ fn outbound(cx: &mut Ctx<'_>, env: &Env<'_>, t: &DeTable<'_>, span: Range<usize>
         let place = "[[outbound.element]]";
         cx.check_keys(et, ELEMENT_KEYS, place);
         let Some(pv) = get(et, "path") else {
-            cx.err(item.span(), format!("{place}: missing `path` (e.g. path = \"state\" or path = \"@code\")"));
+            cx.err(
+                item.span(),
+                format!("{place}: missing `path` (e.g. path = \"state\" or path = \"@code\")"),
+            );
             continue;
         };
         let Some(path) = cx.string(pv, "outbound.element path") else {
@@ -966,7 +1135,10 @@ fn outbound(cx: &mut Ctx<'_>, env: &Env<'_>, t: &DeTable<'_>, span: Range<usize>
             }
             if let Some(a) = part.strip_prefix('@') {
                 if i + 1 != parts.len() {
-                    cx.err(pv.span(), format!("{place} path {path:?}: an attribute must come last"));
+                    cx.err(
+                        pv.span(),
+                        format!("{place} path {path:?}: an attribute must come last"),
+                    );
                     ok = false;
                 } else {
                     ok &= check_name(cx, a, pv.span(), false, &format!("{place} path"));
@@ -1007,52 +1179,52 @@ fn outbound(cx: &mut Ctx<'_>, env: &Env<'_>, t: &DeTable<'_>, span: Range<usize>
     })
 }
 
-fn out_value(cx: &mut Ctx<'_>, env: &Env<'_>, t: &DeTable<'_>, span: Range<usize>, path: &str) -> Option<OutValue> {
+fn out_value(
+    cx: &mut Ctx<'_>,
+    env: &Env<'_>,
+    t: &DeTable<'_>,
+    span: Range<usize>,
+    path: &str,
+) -> Option<OutValue> {
     let place = format!("[[outbound.element]] {path:?}");
     let given: Vec<&str> = ["field", "value", "template"]
         .into_iter()
         .filter(|k| get(t, k).is_some())
         .collect();
     if given.len() != 1 {
-        cx.err(span, format!("{place}: give exactly one of `field`, `value`, `template`"));
+        cx.err(
+            span,
+            format!("{place}: give exactly one of `field`, `value`, `template`"),
+        );
         return None;
     }
-    let field_names = || UpdateField::ALL.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ");
+    let field_names = || {
+        UpdateField::ALL
+            .iter()
+            .map(|(n, _)| *n)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let source = if let Some(v) = get(t, "field") {
-        let name = cx.string(v, &format!("{place} field"))?;
-        match UpdateField::parse(name) {
-            Some(f) => OutSource::Field(f),
-            None => {
-                cx.err(v.span(), format!("{place} field: unknown update field {name:?}; expected one of: {}", field_names()));
-                return None;
-            }
-        }
+        cx.string(v, &format!("{place} field"))
+            .and_then(|name| match UpdateField::parse(name) {
+                Some(f) => Some(OutSource::Field(f)),
+                None => {
+                    cx.err(
+                        v.span(),
+                        format!(
+                            "{place} field: unknown update field {name:?}; expected one of: {}",
+                            field_names()
+                        ),
+                    );
+                    None
+                }
+            })
     } else if let Some(v) = get(t, "value") {
-        OutSource::Const(cx.string(v, &format!("{place} value"))?.to_string())
+        cx.string(v, &format!("{place} value"))
+            .map(|s| OutSource::Const(s.to_string()))
     } else {
-        let v = get(t, "template")?;
-        let text = cx.string(v, &format!("{place} template"))?;
-        let raw = match template(text) {
-            Ok(r) => r,
-            Err(e) => {
-                cx.err(v.span(), format!("{place} template: {e}"));
-                return None;
-            }
-        };
-        let mut parts = Vec::new();
-        for p in raw {
-            match p {
-                RawPart::Literal(l) => parts.push(OutPart::Literal(l)),
-                RawPart::Value(n) => match UpdateField::parse(&n) {
-                    Some(f) => parts.push(OutPart::Field(f)),
-                    None => {
-                        cx.err(v.span(), format!("{place} template: unknown update field {n:?}; expected one of: {}", field_names()));
-                        return None;
-                    }
-                },
-            }
-        }
-        OutSource::Template(parts)
+        get(t, "template").and_then(|v| out_template(cx, v, &place))
     };
     let kinds = match get(t, "kinds") {
         Some(v) => match v.get_ref() {
@@ -1066,7 +1238,10 @@ fn out_value(cx: &mut Ctx<'_>, env: &Env<'_>, t: &DeTable<'_>, span: Range<usize
                 Some(ks)
             }
             _ => {
-                cx.err(v.span(), format!("{place} kinds: expected a non-empty array such as [\"ACK\", \"NAK\"]"));
+                cx.err(
+                    v.span(),
+                    format!("{place} kinds: expected a non-empty array such as [\"ACK\", \"NAK\"]"),
+                );
                 None
             }
         },
@@ -1075,21 +1250,44 @@ fn out_value(cx: &mut Ctx<'_>, env: &Env<'_>, t: &DeTable<'_>, span: Range<usize
     let keep_empty = get(t, "keep_empty")
         .and_then(|v| cx.boolean(v, &format!("{place} keep_empty")))
         .unwrap_or(false);
-    let ns_env = Env {
-        kind: SourceKind::Fields,
-        prefixes: env.prefixes,
-        default_ns: env.default_ns,
-        lookups: env.lookups,
-        tz: env.tz,
-    };
-    let transforms = transforms(cx, &ns_env, t, &place);
+    let transforms = transforms(cx, env, t, &place);
     Some(OutValue {
-        source,
+        source: source?,
         transforms,
         kinds,
         keep_empty,
         path: path.to_string(),
     })
+}
+
+fn out_template(cx: &mut Ctx<'_>, v: &Value<'_>, place: &str) -> Option<OutSource> {
+    let text = cx.string(v, &format!("{place} template"))?;
+    let raw = match template(text) {
+        Ok(r) => r,
+        Err(e) => {
+            cx.err(v.span(), format!("{place} template: {e}"));
+            return None;
+        }
+    };
+    let mut parts = Vec::new();
+    for p in raw {
+        match p {
+            RawPart::Literal(l) => parts.push(OutPart::Literal(l)),
+            RawPart::Value(n) => match UpdateField::parse(&n) {
+                Some(f) => parts.push(OutPart::Field(f)),
+                None => {
+                    let names = UpdateField::ALL
+                        .iter()
+                        .map(|(n, _)| *n)
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    cx.err(v.span(), format!("{place} template: unknown update field {n:?}; expected one of: {names}"));
+                    return None;
+                }
+            },
+        }
+    }
+    Some(OutSource::Template(parts))
 }
 
 #[cfg(test)]
@@ -1100,7 +1298,8 @@ mod tests {
     fn line_col_counts_chars() {
         assert_eq!(line_col("ab\ncdé\nx", 0), (1, 1));
         assert_eq!(line_col("ab\ncdé\nx", 3), (2, 1));
-        assert_eq!(line_col("ab\ncdé\nx", 9), (3, 1));
+        assert_eq!(line_col("ab\ncdé\nx", 8), (3, 1));
+        assert_eq!(line_col("ab\ncdé\nx", 7), (2, 4));
     }
 
     #[test]

@@ -207,7 +207,11 @@ pub struct LoadError {
 
 impl fmt::Display for LoadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.message)
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.column, self.message
+        )
     }
 }
 
@@ -244,7 +248,10 @@ pub enum RenderError {
 }
 
 fn problems_text(ps: &[Problem]) -> String {
-    ps.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; ")
+    ps.iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// What the outbound renderer knows about one update (a view of the stored update).
@@ -343,7 +350,10 @@ impl MappingPlan {
     }
 
     /// Maps gRPC fields to Dispatch fields, or returns every problem found.
-    pub fn map_fields(&self, fields: &HashMap<String, String>) -> Result<DispatchFields, Vec<Problem>> {
+    pub fn map_fields(
+        &self,
+        fields: &HashMap<String, String>,
+    ) -> Result<DispatchFields, Vec<Problem>> {
         if self.source != SourceKind::Fields {
             return Err(vec![kind_problem("gRPC fields", "xml")]);
         }
@@ -390,7 +400,10 @@ impl MappingPlan {
     }
 
     /// The cancel reason for a cancel that came with gRPC fields.
-    pub fn cancel_reason_fields(&self, fields: &HashMap<String, String>) -> Result<String, Vec<Problem>> {
+    pub fn cancel_reason_fields(
+        &self,
+        fields: &HashMap<String, String>,
+    ) -> Result<String, Vec<Problem>> {
         self.reason(Input::Fields(fields))
     }
 

@@ -281,19 +281,30 @@ impl OutboundPlan {
             let mut start = BytesStart::new(env);
             start.push_attribute((format!("xmlns:{prefix}").as_str(), v.namespace()));
             writer.write_event(Event::Start(start)).map_err(io)?;
-            writer.write_event(Event::Start(BytesStart::new(body))).map_err(io)?;
+            writer
+                .write_event(Event::Start(BytesStart::new(body)))
+                .map_err(io)?;
         }
         write_element(&mut writer, &root).map_err(io)?;
         if self.envelope.is_some() {
-            writer.write_event(Event::End(BytesEnd::new(body))).map_err(io)?;
-            writer.write_event(Event::End(BytesEnd::new(env))).map_err(io)?;
+            writer
+                .write_event(Event::End(BytesEnd::new(body)))
+                .map_err(io)?;
+            writer
+                .write_event(Event::End(BytesEnd::new(env)))
+                .map_err(io)?;
         }
         let mut out = writer.into_inner();
         out.push(b'\n');
         Ok(out)
     }
 
-    fn eval<'p>(&'p self, node: &'p OutNode, u: &UpdateView, problems: &mut Vec<Problem>) -> Option<Rendered<'p>> {
+    fn eval<'p>(
+        &'p self,
+        node: &'p OutNode,
+        u: &UpdateView,
+        problems: &mut Vec<Problem>,
+    ) -> Option<Rendered<'p>> {
         let text = self.pick(&node.values, u, problems);
         let mut attrs = Vec::new();
         for (name, values) in &node.attrs {
@@ -319,7 +330,12 @@ impl OutboundPlan {
 
     /// The first candidate for this kind with a non-blank value; `Some("")` when only
     /// `keep_empty` candidates apply.
-    fn pick(&self, values: &[OutValue], u: &UpdateView, problems: &mut Vec<Problem>) -> Option<String> {
+    fn pick(
+        &self,
+        values: &[OutValue],
+        u: &UpdateView,
+        problems: &mut Vec<Problem>,
+    ) -> Option<String> {
         let mut keep_empty = false;
         for v in values {
             if let Some(kinds) = &v.kinds {

@@ -75,7 +75,11 @@ pub(crate) fn is_ncname(s: &str) -> bool {
 
 /// Resolves a qualified name written in the mapping. `element` selects the rule for
 /// unprefixed names (default namespace for elements, none for attributes).
-pub(crate) fn resolve_qname(qname: &str, ctx: &NsContext<'_>, element: bool) -> Result<Name, String> {
+pub(crate) fn resolve_qname(
+    qname: &str,
+    ctx: &NsContext<'_>,
+    element: bool,
+) -> Result<Name, String> {
     let (prefix, local) = match qname.split_once(':') {
         Some((p, l)) => (Some(p), l),
         None => (None, qname),
@@ -244,7 +248,11 @@ mod tests {
         let c = r#"<zz:inc xmlns:zz="urn:i"><zz:caller id="7"/></zz:inc>"#;
         let wrong = r#"<a:inc xmlns:a="urn:other"><a:caller id="7"/></a:inc>"#;
         for xml in [a, b, c] {
-            assert_eq!(all("/i:inc/i:caller/@id", &[("i", "urn:i")], xml), ["7"], "{xml}");
+            assert_eq!(
+                all("/i:inc/i:caller/@id", &[("i", "urn:i")], xml),
+                ["7"],
+                "{xml}"
+            );
         }
         assert!(all("/i:inc/i:caller/@id", &[("i", "urn:i")], wrong).is_empty());
         // An unprefixed step means "no namespace" unless a default namespace is set.
@@ -295,7 +303,8 @@ mod tests {
             ("a/@b/c", "must come last"),
             ("x:a", "not declared"),
             ("a b", "not a valid XML name"),
-            ("/", "payload root"),
+            ("/", "empty step"),
+            ("/@id", "payload root"),
             ("a/", "empty step"),
         ] {
             let err = compile_xml_path(bad, &c).unwrap_err();

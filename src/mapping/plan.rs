@@ -100,7 +100,11 @@ impl FieldPlan {
     /// Describes the source for problem messages.
     pub(crate) fn source_text(&self) -> String {
         match &self.source {
-            Source::Paths(ps) => ps.iter().map(SourcePath::text).collect::<Vec<_>>().join(" | "),
+            Source::Paths(ps) => ps
+                .iter()
+                .map(SourcePath::text)
+                .collect::<Vec<_>>()
+                .join(" | "),
             Source::Const(_) => "constant".to_string(),
             Source::Template { text, .. } => format!("template {text:?}"),
         }
@@ -197,14 +201,22 @@ impl FieldPlan {
                     }
                 }
                 Ok(Extracted {
-                    value: if any { Cow::Owned(out) } else { Cow::Borrowed("") },
+                    value: if any {
+                        Cow::Owned(out)
+                    } else {
+                        Cow::Borrowed("")
+                    },
                     found,
                 })
             }
         }
     }
 
-    fn lookup<'d>(&'d self, path: &'d SourcePath, input: Input<'d>) -> Result<Extracted<'d>, String> {
+    fn lookup<'d>(
+        &'d self,
+        path: &'d SourcePath,
+        input: Input<'d>,
+    ) -> Result<Extracted<'d>, String> {
         let none = Extracted {
             value: Cow::Borrowed(""),
             found: false,

@@ -111,7 +111,10 @@ pub(crate) enum Transform {
     /// Value used when the current value is empty (or only whitespace).
     Default(String),
     /// Refuses values that do not match.
-    Matches { regex: Regex, message: Option<String> },
+    Matches {
+        regex: Regex,
+        message: Option<String>,
+    },
     /// Table lookup.
     Lookup(Arc<Lookup>),
     /// Date-time normalization.
@@ -122,8 +125,9 @@ impl Transform {
     /// The names of the transforms written as a bare string.
     pub(crate) const SIMPLE: &'static [&'static str] = &["trim", "collapse", "upper", "lower"];
     /// The names of the transforms written as a one-key table.
-    pub(crate) const TABLE: &'static [&'static str] =
-        &["truncate", "replace", "default", "matches", "lookup", "datetime"];
+    pub(crate) const TABLE: &'static [&'static str] = &[
+        "truncate", "replace", "default", "matches", "lookup", "datetime",
+    ];
 
     /// Applies the transform.
     pub(crate) fn apply<'v>(&self, value: Cow<'v, str>) -> Result<Cow<'v, str>, String> {
@@ -268,7 +272,11 @@ pub(crate) fn format_utc(ts: Timestamp) -> String {
 
 /// Formats a timestamp in `format` and `tz` (RFC 3339 keeps `Z` for UTC and a numeric
 /// offset otherwise).
-pub(crate) fn format_in(ts: Timestamp, format: &DateFormat, tz: &TimeZone) -> Result<String, String> {
+pub(crate) fn format_in(
+    ts: Timestamp,
+    format: &DateFormat,
+    tz: &TimeZone,
+) -> Result<String, String> {
     let zoned = ts.to_zoned_datetime(tz.clone());
     match format {
         DateFormat::Rfc3339 => {
@@ -279,7 +287,9 @@ pub(crate) fn format_in(ts: Timestamp, format: &DateFormat, tz: &TimeZone) -> Re
                     .map_err(|e| e.to_string())
             }
         }
-        DateFormat::Strftime(f) => jiff::fmt::strtime::format(f.as_str(), &zoned).map_err(|e| e.to_string()),
+        DateFormat::Strftime(f) => {
+            jiff::fmt::strtime::format(f.as_str(), &zoned).map_err(|e| e.to_string())
+        }
     }
 }
 
@@ -305,14 +315,16 @@ impl DateTimeSpec {
                 Ok(ts)
             }
             DateFormat::Strftime(f) => {
-                let tm = jiff::fmt::strtime::parse(f.as_str(), value).map_err(|_| not_in_format())?;
+                let tm =
+                    jiff::fmt::strtime::parse(f.as_str(), value).map_err(|_| not_in_format())?;
                 if tm.offset().is_some() {
                     return tm.to_timestamp().map_err(|_| not_in_format());
                 }
                 let dt = tm.to_datetime().map_err(|_| not_in_format())?;
                 let (tz, tz_name) = match tm.iana_time_zone() {
                     Some(name) => (
-                        TimeZone::get(name).map_err(|_| format!("{value:?}: unknown time zone {name:?}"))?,
+                        TimeZone::get(name)
+                            .map_err(|_| format!("{value:?}: unknown time zone {name:?}"))?,
                         name,
                     ),
                     None => (self.tz.clone(), self.tz_name.as_str()),
@@ -366,7 +378,10 @@ mod tests {
     #[test]
     fn text_transforms() {
         assert_eq!(run(&Transform::Trim, "  a b \n").unwrap(), "a b");
-        assert_eq!(run(&Transform::Collapse, "  a \n\t b  c ").unwrap(), "a b c");
+        assert_eq!(
+            run(&Transform::Collapse, "  a \n\t b  c ").unwrap(),
+            "a b c"
+        );
         assert_eq!(run(&Transform::Collapse, "a b").unwrap(), "a b");
         assert_eq!(run(&Transform::Upper, "ug1234 ß").unwrap(), "UG1234 SS");
         assert_eq!(run(&Transform::Lower, "ÄBC").unwrap(), "äbc");
@@ -374,8 +389,16 @@ mod tests {
 
     #[test]
     fn borrowed_when_nothing_changes() {
-        for t in [Transform::Trim, Transform::Collapse, Transform::Upper, Transform::Truncate(10)] {
-            assert!(matches!(t.apply(Cow::Borrowed("ABC")).unwrap(), Cow::Borrowed(_)));
+        for t in [
+            Transform::Trim,
+            Transform::Collapse,
+            Transform::Upper,
+            Transform::Truncate(10),
+        ] {
+            assert!(matches!(
+                t.apply(Cow::Borrowed("ABC")).unwrap(),
+                Cow::Borrowed(_)
+            ));
         }
     }
 
@@ -406,7 +429,10 @@ mod tests {
         };
         assert_eq!(run(&m, "a@b.c").unwrap(), "a@b.c");
         assert_eq!(run(&m, "").unwrap(), "");
-        assert_eq!(run(&m, "nope").unwrap_err(), "\"nope\" is not an e-mail address");
+        assert_eq!(
+            run(&m, "nope").unwrap_err(),
+            "\"nope\" is not an e-mail address"
+        );
     }
 
     #[test]
@@ -445,10 +471,20 @@ mod tests {
 
     #[test]
     fn datetime_in_zone_to_utc() {
-        let t = dt("%Y-%m-%d %H:%M:%S", "America/Chicago", DstPolicy::Compatible);
-        assert_eq!(run(&t, "2021-01-16 09:17:48").unwrap(), "2021-01-16T15:17:48Z");
+        let t = dt(
+            "%Y-%m-%d %H:%M:%S",
+            "America/Chicago",
+            DstPolicy::Compatible,
+        );
+        assert_eq!(
+            run(&t, "2021-01-16 09:17:48").unwrap(),
+            "2021-01-16T15:17:48Z"
+        );
         // Summer time: UTC-5.
-        assert_eq!(run(&t, "2021-07-16 09:17:48").unwrap(), "2021-07-16T14:17:48Z");
+        assert_eq!(
+            run(&t, "2021-07-16 09:17:48").unwrap(),
+            "2021-07-16T14:17:48Z"
+        );
         assert_eq!(
             run(&t, "16/01/2021").unwrap_err(),
             "\"16/01/2021\" is not a date-time in format %Y-%m-%d %H:%M:%S"
@@ -458,8 +494,15 @@ mod tests {
 
     #[test]
     fn datetime_with_offset_in_input_ignores_zone() {
-        let t = dt("%Y-%m-%d %H:%M:%S %z", "America/Chicago", DstPolicy::Compatible);
-        assert_eq!(run(&t, "2021-01-16 09:17:48 +0100").unwrap(), "2021-01-16T08:17:48Z");
+        let t = dt(
+            "%Y-%m-%d %H:%M:%S %z",
+            "America/Chicago",
+            DstPolicy::Compatible,
+        );
+        assert_eq!(
+            run(&t, "2021-01-16 09:17:48 +0100").unwrap(),
+            "2021-01-16T08:17:48Z"
+        );
     }
 
     #[test]
@@ -478,18 +521,36 @@ mod tests {
         assert_eq!(run(&l, gap).unwrap(), "2021-03-14T08:30:00Z");
         assert_eq!(run(&l, fold).unwrap(), "2021-11-07T07:30:00Z"); // second 01:30, CST
         let r = dt(f, "America/Chicago", DstPolicy::Reject);
-        assert!(run(&r, gap).unwrap_err().contains("does not exist in America/Chicago"));
-        assert!(run(&r, fold).unwrap_err().contains("is ambiguous in America/Chicago"));
-        assert_eq!(run(&r, "2021-01-16 09:17:48").unwrap(), "2021-01-16T15:17:48Z");
+        assert!(run(&r, gap)
+            .unwrap_err()
+            .contains("does not exist in America/Chicago"));
+        assert!(run(&r, fold)
+            .unwrap_err()
+            .contains("is ambiguous in America/Chicago"));
+        assert_eq!(
+            run(&r, "2021-01-16 09:17:48").unwrap(),
+            "2021-01-16T15:17:48Z"
+        );
     }
 
     #[test]
     fn rfc3339_any_offset_to_utc_whole_seconds() {
         let t = dt("rfc3339", "UTC", DstPolicy::Compatible);
-        assert_eq!(run(&t, "2021-01-16T09:17:48-06:00").unwrap(), "2021-01-16T15:17:48Z");
-        assert_eq!(run(&t, "2021-01-16T15:17:48Z").unwrap(), "2021-01-16T15:17:48Z");
-        assert_eq!(run(&t, "2021-01-16T16:17:48.987+01:00").unwrap(), "2021-01-16T15:17:48Z");
-        assert!(run(&t, "2021-01-16T15:17:48").unwrap_err().contains("RFC 3339"));
+        assert_eq!(
+            run(&t, "2021-01-16T09:17:48-06:00").unwrap(),
+            "2021-01-16T15:17:48Z"
+        );
+        assert_eq!(
+            run(&t, "2021-01-16T15:17:48Z").unwrap(),
+            "2021-01-16T15:17:48Z"
+        );
+        assert_eq!(
+            run(&t, "2021-01-16T16:17:48.987+01:00").unwrap(),
+            "2021-01-16T15:17:48Z"
+        );
+        assert!(run(&t, "2021-01-16T15:17:48")
+            .unwrap_err()
+            .contains("RFC 3339"));
         assert!(run(&t, "yesterday").is_err());
     }
 
@@ -498,10 +559,21 @@ mod tests {
         let ts: Timestamp = "2021-01-16T15:17:48Z".parse().unwrap();
         let chicago = TimeZone::get("America/Chicago").unwrap();
         assert_eq!(
-            format_in(ts, &DateFormat::Strftime("%Y-%m-%d %H:%M:%S".into()), &chicago).unwrap(),
+            format_in(
+                ts,
+                &DateFormat::Strftime("%Y-%m-%d %H:%M:%S".into()),
+                &chicago
+            )
+            .unwrap(),
             "2021-01-16 09:17:48"
         );
-        assert_eq!(format_in(ts, &DateFormat::Rfc3339, &chicago).unwrap(), "2021-01-16T09:17:48-06:00");
-        assert_eq!(format_in(ts, &DateFormat::Rfc3339, &TimeZone::UTC).unwrap(), "2021-01-16T15:17:48Z");
+        assert_eq!(
+            format_in(ts, &DateFormat::Rfc3339, &chicago).unwrap(),
+            "2021-01-16T09:17:48-06:00"
+        );
+        assert_eq!(
+            format_in(ts, &DateFormat::Rfc3339, &TimeZone::UTC).unwrap(),
+            "2021-01-16T15:17:48Z"
+        );
     }
 }

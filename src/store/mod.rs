@@ -192,6 +192,7 @@ pub struct Store {
     stats: Arc<CommitStats>,
     healthy: Arc<AtomicBool>,
     writer_done: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+    closing: Arc<AtomicBool>,
 }
 
 /// The most write requests one group commit takes; more wait for the next flush.
@@ -218,7 +219,9 @@ impl Store {
         let job_sinks: Arc<Mutex<HashMap<Target, mpsc::UnboundedSender<Job>>>> = Arc::default();
         let stats = Arc::new(CommitStats::default());
         let healthy = Arc::new(AtomicBool::new(true));
+        let closing = Arc::new(AtomicBool::new(false));
         let handle = {
+            let closing = closing.clone();
             let backend = backend.clone();
             let watermarks = watermarks.clone();
             let job_sinks = job_sinks.clone();
@@ -226,7 +229,9 @@ impl Store {
             let healthy = healthy.clone();
             std::thread::Builder::new()
                 .name("store-writer".into())
-                .spawn(move || writer_loop(rx, backend, watermarks, job_sinks, stats, healthy))
+                .spawn(move || {
+                    writer_loop(rx, backend, watermarks, job_sinks, stats, healthy, closing)
+                })
                 .expect("spawn store writer thread")
         };
         Store {
@@ -237,6 +242,7 @@ impl Store {
             stats,
             healthy,
             writer_done: Arc::new(Mutex::new(Some(handle))),
+            closing,
         }
     }
 
@@ -349,14 +355,17 @@ impl Store {
         self.healthy.load(Ordering::Relaxed)
     }
 
-    /// Stops the writer after it has committed and flushed everything queued before.
-    /// Other clones may still exist; the thread ends when the last sender is gone, so
-    /// this waits only for what was already queued.
+    /// Stops the writer after it has committed and flushed everything queued before,
+    /// and waits for its thread to end. Writes after this fail with `Closed`.
     pub async fn close(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        // A last (empty) write wakes the writer; it exits after that batch's flush.
         let _ = self.write(|_tx| Ok(())).await;
-        let _ = self.backend.flush();
         let handle = self.writer_done.lock().expect("writer handle lock").take();
-        drop(handle);
+        if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+        let _ = self.backend.flush();
     }
 }
 
@@ -367,6 +376,7 @@ fn writer_loop(
     job_sinks: Arc<Mutex<HashMap<Target, mpsc::UnboundedSender<Job>>>>,
     stats: Arc<CommitStats>,
     healthy: Arc<AtomicBool>,
+    closing: Arc<AtomicBool>,
 ) {
     let mut batch: Vec<WriteOp> = Vec::with_capacity(256);
     let mut completions: Vec<Completion> = Vec::with_capacity(256);
@@ -412,6 +422,9 @@ fn writer_loop(
         }
         for c in completions.drain(..) {
             c(flushed.clone());
+        }
+        if closing.load(Ordering::SeqCst) {
+            break;
         }
     }
     let _ = backend.flush();

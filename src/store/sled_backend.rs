@@ -118,7 +118,6 @@ impl SledBackend {
 
 struct SledTxn<'a> {
     t: &'a [TransactionalTree],
-    db: &'a sled::Db,
 }
 
 fn txerr(e: sled::transaction::UnabortableTransactionError) -> StoreError {
@@ -136,6 +135,23 @@ impl SledTxn<'_> {
         self.t[tree].insert(key, encode(v)?).map_err(txerr)?;
         Ok(())
     }
+    /// Increments the u64 counter at `key` in `meta` and returns the new value.
+    fn bump(&self, key: &[u8]) -> Result<u64, StoreError> {
+        let cur = match self.t[META].get(key).map_err(txerr)? {
+            Some(v) => u64::from_be_bytes(
+                v.as_ref()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("counter".into()))?,
+            ),
+            None => 0,
+        };
+        let next = cur + 1;
+        self.t[META]
+            .insert(key, &next.to_be_bytes())
+            .map_err(txerr)?;
+        Ok(next)
+    }
+
     fn get_key(&self, tree: usize, key: &[u8]) -> Result<Option<IncidentKey>, StoreError> {
         match self.t[tree].get(key).map_err(txerr)? {
             Some(v) => Ok(Some(parse_key(&v)?)),
@@ -192,18 +208,7 @@ impl Txn for SledTxn<'_> {
         Ok(())
     }
     fn next_sequence(&self, integration: &str) -> Result<u64, StoreError> {
-        let k = pair("seq", integration);
-        let cur = match self.t[META].get(&k).map_err(txerr)? {
-            Some(v) => u64::from_be_bytes(
-                v.as_ref()
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt("sequence counter".into()))?,
-            ),
-            None => 0,
-        };
-        let next = cur + 1;
-        self.t[META].insert(k, &next.to_be_bytes()).map_err(txerr)?;
-        Ok(next)
+        self.bump(&pair("seq", integration))
     }
     fn put_update(&self, update: &Update) -> Result<(), StoreError> {
         self.put(
@@ -216,7 +221,9 @@ impl Txn for SledTxn<'_> {
         self.get(UPDATES, &seq_key(integration, sequence))
     }
     fn next_id(&self) -> Result<u64, StoreError> {
-        Ok(self.db.generate_id()?)
+        // A counter of our own: sled's generate_id may flush while the transaction holds
+        // its locks.
+        self.bump(b"id")
     }
     fn job(&self, id: u64) -> Result<Option<Job>, StoreError> {
         self.get(OUTBOX, &id.to_be_bytes())
@@ -249,10 +256,7 @@ impl Backend for SledBackend {
     fn transact(&self, f: &dyn Fn(&dyn Txn) -> Result<(), StoreError>) -> Result<(), StoreError> {
         let res: Result<(), TransactionError<StoreError>> =
             self.trees.as_slice().transaction(|trees| {
-                let txn = SledTxn {
-                    t: trees,
-                    db: &self.db,
-                };
+                let txn = SledTxn { t: trees };
                 f(&txn).map_err(ConflictableTransactionError::Abort)
             });
         match res {
