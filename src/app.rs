@@ -279,8 +279,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             }
         }));
     }
-    // gRPC front door: wired in when src/grpc lands.
-    drop(grpc_listener);
+    servers.push(crate::grpc::serve(
+        grpc_listener,
+        gateway.clone(),
+        integrations.clone(),
+        shutdown.clone(),
+    ));
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(http = %http_addr, grpc = %grpc_addr, store = %config.store.path.display(), integrations = config.integrations.len(), "gateway listening");
     Ok(Running {
