@@ -10,6 +10,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Source info carries the proto comments into reflection (grpcui, Postman show them)
     // and into the generated Rust docs.
     compiler.include_source_info(true);
+    // Imports (google/protobuf/timestamp.proto) go along: reflection clients resolve
+    // them from us, and prost needs them to know the imported messages.
+    compiler.include_imports(true);
     compiler.open_file("safepoint/gateway/v1/gateway.proto")?;
     std::fs::write(
         out.join("safepoint_gateway_v1_descriptor.bin"),

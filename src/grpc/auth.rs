@@ -139,15 +139,42 @@ path = "fault_time"
     #[test]
     fn each_case_has_its_code() {
         let i = integrations();
-        assert_eq!(code(creds(Some("Bearer key-a")).authorize(&i, "a")), Code::Ok);
-        assert_eq!(code(creds(Some("bearer key-a")).authorize(&i, "a")), Code::Ok);
-        assert_eq!(code(creds(Some("Bearer key-b")).authorize(&i, "a")), Code::PermissionDenied);
-        assert_eq!(code(creds(Some("Bearer key-a")).authorize(&i, "zz")), Code::NotFound);
-        assert_eq!(code(creds(Some("Bearer nope")).authorize(&i, "a")), Code::Unauthenticated);
-        assert_eq!(code(creds(Some("Bearer nope")).authorize(&i, "zz")), Code::Unauthenticated);
-        assert_eq!(code(creds(Some("Basic key-a")).authorize(&i, "a")), Code::Unauthenticated);
-        assert_eq!(code(creds(Some("key-a")).authorize(&i, "a")), Code::Unauthenticated);
-        assert_eq!(code(creds(Some("Bearer ")).authorize(&i, "a")), Code::Unauthenticated);
+        assert_eq!(
+            code(creds(Some("Bearer key-a")).authorize(&i, "a")),
+            Code::Ok
+        );
+        assert_eq!(
+            code(creds(Some("bearer key-a")).authorize(&i, "a")),
+            Code::Ok
+        );
+        assert_eq!(
+            code(creds(Some("Bearer key-b")).authorize(&i, "a")),
+            Code::PermissionDenied
+        );
+        assert_eq!(
+            code(creds(Some("Bearer key-a")).authorize(&i, "zz")),
+            Code::NotFound
+        );
+        assert_eq!(
+            code(creds(Some("Bearer nope")).authorize(&i, "a")),
+            Code::Unauthenticated
+        );
+        assert_eq!(
+            code(creds(Some("Bearer nope")).authorize(&i, "zz")),
+            Code::Unauthenticated
+        );
+        assert_eq!(
+            code(creds(Some("Basic key-a")).authorize(&i, "a")),
+            Code::Unauthenticated
+        );
+        assert_eq!(
+            code(creds(Some("key-a")).authorize(&i, "a")),
+            Code::Unauthenticated
+        );
+        assert_eq!(
+            code(creds(Some("Bearer ")).authorize(&i, "a")),
+            Code::Unauthenticated
+        );
         assert_eq!(code(creds(None).authorize(&i, "a")), Code::Unauthenticated);
         assert!(creds(Some("Bearer key-b")).is_known(&i));
         assert!(!creds(Some("Bearer key-")).is_known(&i));

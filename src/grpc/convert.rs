@@ -2,7 +2,9 @@
 //! times unset fields, as the proto documents.
 
 use super::proto;
-use crate::incident::{Direction, EntryOutcome, Incident, State, TimelineEntry, Update, UpdateKind};
+use crate::incident::{
+    Direction, EntryOutcome, Incident, State, TimelineEntry, Update, UpdateKind,
+};
 
 /// A jiff timestamp as `google.protobuf.Timestamp`.
 pub(crate) fn timestamp(t: jiff::Timestamp) -> prost_types::Timestamp {
@@ -87,7 +89,11 @@ fn timeline_entry(e: &TimelineEntry) -> proto::TimelineEntry {
         kind: e.kind.clone(),
         outcome: outcome(e.outcome).into(),
         detail: e.detail.clone(),
-        message_json: e.message.as_ref().map(|m| m.to_string()).unwrap_or_default(),
+        message_json: e
+            .message
+            .as_ref()
+            .map(|m| m.to_string())
+            .unwrap_or_default(),
     }
 }
 
@@ -117,7 +123,11 @@ pub(crate) fn incident(i: &Incident) -> proto::Incident {
             fault_code: d.fault_code.clone().unwrap_or_default(),
             // Validated as RFC 3339 UTC on the way in, so this only fails on a record
             // written by some other tool; then the field is left unset.
-            fault_time: d.fault_date_time.parse::<jiff::Timestamp>().ok().map(timestamp),
+            fault_time: d
+                .fault_date_time
+                .parse::<jiff::Timestamp>()
+                .ok()
+                .map(timestamp),
         }),
         timeline: i.timeline.iter().map(timeline_entry).collect(),
         timeline_dropped: i.timeline_dropped,
@@ -145,7 +155,10 @@ mod tests {
         for s in State::ALL {
             let p = state(s);
             assert_ne!(p, proto::IncidentState::Unspecified);
-            assert_eq!(p.as_str_name(), format!("INCIDENT_STATE_{}", screaming(s.as_str())));
+            assert_eq!(
+                p.as_str_name(),
+                format!("INCIDENT_STATE_{}", screaming(s.as_str()))
+            );
         }
         for k in [
             UpdateKind::Ack,

@@ -17,7 +17,10 @@ pub(crate) fn invalid(what: &str, problems: &[FieldProblem]) -> Status {
         .collect::<Vec<_>>()
         .join("; ");
     let n = problems.len();
-    let message = format!("{what}: {n} problem{}: {list}", if n == 1 { "" } else { "s" });
+    let message = format!(
+        "{what}: {n} problem{}: {list}",
+        if n == 1 { "" } else { "s" }
+    );
     let mut details = ErrorDetails::new();
     for p in problems {
         details.add_bad_request_violation(p.field.clone(), p.message.clone());
@@ -51,9 +54,9 @@ pub(crate) fn submit(e: SubmitError) -> Status {
 /// Why `CancelIncident` refused.
 pub(crate) fn cancel(integration: &str, e: CancelError) -> Status {
     match e {
-        CancelError::NotFound(reference) => {
-            Status::not_found(format!("no incident {reference:?} in integration {integration:?}"))
-        }
+        CancelError::NotFound(reference) => Status::not_found(format!(
+            "no incident {reference:?} in integration {integration:?}"
+        )),
         CancelError::AlreadyTerminal(state, inc) => Status::failed_precondition(format!(
             "incident {:?} is already {state}; it can no longer be cancelled",
             inc.reference
@@ -91,15 +94,29 @@ mod tests {
     #[test]
     fn invalid_carries_every_violation() {
         let problems = vec![
-            FieldProblem { field: "DeviceId".into(), message: "required".into() },
-            FieldProblem { field: "FaultDateTime".into(), message: "not a date-time".into() },
+            FieldProblem {
+                field: "DeviceId".into(),
+                message: "required".into(),
+            },
+            FieldProblem {
+                field: "FaultDateTime".into(),
+                message: "not a date-time".into(),
+            },
         ];
         let s = invalid("the incident is invalid", &problems);
         assert_eq!(s.code(), Code::InvalidArgument);
         assert!(s.message().contains("2 problems"), "{}", s.message());
-        assert!(s.message().contains("DeviceId: required"), "{}", s.message());
+        assert!(
+            s.message().contains("DeviceId: required"),
+            "{}",
+            s.message()
+        );
         let bad = s.get_details_bad_request().expect("BadRequest details");
-        let fields: Vec<_> = bad.field_violations.iter().map(|v| v.field.as_str()).collect();
+        let fields: Vec<_> = bad
+            .field_violations
+            .iter()
+            .map(|v| v.field.as_str())
+            .collect();
         assert_eq!(fields, ["DeviceId", "FaultDateTime"]);
         let e = request_error(&s);
         assert_eq!(e.code, Code::InvalidArgument as i32);

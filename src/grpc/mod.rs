@@ -37,8 +37,10 @@ pub mod proto {
 
     /// The encoded descriptor set of `gateway.proto` and its imports (with comments),
     /// served through reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        include_bytes!(concat!(env!("OUT_DIR"), "/safepoint_gateway_v1_descriptor.bin"));
+    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(
+        env!("OUT_DIR"),
+        "/safepoint_gateway_v1_descriptor.bin"
+    ));
 }
 
 /// The fully qualified service name, as health checks and reflection know it.
@@ -70,12 +72,14 @@ pub fn serve(
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let (reporter, health) = tonic_health::server::health_reporter();
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
         let (reflection_v1, reflection_v1alpha) = match (
-            reflection.clone().build_v1(),
-            reflection.build_v1alpha(),
+            reflection().build_v1(),
+            reflection().build_v1alpha(),
         ) {
             (Ok(v1), Ok(v1alpha)) => (v1, v1alpha),
             (Err(e), _) | (_, Err(e)) => {
@@ -122,7 +126,11 @@ pub fn serve(
 }
 
 /// Keeps gRPC health in step with the store (until aborted at shutdown).
-async fn report_health(reporter: tonic_health::server::HealthReporter, gateway: Gateway, mut last: bool) {
+async fn report_health(
+    reporter: tonic_health::server::HealthReporter,
+    gateway: Gateway,
+    mut last: bool,
+) {
     let mut tick = tokio::time::interval(HEALTH_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

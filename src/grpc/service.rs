@@ -32,7 +32,11 @@ pub(crate) struct GatewayService {
 }
 
 impl GatewayService {
-    pub(crate) fn new(gateway: Gateway, integrations: Integrations, shutdown: CancellationToken) -> Self {
+    pub(crate) fn new(
+        gateway: Gateway,
+        integrations: Integrations,
+        shutdown: CancellationToken,
+    ) -> Self {
         GatewayService {
             gateway,
             integrations,
@@ -101,7 +105,9 @@ impl IncidentGateway for GatewayService {
         request: Request<proto::CreateIncidentRequest>,
     ) -> Result<Response<proto::CreateIncidentResponse>, Status> {
         let creds = Credentials::from_metadata(request.metadata());
-        self.create(&creds, request.into_inner()).await.map(Response::new)
+        self.create(&creds, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     type CreateIncidentsStream = ReceiverStream<Result<proto::CreateIncidentsResponse, Status>>;
@@ -121,7 +127,7 @@ impl IncidentGateway for GatewayService {
             let creds = &creds;
             let svc_ref = &svc;
             // No new request is read once shutdown begins; those in flight are answered.
-            let mut answers = inbound
+            let answers = inbound
                 .take_until(svc.shutdown.clone().cancelled_owned())
                 .enumerate()
                 .map(|(index, item)| async move {
@@ -131,15 +137,16 @@ impl IncidentGateway for GatewayService {
                     }
                 })
                 .buffered(CREATE_PIPELINE);
+            let mut answers = std::pin::pin!(answers);
             while let Some(answer) = answers.next().await {
                 let response = match answer {
                     Ok((index, result)) => proto::CreateIncidentsResponse {
                         index: index as u64,
                         result: Some(match result {
                             Ok(created) => create_incidents_response::Result::Created(created),
-                            Err(status) => {
-                                create_incidents_response::Result::Error(error::request_error(&status))
-                            }
+                            Err(status) => create_incidents_response::Result::Error(
+                                error::request_error(&status),
+                            ),
                         }),
                     },
                     // The client's side of the stream broke: nothing more to answer.
