@@ -403,7 +403,7 @@ fn apply_loomis(inc: &mut Incident, msg: InboundMessage, via: Via, now: Timestam
         }
     }
     let fp = msg.fingerprint();
-    if inc.seen.iter().any(|s| *s == fp) {
+    if inc.seen.contains(&fp) {
         inc.duplicates = inc.duplicates.saturating_add(1);
         return Transition::new(Outcome::Duplicate);
     }
