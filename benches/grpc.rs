@@ -53,6 +53,41 @@ async fn run() {
         !cfg!(debug_assertions)
     );
 
+    // Memory per idle stream, first, while the allocator has little freed memory to
+    // reuse (which would hide growth). Connections are opened before the baseline.
+    let mut idle_channels = Vec::new();
+    for _ in 0..4 {
+        idle_channels.push(connect(addr).await);
+    }
+    let idle = 1_000;
+    let before = rss_kib();
+    let mut held = Vec::with_capacity(idle);
+    let end = last_sequence(&running);
+    for i in 0..idle {
+        let mut c = IncidentGatewayClient::new(idle_channels[i % idle_channels.len()].clone());
+        held.push(watch(&mut c, end).await);
+    }
+    // One update through all of them proves every stream is set up server-side.
+    append(&running, 1).await;
+    for s in held.iter_mut() {
+        drain(s, 1).await;
+    }
+    let after = rss_kib();
+    println!(
+        "idle streams: {idle} use {} KiB of RSS = {:.1} KiB per stream, client side included (target < 64 KiB)",
+        after.saturating_sub(before),
+        after.saturating_sub(before) as f64 / idle as f64
+    );
+    drop(held);
+
+    // What the store can produce, for scale: live figures cannot exceed it.
+    let t = Instant::now();
+    append(&running, 100_000).await;
+    println!(
+        "store: appends 100000 updates at {:.0} updates/s with no stream open",
+        100_000.0 / t.elapsed().as_secs_f64()
+    );
+
     // Replay of 100,000 stored updates.
     let n = 100_000;
     let base = last_sequence(&running);
@@ -86,28 +121,6 @@ async fn run() {
             rate / streams as f64
         );
     }
-
-    // Memory per idle stream.
-    let idle = 1_000;
-    let before = rss_kib();
-    let mut held = Vec::with_capacity(idle);
-    let end = last_sequence(&running);
-    for i in 0..idle {
-        let mut c = IncidentGatewayClient::new(channels[i % channels.len()].clone());
-        held.push(watch(&mut c, end).await);
-    }
-    // One update through all of them proves every stream is set up server-side.
-    append(&running, 1).await;
-    for s in held.iter_mut() {
-        drain(s, 1).await;
-    }
-    let after = rss_kib();
-    println!(
-        "idle streams: {idle} use {} KiB of RSS = {:.1} KiB per stream, client side included (target < 64 KiB)",
-        after.saturating_sub(before),
-        after.saturating_sub(before) as f64 / idle as f64
-    );
-    drop(held);
 
     latency(&running, &mut client).await;
     running.stop().await;
@@ -194,39 +207,45 @@ fn last_sequence(running: &Running) -> u64 {
     *running.gateway.store().watch_sequence(INTEGRATION).borrow()
 }
 
-/// Appends `n` updates to the integration's log, 1,000 per transaction.
+/// Appends `n` updates to the integration's log, 1,000 per transaction, with several
+/// transactions queued at once so the store's group commit flushes them together.
 async fn append(running: &Running, n: usize) {
-    let mut left = n;
-    while left > 0 {
-        let k = left.min(1_000);
-        left -= k;
-        running
-            .gateway
-            .store()
-            .write(move |tx| {
-                let now = jiff::Timestamp::now();
-                for i in 0..k {
-                    let sequence = tx.next_sequence(INTEGRATION)?;
-                    tx.append_update(&Update {
-                        sequence,
-                        integration: INTEGRATION.into(),
-                        incident_reference: format!("BENCH-{}", sequence / 3),
-                        incident_id: Some(format!("INC{}", 400_000 + sequence / 3)),
-                        customer_number: "C000001".into(),
-                        kind: [UpdateKind::Ack, UpdateKind::Accept, UpdateKind::Close][i % 3],
-                        state: [State::Acknowledged, State::Accepted, State::Closed][i % 3],
-                        response_code: None,
-                        response_text: Some("Open".into()),
-                        sla_time: Some(now),
-                        event_time: Some(now),
-                        received_at: now,
-                    })?;
-                }
-                Ok(())
-            })
-            .await
-            .expect("append updates");
-    }
+    const PER_TX: usize = 1_000;
+    const IN_FLIGHT: usize = 8;
+    let store = running.gateway.store().clone();
+    let sizes = (0..n.div_ceil(PER_TX)).map(|i| PER_TX.min(n - i * PER_TX));
+    let writes = tokio_stream::iter(sizes).map(|k| {
+        let store = store.clone();
+        async move {
+            store
+                .write(move |tx| {
+                    let now = jiff::Timestamp::now();
+                    for i in 0..k {
+                        let sequence = tx.next_sequence(INTEGRATION)?;
+                        tx.append_update(&Update {
+                            sequence,
+                            integration: INTEGRATION.into(),
+                            incident_reference: format!("BENCH-{}", sequence / 3),
+                            incident_id: Some(format!("INC{}", 400_000 + sequence / 3)),
+                            customer_number: "C000001".into(),
+                            kind: [UpdateKind::Ack, UpdateKind::Accept, UpdateKind::Close][i % 3],
+                            state: [State::Acknowledged, State::Accepted, State::Closed][i % 3],
+                            response_code: None,
+                            response_text: Some("Open".into()),
+                            sla_time: Some(now),
+                            event_time: Some(now),
+                            received_at: now,
+                        })?;
+                    }
+                    Ok(())
+                })
+                .await
+                .expect("append updates")
+        }
+    });
+    futures::StreamExt::buffer_unordered(writes, IN_FLIGHT)
+        .collect::<Vec<()>>()
+        .await;
 }
 
 /// Opens `streams` streams at the end of the log, appends `n` updates, and returns the
@@ -321,6 +340,7 @@ async fn latency(running: &Running, client: &mut IncidentGatewayClient<Channel>)
                 "MessageType": kind, "CustomerNumber": "C000001",
                 "IncidentId": ids[&reference], "IncidentReference": reference,
                 "SLADateTime": "2030-01-01T00:00:00Z", "DateTime": "2026-01-01T00:00:00Z",
+                "ResponseText": "done",
             });
             let (http, url, acked) = (http.clone(), url.clone(), acked.clone());
             posts.push(tokio::spawn(async move {
