@@ -268,17 +268,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         Duration::from_millis(config.server.request_timeout_ms),
     );
     let mut servers = Vec::new();
-    {
-        let shutdown = shutdown.clone();
-        servers.push(tokio::spawn(async move {
-            let r = axum::serve(http_listener, router)
-                .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                .await;
-            if let Err(e) = r {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
-        }));
-    }
+    servers.push(tokio::spawn(crate::http::serve(
+        http_listener,
+        router,
+        shutdown.clone(),
+        Duration::from_millis(config.server.header_timeout_ms),
+    )));
     servers.push(crate::grpc::serve(
         grpc_listener,
         gateway.clone(),

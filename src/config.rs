@@ -125,6 +125,8 @@ pub struct ServerSection {
     pub max_callback_bytes: usize,
     /// Time a whole request may take, reading included (slow senders are cut off).
     pub request_timeout_ms: u64,
+    /// Time a client has to send its request headers.
+    pub header_timeout_ms: u64,
     /// XML limits.
     pub max_xml_depth: usize,
     pub max_xml_elements: usize,
@@ -140,6 +142,7 @@ impl Default for ServerSection {
             max_body_bytes: 1 << 20,
             max_callback_bytes: 64 << 10,
             request_timeout_ms: 30_000,
+            header_timeout_ms: 10_000,
             max_xml_depth: 64,
             max_xml_elements: 10_000,
             shutdown_grace_ms: 10_000,

@@ -141,14 +141,84 @@ pub fn routes(state: HttpState, max_callback_bytes: usize) -> Router {
 }
 
 /// Layers every HTTP request passes: a whole-request deadline (slow senders are cut off)
-/// outermost, then request tracing.
+/// outermost, then request tracing. Unknown routes and wrong methods get an error body
+/// too (XML on the legacy routes, JSON elsewhere), like every other error.
 pub fn layered(router: Router, request_timeout: Duration) -> Router {
     router
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(wrong_method)
         .layer(tower_http::trace::TraceLayer::new_for_http())
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
+        .layer(axum::middleware::from_fn_with_state(
             request_timeout,
+            deadline,
         ))
+}
+
+/// Paths of the legacy front door, whose callers expect XML errors.
+fn is_legacy(path: &str) -> bool {
+    path.starts_with("/v1/integrations/")
+}
+
+/// An error for a request no handler answered, in the body its caller reads.
+fn edge_error(
+    path: &str,
+    headers: &HeaderMap,
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+) -> Response {
+    if is_legacy(path) {
+        crate::legacy::edge_error(headers, status, code, message)
+    } else {
+        JsonError::new(status, code, message).into_response()
+    }
+}
+
+/// Bounds the whole request, reading its body included: a sender that stalls gets `408`
+/// with a body saying so, and the connection is closed.
+async fn deadline(
+    State(limit): State<Duration>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = req.uri().path().to_string();
+    let headers = req.headers().clone();
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => {
+            tracing::warn!(path = %path, limit_ms = limit.as_millis() as u64, "request timed out");
+            edge_error(
+                &path,
+                &headers,
+                StatusCode::REQUEST_TIMEOUT,
+                "RequestTimeout",
+                format!(
+                    "the request was not complete within {} ms",
+                    limit.as_millis()
+                ),
+            )
+        }
+    }
+}
+
+async fn unknown_route(uri: http::Uri, headers: HeaderMap) -> Response {
+    edge_error(
+        uri.path(),
+        &headers,
+        StatusCode::NOT_FOUND,
+        "UnknownRoute",
+        format!("no route {}", uri.path()),
+    )
+}
+
+async fn wrong_method(method: http::Method, uri: http::Uri, headers: HeaderMap) -> Response {
+    edge_error(
+        uri.path(),
+        &headers,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "MethodNotAllowed",
+        format!("{method} is not allowed on {}", uri.path()),
+    )
 }
 
 async fn readyz(State(s): State<HttpState>) -> Response {
@@ -278,4 +348,55 @@ mod tests {
         assert!(!authorized(&headers("x-key", "K"), &hdr));
         assert!(authorized(&HeaderMap::new(), &Auth::None));
     }
+}
+
+/// Serves `router` on `listener` until `shutdown`, then lets open requests finish.
+///
+/// Served through hyper-util rather than `axum::serve` so that reading request headers is
+/// bounded in time (a client that trickles or stalls its headers is cut off), on top of
+/// the whole-request deadline of [`layered`].
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: tokio_util::sync::CancellationToken,
+    header_timeout: Duration,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_buf_size(64 << 10);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(64 << 10);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let (stream, _peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
 }

@@ -33,7 +33,7 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Run a stand-alone Loomis simulator.
-    Simulator(SimulatorArgs),
+    Simulator(Box<SimulatorArgs>),
     /// Validate and try mapping files.
     #[command(subcommand)]
     Mapping(MappingCommand),
@@ -107,7 +107,7 @@ fn main() -> ExitCode {
         Command::Simulator(args) => {
             safepoint_gateway::telemetry::init(cli.log_format.as_deref() == Some("json"), None);
             let listen = args.listen;
-            let config = match args.into_config() {
+            let config = match (*args).into_config() {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("simulator: {e}");

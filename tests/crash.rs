@@ -102,7 +102,8 @@ async fn kill_9_under_load_loses_nothing() {
             Some(CB_TOKEN.into()),
         );
         // Everything acknowledged before is still there after the restart.
-        for reference in acked.lock().unwrap().clone() {
+        let known = acked.lock().unwrap().clone();
+        for reference in known {
             let r = client
                 .get(format!(
                     "{}/v1/integrations/servicenow/incidents/{reference}",

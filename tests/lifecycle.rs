@@ -257,9 +257,12 @@ async fn loomis_down_then_back_loses_nothing() {
 
 /// A Loomis double: answers from a script of (status, body, retry-after) and checks
 /// every message against the spec.
+/// One scripted answer: status, body, and an optional Retry-After.
+type Answer = (u16, String, Option<&'static str>);
+
 #[derive(Clone, Default)]
 struct Script {
-    answers: Arc<Mutex<VecDeque<(u16, String, Option<&'static str>)>>>,
+    answers: Arc<Mutex<VecDeque<Answer>>>,
     seen: Arc<Mutex<Vec<Value>>>,
     invalid: Arc<Mutex<Vec<String>>>,
 }

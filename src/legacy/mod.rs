@@ -134,6 +134,19 @@ impl IntoResponse for LegacyError {
     }
 }
 
+/// An error answered before (or instead of) a legacy handler: an unknown route, a wrong
+/// method, a request cut off by the deadline. XML in the envelope the caller announced.
+pub fn edge_error(
+    headers: &HeaderMap,
+    status: StatusCode,
+    code: &'static str,
+    message: impl Into<String>,
+) -> Response {
+    LegacyError::new(status, code, message)
+        .in_envelope(announced_envelope(headers))
+        .into_response()
+}
+
 fn xml_response(status: StatusCode, env: Envelope, body: Vec<u8>) -> Response {
     (
         status,

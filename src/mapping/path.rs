@@ -123,7 +123,7 @@ pub(crate) fn compile_xml_path(text: &str, ctx: &NsContext<'_>) -> Result<XmlPat
     };
     let mut steps = Vec::new();
     let mut attr = None;
-    if !(rest == "." && !absolute) {
+    if rest != "." || absolute {
         let parts: Vec<&str> = rest.split('/').collect();
         for (i, part) in parts.iter().enumerate() {
             if part.is_empty() {

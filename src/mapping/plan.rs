@@ -141,7 +141,8 @@ impl FieldPlan {
             return None;
         }
         if let Some((limit, overflow)) = self.limit {
-            if value.chars().nth(limit).is_some() {
+            // Bytes >= characters, so short values skip the character count.
+            if value.len() > limit && value.chars().nth(limit).is_some() {
                 match overflow {
                     Overflow::Truncate => value = truncate(value, limit),
                     Overflow::Reject => {

@@ -268,9 +268,8 @@ struct Node {
 struct Attr {
     ns: u32,
     name: Range<u32>,
-    /// Normalized value, a range of [`Document::text`] (values are stored after the
-    /// text that precedes the element, which is harmless: element text ranges are
-    /// computed from text pushed while the element is open, see `push_text`).
+    /// Normalized value, a range of [`Document::attr_values`] (kept apart from element
+    /// text so that an element's text stays one contiguous range).
     value: Range<u32>,
 }
 
@@ -387,10 +386,13 @@ impl Document {
     /// Parses `bytes` under `limits`. Never panics; time and memory are linear in the
     /// input and bounded by the limits.
     pub fn parse(bytes: &[u8], limits: &Limits) -> Result<Document, XmlError> {
-        if bytes.len() > limits.max_bytes {
+        // The tree stores offsets as u32; everything stored is at most as long as the
+        // input (entity references never grow), so capping the input caps them all.
+        let max_bytes = limits.max_bytes.min(u32::MAX as usize);
+        if bytes.len() > max_bytes {
             return Err(XmlError::TooLarge {
                 size: bytes.len(),
-                limit: limits.max_bytes,
+                limit: max_bytes,
             });
         }
         // A UTF-8 byte order mark is allowed and skipped; UTF-16 ones are refused

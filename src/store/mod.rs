@@ -2,9 +2,9 @@
 //! dead letters and orphans.
 //!
 //! Only this module touches the database. Every write goes through [`Store::write`]: a
-//! closure that runs as one atomic transaction on the single writer thread. The writer
-//! drains every request waiting in its queue, applies each in its own transaction, then
-//! flushes once for all of them (group commit) and only then answers the callers and
+//! closure that runs as one atomic operation on the single writer thread. The writer
+//! drains every request waiting in its queue, runs each (atomic on its own), then writes
+//! them all as one atomic batch and flushes once (group commit) and only then answers the callers and
 //! publishes what the batch produced (new outbox jobs, new update sequence numbers). So
 //! nothing is acknowledged, streamed or delivered before it is on disk.
 //!
@@ -75,11 +75,19 @@ pub trait Txn {
     fn put_orphan(&self, orphan: &Orphan) -> Result<(), StoreError>;
 }
 
-/// A database the gateway can keep its state in.
+/// A group commit: operations run one after another, each atomic on its own (an
+/// operation that fails leaves no write behind and later ones do not see it); `commit`
+/// then writes all of them atomically and makes them durable.
+pub trait Group {
+    fn run(&mut self, f: &dyn Fn(&dyn Txn) -> Result<(), StoreError>) -> Result<(), StoreError>;
+    fn commit(self: Box<Self>) -> Result<(), StoreError>;
+}
+
+/// A database the gateway can keep its state in. Only the store's writer thread writes.
 pub trait Backend: Send + Sync + 'static {
-    /// Runs `f` atomically; it may be re-run if the backend detects a conflict.
-    fn transact(&self, f: &dyn Fn(&dyn Txn) -> Result<(), StoreError>) -> Result<(), StoreError>;
-    /// Makes every committed transaction durable (fsync).
+    /// Starts a group commit.
+    fn group(&self) -> Box<dyn Group + '_>;
+    /// Makes everything committed durable (fsync).
     fn flush(&self) -> Result<(), StoreError>;
     fn incident(&self, key: &IncidentKey) -> Result<Option<Incident>, StoreError>;
     /// Updates of `integration` with sequence in `(after, upto]`, at most `limit`.
@@ -139,7 +147,7 @@ impl Tx<'_> {
 }
 
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
-type WriteOp = Box<dyn FnOnce(&dyn Backend, &mut Effects) -> Completion + Send>;
+type WriteOp = Box<dyn FnOnce(&mut dyn Group, &mut Effects) -> Completion + Send>;
 
 /// Counters of the group commit, for the benchmark and `/metrics`.
 #[derive(Debug, Default)]
@@ -253,10 +261,10 @@ impl Store {
         F: Fn(&Tx<'_>) -> Result<T, StoreError> + Send + 'static,
     {
         let (reply, rx) = oneshot::channel::<Result<T, StoreError>>();
-        let op: WriteOp = Box::new(move |backend: &dyn Backend, effects: &mut Effects| {
+        let op: WriteOp = Box::new(move |group: &mut dyn Group, effects: &mut Effects| {
             let out = std::cell::RefCell::new(None);
             let tx_effects = std::cell::RefCell::new(Effects::default());
-            let res = backend.transact(&|txn| {
+            let res = group.run(&|txn| {
                 let tx = Tx {
                     inner: txn,
                     effects: std::cell::RefCell::new(Effects::default()),
@@ -390,11 +398,12 @@ fn writer_loop(
         }
         let mut effects = Effects::default();
         let n = batch.len() as u64;
+        let mut group = backend.group();
         for op in batch.drain(..) {
-            completions.push(op(&*backend, &mut effects));
+            completions.push(op(&mut *group, &mut effects));
         }
         let started = std::time::Instant::now();
-        let flushed = backend.flush();
+        let flushed = group.commit();
         metrics::histogram!("gateway_store_flush_seconds").record(started.elapsed().as_secs_f64());
         stats.flushes.fetch_add(1, Ordering::Relaxed);
         stats.commits.fetch_add(n, Ordering::Relaxed);
@@ -403,6 +412,10 @@ fn writer_loop(
         match &flushed {
             Ok(()) => {
                 healthy.store(true, Ordering::Relaxed);
+                // Watermarks first: a job handed out below may read its update at once.
+                for (integration, seq) in effects.watermarks.drain() {
+                    watermarks.advance(&integration, seq);
+                }
                 if !effects.jobs.is_empty() {
                     let sinks = job_sinks.lock().expect("job sink lock");
                     for job in effects.jobs.drain(..) {
@@ -410,9 +423,6 @@ fn writer_loop(
                             let _ = sink.send(job);
                         }
                     }
-                }
-                for (integration, seq) in effects.watermarks.drain() {
-                    watermarks.advance(&integration, seq);
                 }
             }
             Err(e) => {

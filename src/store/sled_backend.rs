@@ -1,48 +1,42 @@
 //! The embedded sled (0.34) backend.
 //!
-//! Trees and keys (`\0` separates parts; sequence numbers and ids are big-endian so that
+//! Everything lives in one sled tree, each table under a one-byte key prefix, so that a
+//! whole group commit is one atomic `apply_batch` followed by one flush. Operations of a
+//! group run one after another on the single writer thread, each against an overlay of
+//! the writes before it; an operation that fails leaves no write behind.
+//!
+//! Tables and keys (`\0` separates parts; sequence numbers and ids are big-endian so that
 //! key order is numeric order):
-//! - `incidents`: integration `\0` reference -> [`Incident`] JSON
-//! - `references`: customer number `\0` reference -> integration `\0` reference
-//! - `incident_ids`: customer number `\0` Loomis IncidentId -> integration `\0` reference
-//! - `updates`: integration `\0` sequence -> [`Update`] JSON
-//! - `meta`: `seq\0` integration -> last sequence
-//! - `outbox`: job id -> [`Job`] JSON
-//! - `dead_letters`: id -> [`DeadLetter`] JSON
-//! - `orphans`: id -> [`Orphan`] JSON
+//! - `i` incidents: integration `\0` reference -> [`Incident`] JSON
+//! - `r` references: customer number `\0` reference -> integration `\0` reference
+//! - `d` incident ids: customer number `\0` Loomis IncidentId -> integration `\0` reference
+//! - `u` updates: integration `\0` sequence -> [`Update`] JSON
+//! - `m` meta: `seq\0` integration -> last sequence; `id` -> last id
+//! - `o` outbox: job id -> [`Job`] JSON
+//! - `x` dead letters: id -> [`DeadLetter`] JSON
+//! - `p` orphans: id -> [`Orphan`] JSON
 
 use super::records::{DeadLetter, Job, Orphan};
-use super::{Backend, StoreError, Txn};
+use super::{Backend, Group, StoreError, Txn};
 use crate::incident::{Incident, IncidentKey, Update};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
-use sled::Transactional;
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
 
-const INCIDENTS: usize = 0;
-const REFERENCES: usize = 1;
-const INCIDENT_IDS: usize = 2;
-const UPDATES: usize = 3;
-const META: usize = 4;
-const OUTBOX: usize = 5;
-const DEAD_LETTERS: usize = 6;
-const ORPHANS: usize = 7;
-const TREE_NAMES: [&str; 8] = [
-    "incidents",
-    "references",
-    "incident_ids",
-    "updates",
-    "meta",
-    "outbox",
-    "dead_letters",
-    "orphans",
-];
+const INCIDENTS: u8 = b'i';
+const REFERENCES: u8 = b'r';
+const INCIDENT_IDS: u8 = b'd';
+const UPDATES: u8 = b'u';
+const META: u8 = b'm';
+const OUTBOX: u8 = b'o';
+const DEAD_LETTERS: u8 = b'x';
+const ORPHANS: u8 = b'p';
 
-/// sled database with the gateway's trees.
+/// sled database with the gateway's table.
 pub struct SledBackend {
     db: sled::Db,
-    trees: Vec<sled::Tree>,
+    tree: sled::Tree,
 }
 
 impl From<sled::Error> for StoreError {
@@ -51,16 +45,31 @@ impl From<sled::Error> for StoreError {
     }
 }
 
-fn pair(a: &str, b: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(a.len() + b.len() + 1);
-    k.extend_from_slice(a.as_bytes());
-    k.push(0);
-    k.extend_from_slice(b.as_bytes());
+fn key(table: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + parts.iter().map(|p| p.len() + 1).sum::<usize>());
+    k.push(table);
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            k.push(0);
+        }
+        k.extend_from_slice(p);
+    }
     k
 }
 
-fn incident_key(key: &IncidentKey) -> Vec<u8> {
-    pair(&key.integration, &key.reference)
+fn incident_key(k: &IncidentKey) -> Vec<u8> {
+    key(
+        INCIDENTS,
+        &[k.integration.as_bytes(), k.reference.as_bytes()],
+    )
+}
+
+fn key_value(k: &IncidentKey) -> Vec<u8> {
+    let mut v = Vec::with_capacity(k.integration.len() + k.reference.len() + 1);
+    v.extend_from_slice(k.integration.as_bytes());
+    v.push(0);
+    v.extend_from_slice(k.reference.as_bytes());
+    v
 }
 
 fn parse_key(bytes: &[u8]) -> Result<IncidentKey, StoreError> {
@@ -72,11 +81,11 @@ fn parse_key(bytes: &[u8]) -> Result<IncidentKey, StoreError> {
 }
 
 fn seq_key(integration: &str, seq: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(integration.len() + 9);
-    k.extend_from_slice(integration.as_bytes());
-    k.push(0);
-    k.extend_from_slice(&seq.to_be_bytes());
-    k
+    key(UPDATES, &[integration.as_bytes(), &seq.to_be_bytes()])
+}
+
+fn id_key(table: u8, id: u64) -> Vec<u8> {
+    key(table, &[&id.to_be_bytes()])
 }
 
 fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
@@ -87,106 +96,119 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
+fn counter(v: &[u8]) -> Result<u64, StoreError> {
+    Ok(u64::from_be_bytes(
+        v.try_into()
+            .map_err(|_| StoreError::Corrupt("counter".into()))?,
+    ))
+}
+
 impl SledBackend {
     /// Opens (or creates) the database at `path`. `cache_bytes` bounds sled's page cache.
     pub fn open(path: &std::path::Path, cache_bytes: u64) -> Result<Self, StoreError> {
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(cache_bytes)
-            // Durability comes from the writer's explicit flush; the background flush
-            // only bounds how much unflushed data a crash can drop before it was acked.
+            // Durability comes from the writer's explicit flush after every group; the
+            // background flush only bounds how much un-acknowledged work a crash drops.
             .flush_every_ms(Some(1000))
             .open()
             .map_err(|e| {
                 StoreError::Database(format!("cannot open store at {}: {e}", path.display()))
             })?;
-        let trees = TREE_NAMES
-            .iter()
-            .map(|n| db.open_tree(n))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(SledBackend { db, trees })
+        let tree = db.open_tree("gateway")?;
+        Ok(SledBackend { db, tree })
     }
 
-    fn scan<T: DeserializeOwned>(&self, tree: usize, limit: usize) -> Result<Vec<T>, StoreError> {
-        self.trees[tree]
-            .iter()
+    fn scan<T: DeserializeOwned>(&self, table: u8, limit: usize) -> Result<Vec<T>, StoreError> {
+        self.tree
+            .scan_prefix([table])
             .take(limit)
             .map(|r| decode(&r?.1))
             .collect()
     }
 }
 
-struct SledTxn<'a> {
-    t: &'a [TransactionalTree],
+/// Writes of a group not yet applied: key -> Some(value) or None (removed).
+type Overlay = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// A group commit in progress.
+struct SledGroup<'a> {
+    backend: &'a SledBackend,
+    pending: Overlay,
 }
 
-fn txerr(e: sled::transaction::UnabortableTransactionError) -> StoreError {
-    StoreError::Database(e.to_string())
+/// One operation of a group: reads see its own writes, then the group's, then the tree.
+struct SledTxn<'a> {
+    tree: &'a sled::Tree,
+    group: &'a Overlay,
+    writes: RefCell<Overlay>,
 }
 
 impl SledTxn<'_> {
-    fn get<T: DeserializeOwned>(&self, tree: usize, key: &[u8]) -> Result<Option<T>, StoreError> {
-        match self.t[tree].get(key).map_err(txerr)? {
-            Some(v) => Ok(Some(decode(&v)?)),
-            None => Ok(None),
+    fn raw(&self, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(v) = self.writes.borrow().get(k) {
+            return Ok(v.clone());
         }
+        if let Some(v) = self.group.get(k) {
+            return Ok(v.clone());
+        }
+        Ok(self.tree.get(k)?.map(|v| v.to_vec()))
     }
-    fn put<T: Serialize>(&self, tree: usize, key: &[u8], v: &T) -> Result<(), StoreError> {
-        self.t[tree].insert(key, encode(v)?).map_err(txerr)?;
+    fn set(&self, k: Vec<u8>, v: Vec<u8>) {
+        self.writes.borrow_mut().insert(k, Some(v));
+    }
+    fn del(&self, k: Vec<u8>) {
+        self.writes.borrow_mut().insert(k, None);
+    }
+    fn get<T: DeserializeOwned>(&self, k: &[u8]) -> Result<Option<T>, StoreError> {
+        self.raw(k)?.map(|v| decode(&v)).transpose()
+    }
+    fn put<T: Serialize>(&self, k: Vec<u8>, v: &T) -> Result<(), StoreError> {
+        self.set(k, encode(v)?);
         Ok(())
     }
-    /// Increments the u64 counter at `key` in `meta` and returns the new value.
-    fn bump(&self, key: &[u8]) -> Result<u64, StoreError> {
-        let cur = match self.t[META].get(key).map_err(txerr)? {
-            Some(v) => u64::from_be_bytes(
-                v.as_ref()
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt("counter".into()))?,
-            ),
-            None => 0,
-        };
-        let next = cur + 1;
-        self.t[META]
-            .insert(key, &next.to_be_bytes())
-            .map_err(txerr)?;
-        Ok(next)
+    fn get_key(&self, k: &[u8]) -> Result<Option<IncidentKey>, StoreError> {
+        self.raw(k)?.map(|v| parse_key(&v)).transpose()
     }
-
-    fn get_key(&self, tree: usize, key: &[u8]) -> Result<Option<IncidentKey>, StoreError> {
-        match self.t[tree].get(key).map_err(txerr)? {
-            Some(v) => Ok(Some(parse_key(&v)?)),
-            None => Ok(None),
-        }
+    /// Increments the u64 counter at `k` and returns the new value.
+    fn bump(&self, k: Vec<u8>) -> Result<u64, StoreError> {
+        let next = match self.raw(&k)? {
+            Some(v) => counter(&v)? + 1,
+            None => 1,
+        };
+        self.set(k, next.to_be_bytes().to_vec());
+        Ok(next)
     }
 }
 
 impl Txn for SledTxn<'_> {
-    fn incident(&self, key: &IncidentKey) -> Result<Option<Incident>, StoreError> {
-        self.get(INCIDENTS, &incident_key(key))
+    fn incident(&self, k: &IncidentKey) -> Result<Option<Incident>, StoreError> {
+        self.get(&incident_key(k))
     }
     fn put_incident(&self, incident: &Incident) -> Result<(), StoreError> {
-        self.put(
-            INCIDENTS,
-            &pair(&incident.integration, &incident.reference),
-            incident,
-        )
+        self.put(incident_key(&incident.key()), incident)
     }
     fn by_reference(
         &self,
         customer: &str,
         reference: &str,
     ) -> Result<Option<IncidentKey>, StoreError> {
-        self.get_key(REFERENCES, &pair(customer, reference))
+        self.get_key(&key(
+            REFERENCES,
+            &[customer.as_bytes(), reference.as_bytes()],
+        ))
     }
     fn put_reference(
         &self,
         customer: &str,
         reference: &str,
-        key: &IncidentKey,
+        k: &IncidentKey,
     ) -> Result<(), StoreError> {
-        self.t[REFERENCES]
-            .insert(pair(customer, reference), incident_key(key))
-            .map_err(txerr)?;
+        self.set(
+            key(REFERENCES, &[customer.as_bytes(), reference.as_bytes()]),
+            key_value(k),
+        );
         Ok(())
     }
     fn by_incident_id(
@@ -194,76 +216,95 @@ impl Txn for SledTxn<'_> {
         customer: &str,
         incident_id: &str,
     ) -> Result<Option<IncidentKey>, StoreError> {
-        self.get_key(INCIDENT_IDS, &pair(customer, incident_id))
+        self.get_key(&key(
+            INCIDENT_IDS,
+            &[customer.as_bytes(), incident_id.as_bytes()],
+        ))
     }
     fn put_incident_id(
         &self,
         customer: &str,
         incident_id: &str,
-        key: &IncidentKey,
+        k: &IncidentKey,
     ) -> Result<(), StoreError> {
-        self.t[INCIDENT_IDS]
-            .insert(pair(customer, incident_id), incident_key(key))
-            .map_err(txerr)?;
+        self.set(
+            key(INCIDENT_IDS, &[customer.as_bytes(), incident_id.as_bytes()]),
+            key_value(k),
+        );
         Ok(())
     }
     fn next_sequence(&self, integration: &str) -> Result<u64, StoreError> {
-        self.bump(&pair("seq", integration))
+        self.bump(key(META, &[b"seq", integration.as_bytes()]))
     }
     fn put_update(&self, update: &Update) -> Result<(), StoreError> {
-        self.put(
-            UPDATES,
-            &seq_key(&update.integration, update.sequence),
-            update,
-        )
+        self.put(seq_key(&update.integration, update.sequence), update)
     }
     fn update(&self, integration: &str, sequence: u64) -> Result<Option<Update>, StoreError> {
-        self.get(UPDATES, &seq_key(integration, sequence))
+        self.get(&seq_key(integration, sequence))
     }
     fn next_id(&self) -> Result<u64, StoreError> {
-        // A counter of our own: sled's generate_id may flush while the transaction holds
-        // its locks.
-        self.bump(b"id")
+        self.bump(key(META, &[b"id"]))
     }
     fn job(&self, id: u64) -> Result<Option<Job>, StoreError> {
-        self.get(OUTBOX, &id.to_be_bytes())
+        self.get(&id_key(OUTBOX, id))
     }
     fn put_job(&self, job: &Job) -> Result<(), StoreError> {
-        self.put(OUTBOX, &job.id.to_be_bytes(), job)
+        self.put(id_key(OUTBOX, job.id), job)
     }
     fn remove_job(&self, id: u64) -> Result<(), StoreError> {
-        self.t[OUTBOX].remove(&id.to_be_bytes()).map_err(txerr)?;
+        self.del(id_key(OUTBOX, id));
         Ok(())
     }
     fn dead_letter(&self, id: u64) -> Result<Option<DeadLetter>, StoreError> {
-        self.get(DEAD_LETTERS, &id.to_be_bytes())
+        self.get(&id_key(DEAD_LETTERS, id))
     }
     fn put_dead_letter(&self, dl: &DeadLetter) -> Result<(), StoreError> {
-        self.put(DEAD_LETTERS, &dl.id.to_be_bytes(), dl)
+        self.put(id_key(DEAD_LETTERS, dl.id), dl)
     }
     fn remove_dead_letter(&self, id: u64) -> Result<(), StoreError> {
-        self.t[DEAD_LETTERS]
-            .remove(&id.to_be_bytes())
-            .map_err(txerr)?;
+        self.del(id_key(DEAD_LETTERS, id));
         Ok(())
     }
     fn put_orphan(&self, orphan: &Orphan) -> Result<(), StoreError> {
-        self.put(ORPHANS, &orphan.id.to_be_bytes(), orphan)
+        self.put(id_key(ORPHANS, orphan.id), orphan)
+    }
+}
+
+impl Group for SledGroup<'_> {
+    fn run(&mut self, f: &dyn Fn(&dyn Txn) -> Result<(), StoreError>) -> Result<(), StoreError> {
+        let txn = SledTxn {
+            tree: &self.backend.tree,
+            group: &self.pending,
+            writes: RefCell::new(Overlay::new()),
+        };
+        f(&txn)?;
+        let writes = txn.writes.into_inner();
+        self.pending.extend(writes);
+        Ok(())
+    }
+
+    fn commit(self: Box<Self>) -> Result<(), StoreError> {
+        if !self.pending.is_empty() {
+            let mut batch = sled::Batch::default();
+            for (k, v) in self.pending {
+                match v {
+                    Some(v) => batch.insert(k, v),
+                    None => batch.remove(k),
+                }
+            }
+            self.backend.tree.apply_batch(batch)?;
+        }
+        self.backend.db.flush()?;
+        Ok(())
     }
 }
 
 impl Backend for SledBackend {
-    fn transact(&self, f: &dyn Fn(&dyn Txn) -> Result<(), StoreError>) -> Result<(), StoreError> {
-        let res: Result<(), TransactionError<StoreError>> =
-            self.trees.as_slice().transaction(|trees| {
-                let txn = SledTxn { t: trees };
-                f(&txn).map_err(ConflictableTransactionError::Abort)
-            });
-        match res {
-            Ok(()) => Ok(()),
-            Err(TransactionError::Abort(e)) => Err(e),
-            Err(TransactionError::Storage(e)) => Err(e.into()),
-        }
+    fn group(&self) -> Box<dyn Group + '_> {
+        Box::new(SledGroup {
+            backend: self,
+            pending: Overlay::new(),
+        })
     }
 
     fn flush(&self) -> Result<(), StoreError> {
@@ -271,11 +312,11 @@ impl Backend for SledBackend {
         Ok(())
     }
 
-    fn incident(&self, key: &IncidentKey) -> Result<Option<Incident>, StoreError> {
-        match self.trees[INCIDENTS].get(incident_key(key))? {
-            Some(v) => Ok(Some(decode(&v)?)),
-            None => Ok(None),
-        }
+    fn incident(&self, k: &IncidentKey) -> Result<Option<Incident>, StoreError> {
+        self.tree
+            .get(incident_key(k))?
+            .map(|v| decode(&v))
+            .transpose()
     }
 
     fn updates_between(
@@ -287,7 +328,7 @@ impl Backend for SledBackend {
     ) -> Result<Vec<Update>, StoreError> {
         let start = seq_key(integration, after.saturating_add(1));
         let end = seq_key(integration, upto);
-        self.trees[UPDATES]
+        self.tree
             .range(start..=end)
             .take(limit)
             .map(|r| decode(&r?.1))
@@ -295,16 +336,14 @@ impl Backend for SledBackend {
     }
 
     fn last_sequences(&self) -> Result<HashMap<String, u64>, StoreError> {
+        let prefix = key(META, &[b"seq", b""]);
         let mut out = HashMap::new();
-        for r in self.trees[META].scan_prefix(b"seq\0") {
+        for r in self.tree.scan_prefix(&prefix) {
             let (k, v) = r?;
-            let name = String::from_utf8_lossy(&k[4..]).into_owned();
-            let seq = u64::from_be_bytes(
-                v.as_ref()
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt("sequence counter".into()))?,
+            out.insert(
+                String::from_utf8_lossy(&k[prefix.len()..]).into_owned(),
+                counter(&v)?,
             );
-            out.insert(name, seq);
         }
         Ok(out)
     }
@@ -322,6 +361,9 @@ impl Backend for SledBackend {
     }
 
     fn counts(&self) -> (usize, usize) {
-        (self.trees[INCIDENTS].len(), self.trees[OUTBOX].len())
+        (
+            self.tree.scan_prefix([INCIDENTS]).count(),
+            self.tree.scan_prefix([OUTBOX]).count(),
+        )
     }
 }

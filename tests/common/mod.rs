@@ -14,6 +14,9 @@ pub const SN_KEY: &str = "sn-key-123";
 pub const INTERNAL_KEY: &str = "internal-key-456";
 pub const CB_TOKEN: &str = "callback-token-789";
 pub const ADMIN_TOKEN: &str = "admin-token-000";
+pub const REMEDY_KEY: &str = "remedy-key-321";
+/// The Loomis CustomerNumber of the `remedy` integration (distinct from servicenow's).
+pub const REMEDY_CUSTOMER: &str = "R555001";
 pub const WAIT: Duration = Duration::from_secs(20);
 
 pub fn env(k: &str) -> Option<String> {
@@ -22,6 +25,7 @@ pub fn env(k: &str) -> Option<String> {
         "INTERNAL_KEY" => Some(INTERNAL_KEY.into()),
         "CB_TOKEN" => Some(CB_TOKEN.into()),
         "ADMIN_TOKEN" => Some(ADMIN_TOKEN.into()),
+        "REMEDY_KEY" => Some(REMEDY_KEY.into()),
         "TOOL_PW" => Some("tool-pw".into()),
         _ => None,
     }
@@ -38,6 +42,14 @@ pub struct Options {
     /// Where servicenow updates are posted back.
     pub delivery_url: Option<String>,
     pub delivery_max_attempts: u32,
+    /// Also configure the `remedy` integration (SOAP 1.1 mapping, key [`REMEDY_KEY`]).
+    pub remedy: bool,
+    /// `server.request_timeout_ms`; `None` keeps the gateway's default.
+    pub request_timeout_ms: Option<u64>,
+    /// `server.header_timeout_ms`; `None` keeps the gateway's default.
+    pub header_timeout_ms: Option<u64>,
+    /// `server.max_body_bytes`; `None` keeps the gateway's default (1 MiB).
+    pub max_body_bytes: Option<usize>,
 }
 
 impl Default for Options {
@@ -51,6 +63,10 @@ impl Default for Options {
             retry_max_age_secs: 3600,
             delivery_url: None,
             delivery_max_attempts: 5,
+            remedy: false,
+            request_timeout_ms: None,
+            header_timeout_ms: None,
+            max_body_bytes: None,
         }
     }
 }
@@ -64,7 +80,7 @@ pub fn config_text(dir: &std::path::Path, o: &Options) -> String {
 http_listen = "127.0.0.1:0"
 grpc_listen = "127.0.0.1:0"
 shutdown_grace_ms = 3000
-
+{server_extra}
 [store]
 path = "{store}"
 
@@ -92,6 +108,7 @@ api_key_env = "SN_KEY"
         timeout = o.loomis_timeout_ms,
         age = o.retry_max_age_secs,
         sim = o.simulator,
+        server_extra = server_extra(o),
     );
     if let Some(url) = &o.delivery_url {
         t.push_str(&format!(
@@ -102,7 +119,27 @@ api_key_env = "SN_KEY"
     t.push_str(&format!(
         "\n[[integrations]]\nname = \"internal\"\ncustomer_number = \"B777\"\nmapping = \"{manifest}/mappings/internal-grpc.toml\"\napi_key_env = \"INTERNAL_KEY\"\n"
     ));
+    if o.remedy {
+        t.push_str(&format!(
+            "\n[[integrations]]\nname = \"remedy\"\ncustomer_number = \"{REMEDY_CUSTOMER}\"\nmapping = \"{manifest}/mappings/remedy.toml\"\napi_key_env = \"REMEDY_KEY\"\n"
+        ));
+    }
     t
+}
+
+/// The optional `[server]` lines of [`Options`] (empty when all are defaults).
+fn server_extra(o: &Options) -> String {
+    let mut s = String::new();
+    if let Some(ms) = o.request_timeout_ms {
+        s.push_str(&format!("request_timeout_ms = {ms}\n"));
+    }
+    if let Some(ms) = o.header_timeout_ms {
+        s.push_str(&format!("header_timeout_ms = {ms}\n"));
+    }
+    if let Some(b) = o.max_body_bytes {
+        s.push_str(&format!("max_body_bytes = {b}\n"));
+    }
+    s
 }
 
 /// A running gateway with its temp directory.
@@ -224,6 +261,15 @@ impl Harness {
         loop {
             if let Some(i) = self.incident(reference) {
                 if pred(&i) {
+                    // A read can see a batch a moment before its flush; an empty write
+                    // completes only after the next flush, when all before it is durable
+                    // and its updates are published.
+                    self.running()
+                        .gateway
+                        .store()
+                        .write(|_| Ok(()))
+                        .await
+                        .unwrap();
                     return i;
                 }
             }
@@ -274,4 +320,346 @@ pub fn sn_xml(reference: &str, device: &str, fault: &str) -> String {
 
 pub fn kinds(updates: &[Update]) -> Vec<&'static str> {
     updates.iter().map(|u| u.kind.as_str()).collect()
+}
+
+/// An HTTP answer as the caller saw it.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    /// The `content-type` header, empty when absent.
+    pub content_type: String,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    /// The body parsed as XML; panics (showing the body) when it is not well-formed.
+    pub fn xml(&self) -> XmlNode {
+        parse_xml(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "answer {} is not well-formed XML: {e}\n{}",
+                self.status, self.body
+            )
+        })
+    }
+}
+
+impl Harness {
+    /// Sends `req` and reads the whole answer.
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> Reply {
+        let r = req.send().await.expect("request reaches the gateway");
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let content_type = headers
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let body = r.text().await.expect("answer body");
+        Reply {
+            status,
+            content_type,
+            headers,
+            body,
+        }
+    }
+
+    /// POSTs `body` to `path` with an optional bearer `key` and content type.
+    pub async fn post(
+        &self,
+        path: &str,
+        key: Option<&str>,
+        content_type: Option<&str>,
+        body: impl Into<reqwest::Body>,
+    ) -> Reply {
+        let mut req = self.client.post(format!("{}{path}", self.base()));
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        self.send(req.body(body)).await
+    }
+
+    /// GETs `path` with an optional bearer `key`.
+    pub async fn get(&self, path: &str, key: Option<&str>) -> Reply {
+        let mut req = self.client.get(format!("{}{path}", self.base()));
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        self.send(req).await
+    }
+
+    /// The incident `reference` of any integration, as last committed.
+    pub fn incident_in(&self, integration: &str, reference: &str) -> Option<Incident> {
+        self.running().gateway.get(integration, reference).unwrap()
+    }
+
+    /// [`Harness::wait_for`] for any integration.
+    pub async fn wait_for_in(
+        &self,
+        integration: &str,
+        reference: &str,
+        what: &str,
+        pred: impl Fn(&Incident) -> bool,
+    ) -> Incident {
+        let mut watch = self.running().gateway.store().watch_sequence(integration);
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some(i) = self.incident_in(integration, reference) {
+                if pred(&i) {
+                    return i;
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!(
+                    "{integration}/{reference}: timed out waiting for {what}; now {:?}",
+                    self.incident_in(integration, reference)
+                        .map(|i| (i.state, i.timeline))
+                );
+            }
+            tokio::select! {
+                _ = watch.changed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+            }
+        }
+    }
+}
+
+/// Polls `probe` (on a short tick, for state that raises no event) until it yields a
+/// value, or panics after [`WAIT`] naming `what`.
+pub async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A file of the shipped mappings' fixtures, e.g. `fixture("remedy/happy.input.xml")`.
+pub fn fixture(name: &str) -> String {
+    let p = format!("{}/mappings/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{p}: {e}"))
+}
+
+/// An element of a parsed answer, namespaces resolved. Written for the tests, on
+/// quick-xml directly, so that answers are checked by other code than the gateway's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct XmlNode {
+    /// The name as written (with its prefix).
+    pub name: String,
+    /// The namespace URI of the element, empty for none.
+    pub ns: String,
+    /// Attributes as written, namespace declarations included, values unescaped.
+    pub attrs: Vec<(String, String)>,
+    pub children: Vec<XmlNode>,
+    /// The element's own text (not its descendants'), references resolved.
+    pub text: String,
+}
+
+impl XmlNode {
+    /// The name without its prefix.
+    pub fn local(&self) -> &str {
+        self.name.rsplit(':').next().unwrap_or(&self.name)
+    }
+
+    pub fn attr(&self, name: &str) -> Option<&str> {
+        self.attrs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The children with this local name.
+    pub fn all(&self, local: &str) -> impl Iterator<Item = &XmlNode> + '_ {
+        let local = local.to_string();
+        self.children.iter().filter(move |c| c.local() == local)
+    }
+
+    /// The one child with this local name; panics when there is none or several.
+    pub fn one(&self, local: &str) -> &XmlNode {
+        let found: Vec<_> = self.all(local).collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "<{}> has {} <{local}> children: {self:#?}",
+            self.name,
+            found.len()
+        );
+        found[0]
+    }
+
+    /// The text of the one child with this local name.
+    pub fn text_of(&self, local: &str) -> &str {
+        &self.one(local).text
+    }
+
+    /// The text of the child with this local name, if there is one.
+    pub fn opt_text(&self, local: &str) -> Option<&str> {
+        self.all(local).next().map(|c| c.text.as_str())
+    }
+
+    /// The local names of the children, in order.
+    pub fn child_names(&self) -> Vec<&str> {
+        self.children.iter().map(|c| c.local()).collect()
+    }
+}
+
+/// Parses a complete XML document: one root, every element closed with its own name,
+/// no DOCTYPE, only predefined and character references, namespace prefixes declared.
+pub fn parse_xml(s: &str) -> Result<XmlNode, String> {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_str(s);
+    reader.config_mut().check_end_names = true;
+    let mut stack: Vec<XmlNode> = Vec::new();
+    // Namespace bindings in scope: (prefix, uri), innermost last; one frame per element.
+    let mut scopes: Vec<Vec<(String, String)>> = Vec::new();
+    let mut root: Option<XmlNode> = None;
+    let resolve = |scopes: &Vec<Vec<(String, String)>>, prefix: &str| -> Option<String> {
+        if prefix == "xml" {
+            return Some("http://www.w3.org/XML/1998/namespace".into());
+        }
+        for frame in scopes.iter().rev() {
+            if let Some((_, uri)) = frame.iter().rev().find(|(p, _)| p == prefix) {
+                return Some(uri.clone());
+            }
+        }
+        if prefix.is_empty() {
+            Some(String::new())
+        } else {
+            None
+        }
+    };
+    loop {
+        let ev = reader
+            .read_event()
+            .map_err(|e| format!("at byte {}: {e}", reader.buffer_position()))?;
+        let empty = matches!(ev, Event::Empty(_));
+        match ev {
+            Event::Start(e) | Event::Empty(e) => {
+                if root.is_some() {
+                    return Err("more than one root element".into());
+                }
+                let name = e.name().into_inner().to_string();
+                let mut attrs = Vec::new();
+                let mut frame = Vec::new();
+                for a in e.attributes() {
+                    let a = a.map_err(|e| e.to_string())?;
+                    let k = a.key.into_inner().to_string();
+                    let v = a
+                        .normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                        .map_err(|e| e.to_string())?
+                        .into_owned();
+                    if k == "xmlns" {
+                        frame.push((String::new(), v.clone()));
+                    } else if let Some(p) = k.strip_prefix("xmlns:") {
+                        frame.push((p.to_string(), v.clone()));
+                    }
+                    attrs.push((k, v));
+                }
+                scopes.push(frame);
+                let prefix = name.rsplit_once(':').map(|(p, _)| p).unwrap_or("");
+                let ns = resolve(&scopes, prefix)
+                    .ok_or_else(|| format!("prefix {prefix:?} of <{name}> is not declared"))?;
+                stack.push(XmlNode {
+                    name,
+                    ns,
+                    attrs,
+                    children: Vec::new(),
+                    text: String::new(),
+                });
+                if empty {
+                    close(&mut stack, &mut scopes, &mut root);
+                }
+            }
+            Event::End(_) => close(&mut stack, &mut scopes, &mut root),
+            Event::Text(t) => {
+                let t = t.xml10_content();
+                match stack.last_mut() {
+                    Some(n) => n.text.push_str(&t),
+                    None if t.trim().is_empty() => {}
+                    None => return Err(format!("text outside the root: {t:?}")),
+                }
+            }
+            Event::CData(c) => match stack.last_mut() {
+                Some(n) => n.text.push_str(&c.xml10_content()),
+                None => return Err("CDATA outside the root".into()),
+            },
+            Event::GeneralRef(r) => {
+                let c = match r.resolve_char_ref().map_err(|e| e.to_string())? {
+                    Some(c) => c,
+                    None => match &*r {
+                        "lt" => '<',
+                        "gt" => '>',
+                        "amp" => '&',
+                        "apos" => '\'',
+                        "quot" => '"',
+                        other => return Err(format!("undefined entity &{other};")),
+                    },
+                };
+                match stack.last_mut() {
+                    Some(n) => n.text.push(c),
+                    None => return Err("reference outside the root".into()),
+                }
+            }
+            Event::DocType(_) => return Err("DOCTYPE in an answer".into()),
+            Event::Decl(_) | Event::PI(_) | Event::Comment(_) => {}
+            Event::Eof => break,
+        }
+    }
+    if let Some(open) = stack.last() {
+        return Err(format!("<{}> is not closed", open.name));
+    }
+    root.ok_or_else(|| "no root element".into())
+}
+
+fn close(
+    stack: &mut Vec<XmlNode>,
+    scopes: &mut Vec<Vec<(String, String)>>,
+    root: &mut Option<XmlNode>,
+) {
+    let node = stack.pop().expect("an open element");
+    scopes.pop();
+    match stack.last_mut() {
+        Some(parent) => parent.children.push(node),
+        None => *root = Some(node),
+    }
+}
+
+/// The `<Error>` of a legacy answer: the document itself, or the detail of a SOAP 1.1
+/// or 1.2 fault. Checks it has a `<Code>` and a non-empty `<Message>`.
+pub fn legacy_error(doc: &XmlNode) -> XmlNode {
+    let err = if doc.local() == "Envelope" {
+        let fault = doc.one("Body").one("Fault");
+        let detail = fault
+            .all("detail")
+            .chain(fault.all("Detail"))
+            .next()
+            .expect("fault has a detail");
+        detail.one("Error").clone()
+    } else {
+        doc.clone()
+    };
+    assert_eq!(err.local(), "Error", "{doc:#?}");
+    assert!(!err.text_of("Code").is_empty(), "{err:#?}");
+    assert!(!err.text_of("Message").trim().is_empty(), "{err:#?}");
+    err
+}
+
+/// The `field` attributes of an `<Error>`'s `<Problem>`s, in order.
+pub fn problem_fields(err: &XmlNode) -> Vec<String> {
+    err.all("Problem")
+        .map(|p| p.attr("field").expect("Problem has field").to_string())
+        .collect()
 }
