@@ -267,19 +267,20 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         crate::http::routes(http_state, config.server.max_callback_bytes).merge(legacy),
         Duration::from_millis(config.server.request_timeout_ms),
     );
-    let mut servers = Vec::new();
-    servers.push(tokio::spawn(crate::http::serve(
-        http_listener,
-        router,
-        shutdown.clone(),
-        Duration::from_millis(config.server.header_timeout_ms),
-    )));
-    servers.push(crate::grpc::serve(
-        grpc_listener,
-        gateway.clone(),
-        integrations.clone(),
-        shutdown.clone(),
-    ));
+    let servers = vec![
+        tokio::spawn(crate::http::serve(
+            http_listener,
+            router,
+            shutdown.clone(),
+            Duration::from_millis(config.server.header_timeout_ms),
+        )),
+        crate::grpc::serve(
+            grpc_listener,
+            gateway.clone(),
+            integrations.clone(),
+            shutdown.clone(),
+        ),
+    ];
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(http = %http_addr, grpc = %grpc_addr, store = %config.store.path.display(), integrations = config.integrations.len(), "gateway listening");
     Ok(Running {
