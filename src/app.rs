@@ -267,15 +267,20 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         crate::http::routes(http_state, config.server.max_callback_bytes).merge(legacy),
         Duration::from_millis(config.server.request_timeout_ms),
     );
-    let mut servers = Vec::new();
-    servers.push(tokio::spawn(crate::http::serve(
-        http_listener,
-        router,
-        shutdown.clone(),
-        Duration::from_millis(config.server.header_timeout_ms),
-    )));
-    // gRPC front door: wired in when src/grpc lands.
-    drop(grpc_listener);
+    let servers = vec![
+        tokio::spawn(crate::http::serve(
+            http_listener,
+            router,
+            shutdown.clone(),
+            Duration::from_millis(config.server.header_timeout_ms),
+        )),
+        crate::grpc::serve(
+            grpc_listener,
+            gateway.clone(),
+            integrations.clone(),
+            shutdown.clone(),
+        ),
+    ];
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(http = %http_addr, grpc = %grpc_addr, store = %config.store.path.display(), integrations = config.integrations.len(), "gateway listening");
     Ok(Running {

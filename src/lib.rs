@@ -12,6 +12,7 @@ pub mod app;
 pub mod config;
 pub mod delivery;
 pub mod gateway;
+pub mod grpc;
 pub mod http;
 pub mod incident;
 pub mod intake;

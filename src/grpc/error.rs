@@ -1,0 +1,126 @@
+//! Domain errors to `tonic::Status`: the one place that knows gRPC codes. Internals
+//! (store errors) are logged here and answered with a generic message.
+
+use super::proto;
+use crate::gateway::{CancelError, SubmitError};
+use crate::loomis::message::FieldProblem;
+use crate::store::StoreError;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// INVALID_ARGUMENT with every problem as a `google.rpc.BadRequest` field violation and
+/// all of them in the readable message too (for tools that show only the message).
+pub(crate) fn invalid(what: &str, problems: &[FieldProblem]) -> Status {
+    let list = problems
+        .iter()
+        .map(|p| format!("{}: {}", p.field, p.message))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let n = problems.len();
+    let message = format!(
+        "{what}: {n} problem{}: {list}",
+        if n == 1 { "" } else { "s" }
+    );
+    let mut details = ErrorDetails::new();
+    for p in problems {
+        details.add_bad_request_violation(p.field.clone(), p.message.clone());
+    }
+    Status::with_error_details(Code::InvalidArgument, message, details)
+}
+
+/// A store failure: the caller should retry.
+pub(crate) fn store(e: StoreError) -> Status {
+    tracing::error!(error = %e, "store error on a gRPC call");
+    Status::unavailable("the store is unavailable; retry")
+}
+
+/// Why `CreateIncident` refused.
+pub(crate) fn submit(e: SubmitError) -> Status {
+    match e {
+        SubmitError::UnknownIntegration(name) => {
+            Status::not_found(format!("no integration {name:?}"))
+        }
+        SubmitError::Conflict {
+            reference, fields, ..
+        } => Status::already_exists(format!(
+            "incident {reference:?} was already created with different content in: {}",
+            fields.join(", ")
+        )),
+        e @ SubmitError::ReferenceTaken { .. } => Status::already_exists(e.to_string()),
+        SubmitError::Store(e) => store(e),
+    }
+}
+
+/// Why `CancelIncident` refused.
+pub(crate) fn cancel(integration: &str, e: CancelError) -> Status {
+    match e {
+        CancelError::NotFound(reference) => Status::not_found(format!(
+            "no incident {reference:?} in integration {integration:?}"
+        )),
+        CancelError::AlreadyTerminal(state, inc) => Status::failed_precondition(format!(
+            "incident {:?} is already {state}; it can no longer be cancelled",
+            inc.reference
+        )),
+        CancelError::Store(e) => store(e),
+    }
+}
+
+/// The `CreateIncidents` form of a refusal: the same code, message and violations a
+/// unary `CreateIncident` would have answered.
+pub(crate) fn request_error(status: &Status) -> proto::RequestError {
+    let field_violations = status
+        .get_details_bad_request()
+        .map(|b| {
+            b.field_violations
+                .into_iter()
+                .map(|v| proto::FieldViolation {
+                    field: v.field,
+                    description: v.description,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    proto::RequestError {
+        code: status.code() as i32,
+        message: status.message().to_string(),
+        field_violations,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_carries_every_violation() {
+        let problems = vec![
+            FieldProblem {
+                field: "DeviceId".into(),
+                message: "required".into(),
+            },
+            FieldProblem {
+                field: "FaultDateTime".into(),
+                message: "not a date-time".into(),
+            },
+        ];
+        let s = invalid("the incident is invalid", &problems);
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert!(s.message().contains("2 problems"), "{}", s.message());
+        assert!(
+            s.message().contains("DeviceId: required"),
+            "{}",
+            s.message()
+        );
+        let bad = s.get_details_bad_request().expect("BadRequest details");
+        let fields: Vec<_> = bad
+            .field_violations
+            .iter()
+            .map(|v| v.field.as_str())
+            .collect();
+        assert_eq!(fields, ["DeviceId", "FaultDateTime"]);
+        let e = request_error(&s);
+        assert_eq!(e.code, Code::InvalidArgument as i32);
+        assert_eq!(e.field_violations.len(), 2);
+        assert_eq!(e.field_violations[1].description, "not a date-time");
+    }
+}
