@@ -311,45 +311,6 @@ async fn list_orphans(
     Ok(Json(json!({"orphans": list})).into_response())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn headers(name: &str, v: &str) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert(
-            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
-            v.parse().unwrap(),
-        );
-        h
-    }
-
-    #[test]
-    fn auth_checks_each_scheme() {
-        let bearer = Auth::Bearer(Secret::new("tok"));
-        assert!(authorized(&headers("authorization", "Bearer tok"), &bearer));
-        assert!(authorized(&headers("authorization", "bearer tok"), &bearer));
-        assert!(!authorized(
-            &headers("authorization", "Bearer tok2"),
-            &bearer
-        ));
-        assert!(!authorized(&HeaderMap::new(), &bearer));
-        let basic = Auth::Basic {
-            username: "u".into(),
-            password: Secret::new("p"),
-        };
-        assert!(authorized(&headers("authorization", "Basic dTpw"), &basic));
-        assert!(!authorized(&headers("authorization", "Basic dTpx"), &basic));
-        let hdr = Auth::Header {
-            name: http::HeaderName::from_static("x-key"),
-            value: Secret::new("k"),
-        };
-        assert!(authorized(&headers("x-key", "k"), &hdr));
-        assert!(!authorized(&headers("x-key", "K"), &hdr));
-        assert!(authorized(&HeaderMap::new(), &Auth::None));
-    }
-}
-
 /// Serves `router` on `listener` until `shutdown`, then lets open requests finish.
 ///
 /// Served through hyper-util rather than `axum::serve` so that reading request headers is
@@ -399,4 +360,43 @@ pub async fn serve(
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(name: &str, v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+        h
+    }
+
+    #[test]
+    fn auth_checks_each_scheme() {
+        let bearer = Auth::Bearer(Secret::new("tok"));
+        assert!(authorized(&headers("authorization", "Bearer tok"), &bearer));
+        assert!(authorized(&headers("authorization", "bearer tok"), &bearer));
+        assert!(!authorized(
+            &headers("authorization", "Bearer tok2"),
+            &bearer
+        ));
+        assert!(!authorized(&HeaderMap::new(), &bearer));
+        let basic = Auth::Basic {
+            username: "u".into(),
+            password: Secret::new("p"),
+        };
+        assert!(authorized(&headers("authorization", "Basic dTpw"), &basic));
+        assert!(!authorized(&headers("authorization", "Basic dTpx"), &basic));
+        let hdr = Auth::Header {
+            name: http::HeaderName::from_static("x-key"),
+            value: Secret::new("k"),
+        };
+        assert!(authorized(&headers("x-key", "k"), &hdr));
+        assert!(!authorized(&headers("x-key", "K"), &hdr));
+        assert!(authorized(&HeaderMap::new(), &Auth::None));
+    }
 }
