@@ -290,8 +290,20 @@ fn ignore(
     kind: &str,
     why: String,
 ) -> Transition {
+    ignore_message(inc, now, dir, kind, why, None)
+}
+
+/// Records a message that is not applied (late, contradictory, after terminal).
+fn ignore_message(
+    inc: &mut Incident,
+    now: Timestamp,
+    dir: Direction,
+    kind: &str,
+    why: String,
+    message: Option<serde_json::Value>,
+) -> Transition {
     inc.ignored = inc.ignored.saturating_add(1);
-    inc.record(now, dir, kind, EntryOutcome::Ignored, why.clone(), None);
+    inc.record(now, dir, kind, EntryOutcome::Ignored, why.clone(), message);
     Transition::new(Outcome::Ignored(why))
 }
 
@@ -411,17 +423,8 @@ fn apply_loomis(inc: &mut Incident, msg: InboundMessage, via: Via, now: Timestam
         inc.seen.push(fp);
     }
     if inc.state.is_terminal() {
-        inc.ignored = inc.ignored.saturating_add(1);
         let why = format!("{kind} after the incident was {}", inc.state);
-        inc.record(
-            now,
-            Direction::FromLoomis,
-            kind,
-            EntryOutcome::Ignored,
-            why.clone(),
-            raw,
-        );
-        return Transition::new(Outcome::Ignored(why));
+        return ignore_message(inc, now, Direction::FromLoomis, kind, why, raw);
     }
     let applied = |inc: &mut Incident, detail: String, raw| {
         inc.record(
@@ -446,17 +449,8 @@ fn apply_loomis(inc: &mut Incident, msg: InboundMessage, via: Via, now: Timestam
     match msg.kind {
         InboundKind::Ack => {
             if inc.incident_id.is_some() {
-                inc.ignored = inc.ignored.saturating_add(1);
                 let why = format!("ACK after the incident was already {}", inc.state);
-                inc.record(
-                    now,
-                    Direction::FromLoomis,
-                    kind,
-                    EntryOutcome::Ignored,
-                    why.clone(),
-                    raw,
-                );
-                return Transition::new(Outcome::Ignored(why));
+                return ignore_message(inc, now, Direction::FromLoomis, kind, why, raw);
             }
             learn_id(inc, &mut t);
             inc.loomis_status = msg.status.clone();
@@ -479,17 +473,8 @@ fn apply_loomis(inc: &mut Incident, msg: InboundMessage, via: Via, now: Timestam
         }
         InboundKind::Nak => {
             if inc.incident_id.is_some() {
-                inc.ignored = inc.ignored.saturating_add(1);
                 let why = format!("NAK after the incident was already {}", inc.state);
-                inc.record(
-                    now,
-                    Direction::FromLoomis,
-                    kind,
-                    EntryOutcome::Ignored,
-                    why.clone(),
-                    raw,
-                );
-                return Transition::new(Outcome::Ignored(why));
+                return ignore_message(inc, now, Direction::FromLoomis, kind, why, raw);
             }
             let code = msg.response_code.clone().unwrap_or_default();
             if code.eq_ignore_ascii_case("Duplicate") && inc.dispatch_uncertain {
