@@ -294,7 +294,10 @@ impl Harness {
 
 pub async fn boot(dir: &std::path::Path, o: &Options) -> Running {
     let text = config_text(dir, o);
-    safepoint_gateway::telemetry::init(false, Some("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("warn")
+        .try_init();
     let config =
         Config::parse(&text, "test", false, &env).unwrap_or_else(|e| panic!("{e}\n{text}"));
     app::start(config).await.expect("gateway starts")
