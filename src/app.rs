@@ -203,7 +203,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         url: Arc::new(Mutex::new(loomis_url)),
         auth: config.loomis_auth.clone(),
         timeout: Duration::from_millis(ls.timeout_ms),
-        policy: RetryPolicy::from(&ls.retry),
+        policy: RetryPolicy::from(&config.loomis_retry),
         concurrency: ls.concurrency,
         recovered: Mutex::new(
             loomis_jobs
@@ -213,11 +213,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 .collect(),
         ),
     };
-    workers.push(tokio::spawn(Scheduler::new(Arc::new(loomis_runner)).run(
-        loomis_jobs,
-        loomis_rx,
-        shutdown.clone(),
-    )));
+    workers.push(tokio::spawn(
+        Scheduler::new("loomis", Arc::new(loomis_runner)).run(
+            loomis_jobs,
+            loomis_rx,
+            shutdown.clone(),
+        ),
+    ));
     let mut targets = HashMap::new();
     for it in &config.integrations {
         if let Some(d) = &it.delivery {
@@ -244,11 +246,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         ),
         targets: Arc::new(targets),
     };
-    workers.push(tokio::spawn(Scheduler::new(Arc::new(tool_runner)).run(
-        tool_jobs,
-        tool_rx,
-        shutdown.clone(),
-    )));
+    workers.push(tokio::spawn(
+        Scheduler::new("tools", Arc::new(tool_runner)).run(tool_jobs, tool_rx, shutdown.clone()),
+    ));
 
     // HTTP: Loomis callbacks, legacy XML routes, health, metrics, operators.
     let http_state = HttpState {

@@ -90,26 +90,53 @@ pub enum Auth {
 }
 
 /// Exponential backoff with jitter, and when to give up.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RetrySpec {
     /// First delay after a failed attempt.
     pub initial_ms: u64,
     /// Delays double up to this.
     pub max_ms: u64,
-    /// Give up this long after the job was queued (Loomis default: 24 h).
+    /// Give up this long after the job was queued.
     pub max_age_secs: u64,
     /// Give up after this many attempts as well (0: no attempt limit).
     pub max_attempts: u32,
 }
 
-impl Default for RetrySpec {
-    fn default() -> Self {
+impl RetrySpec {
+    /// Toward Loomis: retried for 24 h, no attempt limit.
+    pub const LOOMIS: RetrySpec = RetrySpec {
+        initial_ms: 500,
+        max_ms: 300_000,
+        max_age_secs: 86_400,
+        max_attempts: 0,
+    };
+    /// Toward legacy tools: 1 h or 20 attempts, then a dead letter.
+    pub const TOOL: RetrySpec = RetrySpec {
+        initial_ms: 500,
+        max_ms: 300_000,
+        max_age_secs: 3_600,
+        max_attempts: 20,
+    };
+}
+
+/// A `retry` table as written: keys left out take the defaults of where it stands
+/// ([`RetrySpec::LOOMIS`] or [`RetrySpec::TOOL`]).
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryTable {
+    pub initial_ms: Option<u64>,
+    pub max_ms: Option<u64>,
+    pub max_age_secs: Option<u64>,
+    pub max_attempts: Option<u32>,
+}
+
+impl RetryTable {
+    pub fn resolve(&self, defaults: &RetrySpec) -> RetrySpec {
         RetrySpec {
-            initial_ms: 500,
-            max_ms: 300_000,
-            max_age_secs: 86_400,
-            max_attempts: 0,
+            initial_ms: self.initial_ms.unwrap_or(defaults.initial_ms),
+            max_ms: self.max_ms.unwrap_or(defaults.max_ms),
+            max_age_secs: self.max_age_secs.unwrap_or(defaults.max_age_secs),
+            max_attempts: self.max_attempts.unwrap_or(defaults.max_attempts),
         }
     }
 }
@@ -180,7 +207,7 @@ pub struct LoomisSection {
     pub pool_idle_timeout_ms: u64,
     /// Requests in flight to Loomis at once.
     pub concurrency: usize,
-    pub retry: RetrySpec,
+    pub retry: RetryTable,
 }
 
 impl Default for LoomisSection {
@@ -192,7 +219,7 @@ impl Default for LoomisSection {
             connect_timeout_ms: 3_000,
             pool_idle_timeout_ms: 30_000,
             concurrency: 64,
-            retry: RetrySpec::default(),
+            retry: RetryTable::default(),
         }
     }
 }
@@ -256,8 +283,8 @@ pub struct DeliverySection {
     /// Posts in flight to this tool at once (a slow tool holds only its own slots).
     #[serde(default = "default_tool_concurrency")]
     pub concurrency: usize,
-    #[serde(default = "tool_retry")]
-    pub retry: RetrySpec,
+    #[serde(default)]
+    pub retry: RetryTable,
 }
 
 fn auth_none() -> AuthSpec {
@@ -268,13 +295,6 @@ fn default_tool_timeout() -> u64 {
 }
 fn default_tool_concurrency() -> usize {
     8
-}
-fn tool_retry() -> RetrySpec {
-    RetrySpec {
-        max_age_secs: 3_600,
-        max_attempts: 20,
-        ..RetrySpec::default()
-    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -341,6 +361,8 @@ pub struct Config {
     pub loomis: LoomisTarget,
     pub loomis_auth: Auth,
     pub loomis_section: LoomisSection,
+    /// `loomis.retry` with its defaults filled in.
+    pub loomis_retry: RetrySpec,
     pub callback_auth: Auth,
     pub simulator: SimulatorSection,
     pub log: LogSection,
@@ -531,7 +553,8 @@ impl Validator<'_> {
         if f.loomis.concurrency == 0 {
             self.problem("loomis.concurrency", "must be positive");
         }
-        self.retry("loomis.retry", &f.loomis.retry);
+        let loomis_retry = f.loomis.retry.resolve(&RetrySpec::LOOMIS);
+        self.retry("loomis.retry", &loomis_retry);
         let callback_auth = if self.embedded {
             match &f.callbacks.auth {
                 // The built-in simulator is the only caller; a random token protects the
@@ -599,7 +622,8 @@ impl Validator<'_> {
                 let dkey = format!("{key}.delivery");
                 let url = self.url(&format!("{dkey}.url"), &d.url);
                 let auth = self.auth(&format!("{dkey}.auth"), &d.auth);
-                self.retry(&format!("{dkey}.retry"), &d.retry);
+                let retry = d.retry.resolve(&RetrySpec::TOOL);
+                self.retry(&format!("{dkey}.retry"), &retry);
                 if d.concurrency == 0 {
                     self.problem(&format!("{dkey}.concurrency"), "must be positive");
                 }
@@ -608,7 +632,7 @@ impl Validator<'_> {
                     auth,
                     timeout: Duration::from_millis(d.timeout_ms),
                     concurrency: d.concurrency.max(1),
-                    retry: d.retry.clone(),
+                    retry,
                 })
             });
             integrations.push(Integration {
@@ -635,6 +659,7 @@ impl Validator<'_> {
             loomis,
             loomis_auth,
             loomis_section: f.loomis,
+            loomis_retry,
             callback_auth,
             simulator: f.simulator,
             log: f.log,
@@ -728,6 +753,15 @@ auth = { type = "header", name = "x-api-key", value_env = "KEY" }
             all.contains("integrations[0].delivery.auth.value_env"),
             "{all}"
         );
+    }
+
+    #[test]
+    fn the_shipped_example_is_valid() {
+        let text = include_str!("../deploy/gateway.example.toml");
+        Config::parse(text, "deploy/gateway.example.toml", false, &|_| {
+            Some("x".into())
+        })
+        .unwrap();
     }
 
     #[test]

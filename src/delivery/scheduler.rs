@@ -38,6 +38,8 @@ pub type JobSender = mpsc::UnboundedSender<Job>;
 /// Runs until `shutdown`; then waits for in-flight attempts up to the caller's deadline
 /// (the caller drops the returned future to abandon them: their jobs stay in the outbox).
 pub struct Scheduler {
+    /// `loomis` or `tools`: labels the metrics.
+    name: &'static str,
     runner: Arc<dyn Runner>,
     lanes: HashMap<Lane, VecDeque<Job>>,
     known: HashSet<u64>,
@@ -57,8 +59,9 @@ fn instant_for(at: Timestamp) -> Instant {
 }
 
 impl Scheduler {
-    pub fn new(runner: Arc<dyn Runner>) -> Self {
+    pub fn new(name: &'static str, runner: Arc<dyn Runner>) -> Self {
         Scheduler {
+            name,
             runner,
             lanes: HashMap::new(),
             known: HashSet::new(),
@@ -203,7 +206,8 @@ impl Scheduler {
         loop {
             self.promote_due();
             self.launch(&done_tx);
-            metrics::gauge!("gateway_outbox_pending").set(self.pending() as f64);
+            metrics::gauge!("gateway_outbox_pending", "target" => self.name)
+                .set(self.pending() as f64);
             let next = self.timers.first().map(|(due, _)| *due);
             tokio::select! {
                 biased;

@@ -1,5 +1,6 @@
-//! Domain errors to `tonic::Status`: the one place that knows gRPC codes. Internals
-//! (store errors) are logged here and answered with a generic message.
+//! Domain errors to `tonic::Status`. The gRPC edge (this module with `service`, `watch`
+//! and `auth`) is the only place that knows gRPC codes. Internals (store errors) are
+//! logged here and answered with a generic message.
 
 use super::proto;
 use crate::gateway::{CancelError, SubmitError};
