@@ -82,16 +82,15 @@ pub(crate) fn update(u: Update) -> proto::IncidentUpdate {
     }
 }
 
-fn timeline_entry(e: &TimelineEntry) -> proto::TimelineEntry {
+fn timeline_entry(i: &Incident, e: &TimelineEntry) -> proto::TimelineEntry {
     proto::TimelineEntry {
         at: Some(timestamp(e.at)),
         direction: direction(e.direction).into(),
         kind: e.kind.clone(),
         outcome: outcome(e.outcome).into(),
         detail: e.detail.clone(),
-        message_json: e
-            .message
-            .as_ref()
+        message_json: i
+            .timeline_message(e)
             .map(|m| m.to_string())
             .unwrap_or_default(),
     }
@@ -129,7 +128,7 @@ pub(crate) fn incident(i: &Incident) -> proto::Incident {
                 .ok()
                 .map(timestamp),
         }),
-        timeline: i.timeline.iter().map(timeline_entry).collect(),
+        timeline: i.timeline.iter().map(|e| timeline_entry(i, e)).collect(),
         timeline_dropped: i.timeline_dropped,
     }
 }

@@ -193,7 +193,8 @@ pub struct TimelineEntry {
     pub kind: String,
     pub outcome: EntryOutcome,
     pub detail: String,
-    /// The message as sent or received, unknown fields included.
+    /// The message as sent or received, unknown fields included. None on the caller's
+    /// Dispatch entry: see [`Incident::timeline_message`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<serde_json::Value>,
 }
@@ -262,16 +263,31 @@ impl Incident {
             duplicates: 0,
             ignored: 0,
         };
-        let msg = serde_json::to_value(&inc.dispatch).ok();
+        // The caller's Dispatch is `inc.dispatch` itself: the entry does not carry a
+        // second copy (it would double the record that every write re-encodes);
+        // `timeline_message` supplies it to readers.
         inc.record(
             now,
             Direction::Caller,
             "Dispatch",
             EntryOutcome::Applied,
             "accepted and queued for Loomis",
-            msg,
+            None,
         );
         inc
+    }
+
+    /// The message of a timeline entry as sent or received. The caller's Dispatch entry
+    /// stores none (records written before this did carry a copy) and gets
+    /// `self.dispatch`, which is exactly what the caller's Dispatch became.
+    pub fn timeline_message(&self, entry: &TimelineEntry) -> Option<serde_json::Value> {
+        match &entry.message {
+            Some(m) => Some(m.clone()),
+            None if entry.direction == Direction::Caller && entry.kind == "Dispatch" => {
+                serde_json::to_value(&self.dispatch).ok()
+            }
+            None => None,
+        }
     }
 
     pub fn key(&self) -> IncidentKey {

@@ -89,7 +89,11 @@ fn id_key(table: u8, id: u64) -> Vec<u8> {
 }
 
 fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+    // Records are mostly incidents of one to two KiB: start big enough that the encoder
+    // does not grow the buffer several times.
+    let mut out = Vec::with_capacity(1024);
+    serde_json::to_writer(&mut out, v).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok(out)
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
@@ -146,14 +150,21 @@ struct SledTxn<'a> {
 }
 
 impl SledTxn<'_> {
-    fn raw(&self, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    /// Looks `k` up (own writes, then the group's, then the tree) and hands the bytes to
+    /// `f` without copying them.
+    fn raw<R>(
+        &self,
+        k: &[u8],
+        f: impl FnOnce(Option<&[u8]>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
         if let Some(v) = self.writes.borrow().get(k) {
-            return Ok(v.clone());
+            return f(v.as_deref());
         }
         if let Some(v) = self.group.get(k) {
-            return Ok(v.clone());
+            return f(v.as_deref());
         }
-        Ok(self.tree.get(k)?.map(|v| v.to_vec()))
+        let v = self.tree.get(k)?;
+        f(v.as_deref())
     }
     fn set(&self, k: Vec<u8>, v: Vec<u8>) {
         self.writes.borrow_mut().insert(k, Some(v));
@@ -162,21 +173,21 @@ impl SledTxn<'_> {
         self.writes.borrow_mut().insert(k, None);
     }
     fn get<T: DeserializeOwned>(&self, k: &[u8]) -> Result<Option<T>, StoreError> {
-        self.raw(k)?.map(|v| decode(&v)).transpose()
+        self.raw(k, |v| v.map(decode).transpose())
     }
     fn put<T: Serialize>(&self, k: Vec<u8>, v: &T) -> Result<(), StoreError> {
         self.set(k, encode(v)?);
         Ok(())
     }
     fn get_key(&self, k: &[u8]) -> Result<Option<IncidentKey>, StoreError> {
-        self.raw(k)?.map(|v| parse_key(&v)).transpose()
+        self.raw(k, |v| v.map(parse_key).transpose())
     }
     /// Increments the u64 counter at `k` and returns the new value.
     fn bump(&self, k: Vec<u8>) -> Result<u64, StoreError> {
-        let next = match self.raw(&k)? {
-            Some(v) => counter(&v)? + 1,
-            None => 1,
-        };
+        let next = self.raw(&k, |v| match v {
+            Some(v) => Ok(counter(v)? + 1),
+            None => Ok(1),
+        })?;
         self.set(k, next.to_be_bytes().to_vec());
         Ok(next)
     }
