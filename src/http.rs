@@ -147,7 +147,8 @@ pub fn layered(router: Router, request_timeout: Duration) -> Router {
     router
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        // Failures are logged where they happen, with their cause; not again as bare statuses.
+        .layer(tower_http::trace::TraceLayer::new_for_http().on_failure(()))
         .layer(axum::middleware::from_fn_with_state(
             request_timeout,
             deadline,
