@@ -3,7 +3,7 @@
 //! come by callback.
 
 use super::scheduler::{Runner, Verdict};
-use super::{post, AttemptError, RetryPolicy};
+use super::{after_failure, post, retry_soon, settle, AttemptError, RetryPolicy};
 use crate::config::Auth;
 use crate::gateway::{Gateway, JobAction};
 use crate::incident::machine::{self, Event, Via};
@@ -79,27 +79,6 @@ struct Attempt {
     recovered: bool,
 }
 
-/// Settles with a short retry if the store itself fails, so no outcome is lost.
-async fn settle(gateway: &Gateway, job: &Job, events: Vec<Event>, action: JobAction) -> Verdict {
-    let done = !matches!(action, JobAction::Reschedule(_));
-    match gateway
-        .settle(job.incident.clone(), events, action.clone())
-        .await
-    {
-        Ok(_) if done => Verdict::Done,
-        Ok(_) => match action {
-            JobAction::Reschedule(j) => Verdict::Retry(j),
-            _ => Verdict::Done,
-        },
-        Err(e) => {
-            tracing::error!(error = %e, job = job.id, "cannot settle delivery; will try again");
-            let mut j = job.clone();
-            j.next_attempt_at = Timestamp::now() + Duration::from_secs(1);
-            Verdict::Retry(j)
-        }
-    }
-}
-
 /// Whether a message in a response body is about this incident.
 fn body_message(body: &[u8], inc: &Incident) -> Option<InboundMessage> {
     if body.iter().all(u8::is_ascii_whitespace) {
@@ -133,9 +112,7 @@ impl Attempt {
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot read incident for delivery");
-                let mut j = job.clone();
-                j.next_attempt_at = Timestamp::now() + Duration::from_secs(1);
-                return Verdict::Retry(j);
+                return retry_soon(&job);
             }
         };
         let span = tracing::info_span!("deliver", integration = %inc.integration, reference = %inc.reference,
@@ -264,11 +241,7 @@ impl Attempt {
                         detail: detail.clone(),
                     });
                 }
-                let delay = self.policy.delay(attempts, retry_after, &mut rand::rng());
-                let mut next = job.clone();
-                next.attempts = attempts;
-                next.next_attempt_at = now + delay;
-                next.last_error = Some(detail.clone());
+                let (next, delay) = after_failure(&job, &self.policy, retry_after, &detail);
                 tracing::warn!(detail = %detail, attempts, retry_in_ms = delay.as_millis() as u64, "delivery to Loomis failed; will retry");
                 settle(&self.gateway, &job, events, JobAction::Reschedule(next)).await
             }

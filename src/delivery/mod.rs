@@ -85,6 +85,55 @@ impl RetryPolicy {
     }
 }
 
+/// Settles `job` in the store with `events`, and tells the scheduler what follows: done,
+/// or (for a reschedule) the job's next attempt. If the store itself fails, the job is
+/// retried shortly, so no outcome is lost.
+pub async fn settle(
+    gateway: &crate::gateway::Gateway,
+    job: &crate::store::records::Job,
+    events: Vec<crate::incident::machine::Event>,
+    action: crate::gateway::JobAction,
+) -> scheduler::Verdict {
+    let next = match &action {
+        crate::gateway::JobAction::Reschedule(j) => Some(j.clone()),
+        _ => None,
+    };
+    match gateway.settle(job.incident.clone(), events, action).await {
+        Ok(_) => match next {
+            Some(j) => scheduler::Verdict::Retry(j),
+            None => scheduler::Verdict::Done,
+        },
+        Err(e) => {
+            tracing::error!(error = %e, job = job.id, "cannot settle a delivery; will try again");
+            retry_soon(job)
+        }
+    }
+}
+
+/// The job again in a second (after a store read or write failed).
+pub fn retry_soon(job: &crate::store::records::Job) -> scheduler::Verdict {
+    let mut j = job.clone();
+    j.next_attempt_at = Timestamp::now() + Duration::from_secs(1);
+    scheduler::Verdict::Retry(j)
+}
+
+/// The job after one more failed attempt: attempts counted, next attempt scheduled by
+/// `policy` (honouring `retry_after`), the error kept. Returns the delay too, for logs.
+pub fn after_failure(
+    job: &crate::store::records::Job,
+    policy: &RetryPolicy,
+    retry_after: Option<Duration>,
+    detail: &str,
+) -> (crate::store::records::Job, Duration) {
+    let attempts = job.attempts + 1;
+    let delay = policy.delay(attempts, retry_after, &mut rand::rng());
+    let mut next = job.clone();
+    next.attempts = attempts;
+    next.next_attempt_at = Timestamp::now() + delay;
+    next.last_error = Some(detail.to_string());
+    (next, delay)
+}
+
 /// Parses `Retry-After`: delta-seconds or an HTTP-date.
 pub fn parse_retry_after(value: &str, now: Timestamp) -> Option<Duration> {
     let v = value.trim();

@@ -12,7 +12,6 @@ use futures::future::BoxFuture;
 use jiff::Timestamp;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Renders an update as the XML document the integration's tool expects.
 pub type Renderer = Arc<dyn Fn(&Update) -> Result<Vec<u8>, String> + Send + Sync>;
@@ -52,23 +51,9 @@ impl Runner for ToolRunner {
     }
 }
 
+/// Settles a tool job (no incident events: posts change nothing but the outbox).
 async fn settle(gateway: &Gateway, job: &Job, action: JobAction) -> Verdict {
-    let retry = match &action {
-        JobAction::Reschedule(j) => Some(j.clone()),
-        _ => None,
-    };
-    match gateway.settle(job.incident.clone(), vec![], action).await {
-        Ok(_) => match retry {
-            Some(j) => Verdict::Retry(j),
-            None => Verdict::Done,
-        },
-        Err(e) => {
-            tracing::error!(error = %e, job = job.id, "cannot settle tool delivery; will try again");
-            let mut j = job.clone();
-            j.next_attempt_at = Timestamp::now() + Duration::from_secs(1);
-            Verdict::Retry(j)
-        }
-    }
+    super::settle(gateway, job, vec![], action).await
 }
 
 async fn attempt(
@@ -96,9 +81,7 @@ async fn attempt(
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot read update");
-            let mut j = job.clone();
-            j.next_attempt_at = Timestamp::now() + Duration::from_secs(1);
-            return Verdict::Retry(j);
+            return super::retry_soon(&job);
         }
     };
     let body = match (target.render)(&update) {
@@ -145,11 +128,7 @@ async fn attempt(
                 return settle(&gateway, &job, JobAction::DeadLetter(job.clone(), reason)).await;
             }
             metrics::counter!("gateway_tool_posts_total", "integration" => integration.clone(), "result" => "retry").increment(1);
-            let delay = target.policy.delay(attempts, retry_after, &mut rand::rng());
-            let mut next = job.clone();
-            next.attempts = attempts;
-            next.next_attempt_at = now + delay;
-            next.last_error = Some(detail.clone());
+            let (next, delay) = super::after_failure(&job, &target.policy, retry_after, &detail);
             tracing::warn!(detail = %detail, attempts, retry_in_ms = delay.as_millis() as u64, "update post failed; will retry");
             settle(&gateway, &job, JobAction::Reschedule(next)).await
         }
