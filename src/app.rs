@@ -121,7 +121,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .iter()
         .map(|i| IntegrationInfo {
             name: i.name.clone(),
-            customer_number: i.customer_number.clone(),
             delivers: i.delivery.is_some(),
         })
         .collect();

@@ -16,7 +16,6 @@ use std::sync::Arc;
 #[derive(Debug, Clone)]
 pub struct IntegrationInfo {
     pub name: String,
-    pub customer_number: String,
     /// Updates are posted back to the tool (`[integrations.delivery]`).
     pub delivers: bool,
 }
@@ -108,10 +107,6 @@ impl Gateway {
 
     pub fn store(&self) -> &Store {
         &self.store
-    }
-
-    pub fn integration(&self, name: &str) -> Option<&IntegrationInfo> {
-        self.integrations.get(name)
     }
 
     /// Accepts a mapped, validated Dispatch for `integration` (its CustomerNumber is

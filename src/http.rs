@@ -183,7 +183,19 @@ async fn deadline(
     next: axum::middleware::Next,
 ) -> Response {
     let path = req.uri().path().to_string();
-    let headers = req.headers().clone();
+    // Only the headers that choose the error's envelope, and only where it is XML: this
+    // runs for every request, the answer it prepares for almost none.
+    let mut headers = HeaderMap::new();
+    if is_legacy(&path) {
+        for name in [
+            http::header::CONTENT_TYPE,
+            http::HeaderName::from_static("soapaction"),
+        ] {
+            if let Some(v) = req.headers().get(&name) {
+                headers.insert(name, v.clone());
+            }
+        }
+    }
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(resp) => resp,
         Err(_) => {
@@ -238,9 +250,6 @@ async fn readyz(State(s): State<HttpState>) -> Response {
 }
 
 async fn metrics_text(State(s): State<HttpState>) -> Response {
-    let stats = s.gateway.store().stats();
-    metrics::gauge!("gateway_store_commits")
-        .set(stats.commits.load(std::sync::atomic::Ordering::Relaxed) as f64);
     (
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         s.metrics.render(),

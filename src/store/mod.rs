@@ -103,8 +103,6 @@ pub trait Backend: Send + Sync + 'static {
     fn jobs(&self) -> Result<Vec<Job>, StoreError>;
     fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError>;
     fn orphans(&self, limit: usize) -> Result<Vec<Orphan>, StoreError>;
-    /// Counts for the readiness probe and metrics: (incidents, outbox jobs).
-    fn counts(&self) -> (usize, usize);
 }
 
 /// What a committed batch produced, published after its flush.
@@ -171,6 +169,14 @@ impl Watermarks {
         map.entry(integration.to_string())
             .or_insert_with(|| watch::channel(0).0)
             .clone()
+    }
+
+    /// The last durable sequence of `integration`.
+    pub fn current(&self, integration: &str) -> u64 {
+        match self.map.read().expect("watermark lock").get(integration) {
+            Some(s) => *s.borrow(),
+            None => 0,
+        }
     }
 
     /// Follows the last durable sequence of `integration`.
@@ -308,7 +314,7 @@ impl Store {
         after: u64,
         limit: usize,
     ) -> Result<Vec<Update>, StoreError> {
-        let upto = *self.watermarks.subscribe(integration).borrow();
+        let upto = self.watermarks.current(integration);
         if upto <= after {
             return Ok(Vec::new());
         }
@@ -340,10 +346,6 @@ impl Store {
 
     pub fn orphans(&self, limit: usize) -> Result<Vec<Orphan>, StoreError> {
         self.backend.orphans(limit)
-    }
-
-    pub fn counts(&self) -> (usize, usize) {
-        self.backend.counts()
     }
 
     /// Routes jobs for `target` to a scheduler once they are durable.

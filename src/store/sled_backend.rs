@@ -370,11 +370,4 @@ impl Backend for SledBackend {
     fn orphans(&self, limit: usize) -> Result<Vec<Orphan>, StoreError> {
         self.scan(ORPHANS, limit)
     }
-
-    fn counts(&self) -> (usize, usize) {
-        (
-            self.tree.scan_prefix([INCIDENTS]).count(),
-            self.tree.scan_prefix([OUTBOX]).count(),
-        )
-    }
 }

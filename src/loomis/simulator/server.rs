@@ -435,19 +435,38 @@ fn extra_checks(
     }
 }
 
-fn dispatch(sim: &Arc<Shared>, value: &Value, obj: &Map<String, Value>) -> Answer {
-    let (d, mut problems) = match Dispatch::from_json(value) {
-        Ok(d) => (Some(d), Vec::new()),
+/// Parses a message and applies the strict checks, all problems together; an invalid
+/// message is counted and answered `400`.
+fn validated<T>(
+    sim: &Shared,
+    value: &Value,
+    obj: &Map<String, Value>,
+    exact_type: &str,
+    parse: fn(&Value) -> Result<T, ValidationErrors>,
+) -> Result<T, Answer> {
+    let (parsed, mut problems) = match parse(value) {
+        Ok(m) => (Some(m), Vec::new()),
         Err(ValidationErrors(p)) => (None, p),
     };
-    extra_checks(sim, obj, "Dispatch", &mut problems);
-    let d = match d {
-        Some(d) if problems.is_empty() => d,
+    extra_checks(sim, obj, exact_type, &mut problems);
+    match parsed {
+        Some(m) if problems.is_empty() => Ok(m),
         _ => {
             sim.count(|s| s.invalid += 1);
-            tracing::info!(problems = problems.len(), "invalid Dispatch refused");
-            return Answer::invalid(problems);
+            tracing::info!(
+                problems = problems.len(),
+                kind = exact_type,
+                "invalid message refused"
+            );
+            Err(Answer::invalid(problems))
         }
+    }
+}
+
+fn dispatch(sim: &Arc<Shared>, value: &Value, obj: &Map<String, Value>) -> Answer {
+    let d = match validated(sim, value, obj, "Dispatch", Dispatch::from_json) {
+        Ok(d) => d,
+        Err(answer) => return answer,
     };
     sim.count(|s| s.dispatches += 1);
     let config = &sim.config;
@@ -548,17 +567,9 @@ fn dispatch(sim: &Arc<Shared>, value: &Value, obj: &Map<String, Value>) -> Answe
 }
 
 fn customer_cancel(sim: &Arc<Shared>, value: &Value, obj: &Map<String, Value>) -> Answer {
-    let (c, mut problems) = match CustomerCancel::from_json(value) {
-        Ok(c) => (Some(c), Vec::new()),
-        Err(ValidationErrors(p)) => (None, p),
-    };
-    extra_checks(sim, obj, "Cancel", &mut problems);
-    let c = match c {
-        Some(c) if problems.is_empty() => c,
-        _ => {
-            sim.count(|s| s.invalid += 1);
-            return Answer::invalid(problems);
-        }
+    let c = match validated(sim, value, obj, "Cancel", CustomerCancel::from_json) {
+        Ok(c) => c,
+        Err(answer) => return answer,
     };
     sim.count(|s| s.cancels += 1);
     let mut rt = sim.lock();
