@@ -195,7 +195,7 @@ pub struct TimelineEntry {
     pub detail: String,
     /// The message as sent or received, unknown fields included. None on the caller's
     /// Dispatch entry: see [`Incident::timeline_message`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, with = "crate::store::codec::json_message")]
     pub message: Option<serde_json::Value>,
 }
 
@@ -214,6 +214,7 @@ pub struct Incident {
     pub resume_state: Option<State>,
     pub incident_id: Option<String>,
     /// The Dispatch exactly as sent (and as compared for idempotent re-submission).
+    #[serde(with = "crate::store::codec::dispatch")]
     pub dispatch: Dispatch,
     /// ACK's `Status`.
     pub loomis_status: Option<String>,

@@ -11,6 +11,7 @@
 //! The backend is a small trait ([`Backend`], [`Txn`]) so another database can be added;
 //! sled is the embedded default ([`sled_backend`]).
 
+pub mod codec;
 pub mod records;
 pub mod sled_backend;
 

@@ -7,20 +7,21 @@
 //!
 //! Tables and keys (`\0` separates parts; sequence numbers and ids are big-endian so that
 //! key order is numeric order):
-//! - `i` incidents: integration `\0` reference -> [`Incident`] JSON
+//! - `i` incidents: integration `\0` reference -> [`Incident`] (binary)
 //! - `r` references: customer number `\0` reference -> integration `\0` reference
 //! - `d` incident ids: customer number `\0` Loomis IncidentId -> integration `\0` reference
-//! - `u` updates: integration `\0` sequence -> [`Update`] JSON
+//! - `u` updates: integration `\0` sequence -> [`Update`] (binary)
 //! - `m` meta: `seq\0` integration -> last sequence; `id` -> last id
-//! - `o` outbox: job id -> [`Job`] JSON
+//! - `o` outbox: job id -> [`Job`] (binary)
 //! - `x` dead letters: id -> [`DeadLetter`] JSON
 //! - `p` orphans: id -> [`Orphan`] JSON
+//!
+//! Binary records and JSON records: see [`super::codec`].
 
 use super::records::{DeadLetter, Job, Orphan};
 use super::{Backend, Group, StoreError, Txn};
 use crate::incident::{Incident, IncidentKey, Update};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 
@@ -37,7 +38,20 @@ const ORPHANS: u8 = b'p';
 pub struct SledBackend {
     db: sled::Db,
     tree: sled::Tree,
+    ids: std::sync::Mutex<Ids>,
 }
+
+/// Ids are handed out from memory and reserved on disk in blocks: a group that used an
+/// id beyond the reservation writes a new one (`m id`) in its own batch, so every id in
+/// the store is below the stored reservation and a restart never hands one out twice.
+/// Ids lost to a restart are a gap, which ids may have.
+struct Ids {
+    last: u64,
+    reserved: u64,
+}
+
+/// How many ids one reservation covers.
+const ID_BLOCK: u64 = 1024;
 
 impl From<sled::Error> for StoreError {
     fn from(e: sled::Error) -> Self {
@@ -88,17 +102,7 @@ fn id_key(table: u8, id: u64) -> Vec<u8> {
     key(table, &[&id.to_be_bytes()])
 }
 
-fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
-    // Records are mostly incidents of one to two KiB: start big enough that the encoder
-    // does not grow the buffer several times.
-    let mut out = Vec::with_capacity(1024);
-    serde_json::to_writer(&mut out, v).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    Ok(out)
-}
-
-fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
-}
+use super::codec::{decode, encode_binary, encode_json};
 
 fn counter(v: &[u8]) -> Result<u64, StoreError> {
     Ok(u64::from_be_bytes(
@@ -121,7 +125,18 @@ impl SledBackend {
                 StoreError::Database(format!("cannot open store at {}: {e}", path.display()))
             })?;
         let tree = db.open_tree("gateway")?;
-        Ok(SledBackend { db, tree })
+        let reserved = match tree.get(key(META, &[b"id"]))? {
+            Some(v) => counter(&v)?,
+            None => 0,
+        };
+        Ok(SledBackend {
+            db,
+            tree,
+            ids: std::sync::Mutex::new(Ids {
+                last: reserved,
+                reserved,
+            }),
+        })
     }
 
     fn scan<T: DeserializeOwned>(&self, table: u8, limit: usize) -> Result<Vec<T>, StoreError> {
@@ -145,6 +160,7 @@ struct SledGroup<'a> {
 /// One operation of a group: reads see its own writes, then the group's, then the tree.
 struct SledTxn<'a> {
     tree: &'a sled::Tree,
+    ids: &'a std::sync::Mutex<Ids>,
     group: &'a Overlay,
     writes: RefCell<Overlay>,
 }
@@ -175,8 +191,8 @@ impl SledTxn<'_> {
     fn get<T: DeserializeOwned>(&self, k: &[u8]) -> Result<Option<T>, StoreError> {
         self.raw(k, |v| v.map(decode).transpose())
     }
-    fn put<T: Serialize>(&self, k: Vec<u8>, v: &T) -> Result<(), StoreError> {
-        self.set(k, encode(v)?);
+    fn put(&self, k: Vec<u8>, v: Result<Vec<u8>, StoreError>) -> Result<(), StoreError> {
+        self.set(k, v?);
         Ok(())
     }
     fn get_key(&self, k: &[u8]) -> Result<Option<IncidentKey>, StoreError> {
@@ -198,7 +214,7 @@ impl Txn for SledTxn<'_> {
         self.get(&incident_key(k))
     }
     fn put_incident(&self, incident: &Incident) -> Result<(), StoreError> {
-        self.put(incident_key(&incident.key()), incident)
+        self.put(incident_key(&incident.key()), encode_binary(incident))
     }
     fn by_reference(
         &self,
@@ -248,19 +264,24 @@ impl Txn for SledTxn<'_> {
         self.bump(key(META, &[b"seq", integration.as_bytes()]))
     }
     fn put_update(&self, update: &Update) -> Result<(), StoreError> {
-        self.put(seq_key(&update.integration, update.sequence), update)
+        self.put(
+            seq_key(&update.integration, update.sequence),
+            encode_binary(update),
+        )
     }
     fn update(&self, integration: &str, sequence: u64) -> Result<Option<Update>, StoreError> {
         self.get(&seq_key(integration, sequence))
     }
     fn next_id(&self) -> Result<u64, StoreError> {
-        self.bump(key(META, &[b"id"]))
+        let mut ids = self.ids.lock().expect("id lock");
+        ids.last += 1;
+        Ok(ids.last)
     }
     fn job(&self, id: u64) -> Result<Option<Job>, StoreError> {
         self.get(&id_key(OUTBOX, id))
     }
     fn put_job(&self, job: &Job) -> Result<(), StoreError> {
-        self.put(id_key(OUTBOX, job.id), job)
+        self.put(id_key(OUTBOX, job.id), encode_binary(job))
     }
     fn remove_job(&self, id: u64) -> Result<(), StoreError> {
         self.del(id_key(OUTBOX, id));
@@ -270,14 +291,14 @@ impl Txn for SledTxn<'_> {
         self.get(&id_key(DEAD_LETTERS, id))
     }
     fn put_dead_letter(&self, dl: &DeadLetter) -> Result<(), StoreError> {
-        self.put(id_key(DEAD_LETTERS, dl.id), dl)
+        self.put(id_key(DEAD_LETTERS, dl.id), encode_json(dl))
     }
     fn remove_dead_letter(&self, id: u64) -> Result<(), StoreError> {
         self.del(id_key(DEAD_LETTERS, id));
         Ok(())
     }
     fn put_orphan(&self, orphan: &Orphan) -> Result<(), StoreError> {
-        self.put(id_key(ORPHANS, orphan.id), orphan)
+        self.put(id_key(ORPHANS, orphan.id), encode_json(orphan))
     }
 }
 
@@ -285,6 +306,7 @@ impl Group for SledGroup<'_> {
     fn run(&mut self, f: &dyn Fn(&dyn Txn) -> Result<(), StoreError>) -> Result<(), StoreError> {
         let txn = SledTxn {
             tree: &self.backend.tree,
+            ids: &self.backend.ids,
             group: &self.pending,
             writes: RefCell::new(Overlay::new()),
         };
@@ -294,7 +316,16 @@ impl Group for SledGroup<'_> {
         Ok(())
     }
 
-    fn commit(self: Box<Self>) -> Result<(), StoreError> {
+    fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
+        // Only this (the writer) thread hands out ids, so `last` cannot move under us.
+        let reserve = {
+            let ids = self.backend.ids.lock().expect("id lock");
+            (ids.last > ids.reserved).then_some(ids.last + ID_BLOCK)
+        };
+        if let Some(r) = reserve {
+            self.pending
+                .insert(key(META, &[b"id"]), Some(r.to_be_bytes().to_vec()));
+        }
         if !self.pending.is_empty() {
             let mut batch = sled::Batch::default();
             for (k, v) in self.pending {
@@ -304,6 +335,9 @@ impl Group for SledGroup<'_> {
                 }
             }
             self.backend.tree.apply_batch(batch)?;
+        }
+        if let Some(r) = reserve {
+            self.backend.ids.lock().expect("id lock").reserved = r;
         }
         self.backend.db.flush()?;
         Ok(())
@@ -369,5 +403,67 @@ impl Backend for SledBackend {
 
     fn orphans(&self, limit: usize) -> Result<Vec<Orphan>, StoreError> {
         self.scan(ORPHANS, limit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(backend: &SledBackend, n: usize) -> Vec<u64> {
+        let out = RefCell::new(Vec::new());
+        let mut group = backend.group();
+        for _ in 0..n {
+            group
+                .run(&|txn| {
+                    out.borrow_mut().push(txn.next_id()?);
+                    Ok(())
+                })
+                .unwrap();
+        }
+        group.commit().unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn ids_increase_across_reopen_and_reservations() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut seen = Vec::new();
+        for round in 0..3 {
+            let backend = SledBackend::open(dir.path(), 1 << 20).unwrap();
+            // Cross a reservation block boundary in the middle round.
+            let n = if round == 1 {
+                ID_BLOCK as usize + 10
+            } else {
+                5
+            };
+            seen.extend(ids(&backend, n));
+            backend.flush().unwrap();
+        }
+        assert!(
+            seen.windows(2).all(|w| w[0] < w[1]),
+            "ids must only grow: {seen:?}"
+        );
+    }
+
+    #[test]
+    fn records_from_a_failed_operation_are_not_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = SledBackend::open(dir.path(), 1 << 20).unwrap();
+        let mut group = backend.group();
+        let k = IncidentKey::new("servicenow", "INC1");
+        let err = group.run(&|txn| {
+            txn.put_reference("A1", "INC1", &k)?;
+            Err(StoreError::Database("refused".into()))
+        });
+        assert!(err.is_err());
+        group.commit().unwrap();
+        let mut group = backend.group();
+        group
+            .run(&|txn| {
+                assert_eq!(txn.by_reference("A1", "INC1")?, None);
+                Ok(())
+            })
+            .unwrap();
     }
 }
