@@ -189,7 +189,7 @@ impl Default for StoreSection {
     fn default() -> Self {
         StoreSection {
             path: PathBuf::from("./data"),
-            cache_mb: 64,
+            cache_mb: 32,
         }
     }
 }

@@ -9,6 +9,11 @@ use safepoint_gateway::mapping::check;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// jemalloc instead of the system allocator: the store writer and the request tasks
+/// allocate on one thread and free on another, which glibc's malloc serves slowly.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "safepoint-gateway",
