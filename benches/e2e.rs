@@ -37,6 +37,17 @@ fn vm_hwm_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time (user + system) a process has used, from /proc (clock ticks of 10 ms).
+fn cpu_time(pid: &str) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
 fn xml(reference: &str) -> String {
     format!(
         "<incident><number>{reference}</number><cmdb_ci><serial_number>ug1234</serial_number></cmdb_ci>\
@@ -92,6 +103,7 @@ fn main() {
         let rss_idle = vm_hwm_kib(pid);
         println!("e2e load: {n} incidents as XML, {senders} concurrent senders, gateway pid {pid} (release), simulator in the load tool");
         let next = Arc::new(AtomicUsize::new(0));
+        let (gw_cpu0, tool_cpu0) = (cpu_time(&pid.to_string()), cpu_time("self"));
         let started = Instant::now();
         let mut tasks = Vec::new();
         // Each sender is one keep-alive HTTP/1.1 connection driven by hyper's bare client
@@ -132,11 +144,18 @@ fn main() {
         let intake = started.elapsed();
         assert!(sim.wait_for(|s| s.dispatches as usize >= n, Duration::from_secs(600)).await, "dispatches did not all arrive");
         let e2e = started.elapsed();
+        let gw_cpu = cpu_time(&pid.to_string()) - gw_cpu0;
+        let tool_cpu = cpu_time("self") - tool_cpu0;
         lat.sort();
         let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
         println!("  receipts:    {:>9.0} incidents/s ({:.2?} for all receipts)", n as f64 / intake.as_secs_f64(), intake);
         println!("  end to end:  {:>9.0} incidents/s (last Dispatch at the simulator after {:.2?})", n as f64 / e2e.as_secs_f64(), e2e);
         println!("  receipt latency: p50 {:.2?}  p99 {:.2?}  max {:.2?}", pct(0.50), pct(0.99), lat[lat.len() - 1]);
+        println!(
+            "  CPU per incident: gateway {:.0} us, load tool + simulator {:.0} us",
+            gw_cpu.as_secs_f64() * 1e6 / n as f64,
+            tool_cpu.as_secs_f64() * 1e6 / n as f64
+        );
         println!("  gateway peak RSS: {:.1} MiB (idle {:.1} MiB)", vm_hwm_kib(pid) as f64 / 1024.0, rss_idle as f64 / 1024.0);
         let _ = child.start_kill();
         let _ = child.wait().await;

@@ -360,7 +360,7 @@ fn enqueue(
     })
 }
 
-/// Writes what a transition implies: the incident, the IncidentId index, the updates
+/// Writes what a transition implies: the incident, the updates
 /// with their sequence numbers, tool deliveries, and a Cancel toward Loomis.
 fn persist(
     tx: &Tx<'_>,
@@ -373,11 +373,6 @@ fn persist(
         return Ok(());
     }
     let key = inc.key();
-    if t.learned_incident_id {
-        if let Some(id) = &inc.incident_id {
-            tx.put_incident_id(&inc.customer_number, id, &key)?;
-        }
-    }
     for draft in &t.updates {
         let seq = tx.next_sequence(&inc.integration)?;
         let update = inc.update_from(draft, seq, now);

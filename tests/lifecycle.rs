@@ -304,13 +304,15 @@ async fn scripted(script: Script) -> String {
 }
 
 #[tokio::test]
-async fn retry_classes_408_429_5xx_then_success_and_4xx_rejects() {
+async fn retry_classes_408_429_5xx_3xx_then_success_and_4xx_rejects() {
     let script = Script::default();
     script.answers.lock().unwrap().extend([
         (503, "busy".to_string(), Some("0")),
         (429, "slow down".to_string(), Some("0")),
         (408, String::new(), None),
         (500, "oops".to_string(), None),
+        // A redirect is not followed (it would turn the POST into a GET) but retried.
+        (307, String::new(), Some("0")),
         (200, String::new(), None),
     ]);
     let url = scripted(script.clone()).await;
@@ -321,7 +323,7 @@ async fn retry_classes_408_429_5xx_then_success_and_4xx_rejects() {
     .await;
     h.create(&sn_xml("INC5001", "UG1234", "AC12")).await;
     let inc = h.wait_state("INC5001", State::Sent).await;
-    assert_eq!(script.seen.lock().unwrap().len(), 5);
+    assert_eq!(script.seen.lock().unwrap().len(), 6);
     // The ACK then comes by callback.
     let (s, b) = h
         .callback(json!({"MessageType":"ACK","CustomerNumber":"A123456","IncidentId":"INC9","IncidentReference":"INC5001","Status":"Open"}))
@@ -347,7 +349,7 @@ async fn retry_classes_408_429_5xx_then_success_and_4xx_rejects() {
         .contains("bad device"));
     assert_eq!(
         script.seen.lock().unwrap().len(),
-        6,
+        7,
         "a 4xx is never retried"
     );
 

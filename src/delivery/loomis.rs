@@ -30,10 +30,14 @@ pub struct LoomisRunner {
     pub recovered: Mutex<HashSet<u64>>,
 }
 
-/// Builds the HTTP client for Loomis: pooled connections, closed when idle for less
-/// than common server keep-alives, and bounded connect time.
+/// Builds the HTTP client for Loomis and the tools: pooled connections, closed when idle
+/// for less than common server keep-alives, and bounded connect time. It neither follows
+/// redirects nor retries on its own: every attempt is the delivery layer's, counted,
+/// persisted and classified (a 3xx answer is retried as a configuration error).
 pub fn client(connect_timeout: Duration, pool_idle: Duration) -> reqwest::Client {
     reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .retry(reqwest::retry::never())
         .connect_timeout(connect_timeout)
         .pool_idle_timeout(pool_idle)
         .pool_max_idle_per_host(256)

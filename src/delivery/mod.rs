@@ -193,6 +193,11 @@ pub async fn post(
         }
     };
     let status = resp.status().as_u16();
+    let location = resp
+        .headers()
+        .get(http::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let retry_after = resp
         .headers()
         .get(http::header::RETRY_AFTER)
@@ -230,6 +235,18 @@ pub async fn post(
     };
     match status {
         200..=299 => Ok(answer),
+        // A redirect means the configured URL is wrong (http -> https, a moved path):
+        // not followed (a 301/302 would turn the POST into a GET) and not the receiver's
+        // refusal of the message, so retried until the operator fixes the URL or the age
+        // limit is reached.
+        300..=399 => Err(AttemptError::Retryable {
+            detail: format!(
+                "HTTP {status} redirect to {:?} not followed: check the configured URL",
+                location.as_deref().unwrap_or("")
+            ),
+            retry_after,
+            uncertain: false,
+        }),
         408 | 429 | 500..=599 => Err(AttemptError::Retryable {
             detail: format!("HTTP {status}: {}", snippet(&answer.body)),
             retry_after,

@@ -71,8 +71,6 @@ pub struct Transition {
     pub updates: Vec<UpdateDraft>,
     /// Queue the customer Cancel toward Loomis now.
     pub send_cancel: bool,
-    /// The incident learned its Loomis IncidentId with this event (index it).
-    pub learned_incident_id: bool,
     /// The incident record changed and must be written back.
     pub changed: bool,
 }
@@ -83,7 +81,6 @@ impl Transition {
             outcome,
             updates: Vec::new(),
             send_cancel: false,
-            learned_incident_id: false,
             changed: true,
         }
     }
@@ -437,11 +434,10 @@ fn apply_loomis(inc: &mut Incident, msg: InboundMessage, via: Via, now: Timestam
         );
     };
     let mut t = Transition::new(Outcome::Applied);
-    let learn_id = |inc: &mut Incident, t: &mut Transition| {
+    let learn_id = |inc: &mut Incident| {
         if inc.incident_id.is_none() {
             if let Some(id) = &msg.incident_id {
                 inc.incident_id = Some(id.clone());
-                t.learned_incident_id = true;
             }
         }
     };
@@ -452,7 +448,7 @@ fn apply_loomis(inc: &mut Incident, msg: InboundMessage, via: Via, now: Timestam
                 let why = format!("ACK after the incident was already {}", inc.state);
                 return ignore_message(inc, now, Direction::FromLoomis, kind, why, raw);
             }
-            learn_id(inc, &mut t);
+            learn_id(inc);
             inc.loomis_status = msg.status.clone();
             inc.response_text = msg.response_text.clone();
             if cancel_pending {
@@ -498,7 +494,7 @@ fn apply_loomis(inc: &mut Incident, msg: InboundMessage, via: Via, now: Timestam
             ));
         }
         InboundKind::Accept => {
-            learn_id(inc, &mut t);
+            learn_id(inc);
             inc.sla_time = msg.sla_date_time;
             if msg.response_text.is_some() {
                 inc.response_text = msg.response_text.clone();
@@ -522,7 +518,7 @@ fn apply_loomis(inc: &mut Incident, msg: InboundMessage, via: Via, now: Timestam
             ));
         }
         InboundKind::Close | InboundKind::Cancel => {
-            learn_id(inc, &mut t);
+            learn_id(inc);
             if cancel_pending {
                 inc.cancel_waiting_for_ack = false;
                 inc.resume_state = None;
@@ -643,7 +639,7 @@ mod tests {
         );
         assert_eq!(i.state, State::Sent);
         let t = apply(&mut i, ack("INC1"), now());
-        assert!(t.learned_incident_id);
+        assert_eq!(i.incident_id.as_deref(), Some("INC1"));
         assert_eq!(kinds(&t), vec![UpdateKind::Ack]);
         assert_eq!(i.state, State::Acknowledged);
         let t = apply(&mut i, accept("INC1", "2026-01-01T04:00:00Z"), now());

@@ -50,17 +50,6 @@ pub trait Txn {
         reference: &str,
         key: &IncidentKey,
     ) -> Result<(), StoreError>;
-    fn by_incident_id(
-        &self,
-        customer: &str,
-        incident_id: &str,
-    ) -> Result<Option<IncidentKey>, StoreError>;
-    fn put_incident_id(
-        &self,
-        customer: &str,
-        incident_id: &str,
-        key: &IncidentKey,
-    ) -> Result<(), StoreError>;
     /// Allocates the integration's next update sequence number (gap-free).
     fn next_sequence(&self, integration: &str) -> Result<u64, StoreError>;
     fn put_update(&self, update: &Update) -> Result<(), StoreError>;

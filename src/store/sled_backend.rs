@@ -9,7 +9,6 @@
 //! key order is numeric order):
 //! - `i` incidents: integration `\0` reference -> [`Incident`] (binary)
 //! - `r` references: customer number `\0` reference -> integration `\0` reference
-//! - `d` incident ids: customer number `\0` Loomis IncidentId -> integration `\0` reference
 //! - `u` updates: integration `\0` sequence -> [`Update`] (binary)
 //! - `m` meta: `seq\0` integration -> last sequence; `id` -> last id
 //! - `o` outbox: job id -> [`Job`] (binary)
@@ -27,7 +26,6 @@ use std::collections::{BTreeMap, HashMap};
 
 const INCIDENTS: u8 = b'i';
 const REFERENCES: u8 = b'r';
-const INCIDENT_IDS: u8 = b'd';
 const UPDATES: u8 = b'u';
 const META: u8 = b'm';
 const OUTBOX: u8 = b'o';
@@ -234,28 +232,6 @@ impl Txn for SledTxn<'_> {
     ) -> Result<(), StoreError> {
         self.set(
             key(REFERENCES, &[customer.as_bytes(), reference.as_bytes()]),
-            key_value(k),
-        );
-        Ok(())
-    }
-    fn by_incident_id(
-        &self,
-        customer: &str,
-        incident_id: &str,
-    ) -> Result<Option<IncidentKey>, StoreError> {
-        self.get_key(&key(
-            INCIDENT_IDS,
-            &[customer.as_bytes(), incident_id.as_bytes()],
-        ))
-    }
-    fn put_incident_id(
-        &self,
-        customer: &str,
-        incident_id: &str,
-        k: &IncidentKey,
-    ) -> Result<(), StoreError> {
-        self.set(
-            key(INCIDENT_IDS, &[customer.as_bytes(), incident_id.as_bytes()]),
             key_value(k),
         );
         Ok(())
