@@ -15,6 +15,7 @@ use jiff::Timestamp;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tracing::Instrument;
 
 /// Sends jobs of target Loomis.
 pub struct LoomisRunner {
@@ -119,9 +120,15 @@ impl Attempt {
                 return retry_soon(&job);
             }
         };
+        // The span is attached to the future (not entered on the thread), so it stays
+        // with this attempt across awaits and never leaks into other tasks' lines.
         let span = tracing::info_span!("deliver", integration = %inc.integration, reference = %inc.reference,
             incident_id = inc.incident_id.as_deref().unwrap_or(""), kind = ?job.kind, attempt = job.attempts + 1);
-        let _g = span.enter();
+        self.send(job, inc).instrument(span).await
+    }
+
+    /// Sends the job's message for `inc` and settles the outcome.
+    async fn send(self, job: Job, inc: Incident) -> Verdict {
         let body = match &job.kind {
             JobKind::Dispatch => {
                 if !machine::dispatch_pending(&inc) {

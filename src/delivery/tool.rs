@@ -12,6 +12,7 @@ use futures::future::BoxFuture;
 use jiff::Timestamp;
 use std::collections::HashMap;
 use std::sync::Arc;
+use tracing::Instrument;
 
 /// Renders an update as the XML document the integration's tool expects.
 pub type Renderer = Arc<dyn Fn(&Update) -> Result<Vec<u8>, String> + Send + Sync>;
@@ -62,9 +63,21 @@ async fn attempt(
     target: Option<ToolTarget>,
     job: Job,
 ) -> Verdict {
+    // Attached to the future, not entered on the thread: see the Loomis runner.
+    let span = tracing::info_span!("post_update", integration = %job.incident.integration, reference = %job.incident.reference, attempt = job.attempts + 1);
+    post_update(gateway, client, target, job)
+        .instrument(span)
+        .await
+}
+
+/// Posts the job's update to the tool and settles the outcome.
+async fn post_update(
+    gateway: Gateway,
+    client: reqwest::Client,
+    target: Option<ToolTarget>,
+    job: Job,
+) -> Verdict {
     let integration = job.incident.integration.clone();
-    let span = tracing::info_span!("post_update", integration = %integration, reference = %job.incident.reference, attempt = job.attempts + 1);
-    let _g = span.enter();
     let JobKind::PostUpdate { sequence } = job.kind else {
         tracing::error!("Loomis job in the tool outbox; dropped");
         return settle(&gateway, &job, JobAction::Remove(job.id)).await;
