@@ -105,12 +105,13 @@ fn main() -> ExitCode {
                 }
             };
             let json = cli.log_format.as_deref().or(config.log.format.as_deref()) == Some("json");
-            safepoint_gateway::telemetry::init(json, config.log.level.as_deref());
+            let _log = safepoint_gateway::telemetry::init(json, config.log.level.as_deref());
             tracing::info!(config = %config.origin, "starting safepoint-gateway");
             run(async move { safepoint_gateway::app::serve(config).await })
         }
         Command::Simulator(args) => {
-            safepoint_gateway::telemetry::init(cli.log_format.as_deref() == Some("json"), None);
+            let _log =
+                safepoint_gateway::telemetry::init(cli.log_format.as_deref() == Some("json"), None);
             let listen = args.listen;
             let config = match (*args).into_config() {
                 Ok(c) => c,

@@ -4,13 +4,26 @@
 use tracing_subscriber::{fmt, EnvFilter};
 
 /// Installs the global subscriber once; later calls (tests) are no-ops.
-pub fn init(json: bool, level: Option<&str>) {
+///
+/// Lines are written to stdout by a background thread, so a request never waits for
+/// the terminal or the log collector; a full buffer (128k lines) makes callers wait
+/// rather than drop lines. Keep the returned guard until exit: dropping it writes out
+/// what is buffered.
+pub fn init(json: bool, level: Option<&str>) -> tracing_appender::non_blocking::WorkerGuard {
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("log-writer")
+        .finish(std::io::stdout());
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(level.unwrap_or("info")));
-    let builder = fmt().with_env_filter(filter).with_target(false);
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(writer);
     let _ = if json {
         builder.json().flatten_event(true).try_init()
     } else {
         builder.try_init()
     };
+    guard
 }
