@@ -3,7 +3,8 @@
 //! Prints end-to-end incidents/s (until the last Dispatch reached the simulator), receipt
 //! latency percentiles, and the gateway's peak RSS.
 //!
-//! Run: `cargo bench --bench e2e` (env: `E2E_INCIDENTS`, default 50000; `E2E_SENDERS`,
+//! Run: `cargo bench --bench e2e` (env: `E2E_INCIDENTS`, default 50000; `E2E_LIFECYCLE=1` for
+//! Accept and Close callbacks too; `E2E_SENDERS`,
 //! default 64). The load tool, the simulator and the gateway share the machine's cores.
 
 use safepoint_gateway::loomis::simulator::{Simulator, SimulatorConfig};
@@ -66,16 +67,22 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async move {
-        // Loomis: ACK in the body; Accept far in the future so only intake and dispatch run.
+        let (hp, gp) = (free_port(), free_port());
+        // Loomis: ACK in the body. By default the Accept is an hour away, so only intake
+        // and dispatch run; with E2E_LIFECYCLE=1 Loomis also calls back Accept and Close
+        // 100 ms apart and the run ends when the last Close was accepted.
+        let lifecycle = env_or("E2E_LIFECYCLE", 0) == 1;
         let sim_cfg = SimulatorConfig {
-            accept_after: Duration::from_secs(3600),
+            accept_after: Duration::from_millis(if lifecycle { 100 } else { 3_600_000 }),
+            close_after: Duration::from_millis(100),
+            callback_url: Some(format!("http://127.0.0.1:{hp}/v1/loomis/messages")),
+            callback_token: Some(safepoint_gateway::loomis::simulator::Secret::new("bench-cb")),
             max_records: 16,
             seed: Some(1),
             ..SimulatorConfig::default()
         };
         let sim = Simulator::start(sim_cfg, tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let (hp, gp) = (free_port(), free_port());
         let config = format!(
             "[server]\nhttp_listen = \"127.0.0.1:{hp}\"\ngrpc_listen = \"127.0.0.1:{gp}\"\n[store]\npath = \"{}\"\n\
 [loomis]\nurl = \"{}\"\n[callbacks]\nauth = {{ type = \"bearer\", token_env = \"CB_TOKEN\" }}\n[log]\nlevel = \"warn\"\n\
@@ -144,12 +151,24 @@ fn main() {
         let intake = started.elapsed();
         assert!(sim.wait_for(|s| s.dispatches as usize >= n, Duration::from_secs(600)).await, "dispatches did not all arrive");
         let e2e = started.elapsed();
+        let closed = if lifecycle {
+            let all_closed = |st: &safepoint_gateway::loomis::simulator::SimulatorStats| {
+                st.callbacks_sent_by_kind.get("Close").copied().unwrap_or(0) as usize >= n
+            };
+            assert!(sim.wait_for(all_closed, Duration::from_secs(600)).await, "not every incident closed");
+            Some(started.elapsed())
+        } else {
+            None
+        };
         let gw_cpu = cpu_time(&pid.to_string()) - gw_cpu0;
         let tool_cpu = cpu_time("self") - tool_cpu0;
         lat.sort();
         let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
         println!("  receipts:    {:>9.0} incidents/s ({:.2?} for all receipts)", n as f64 / intake.as_secs_f64(), intake);
         println!("  end to end:  {:>9.0} incidents/s (last Dispatch at the simulator after {:.2?})", n as f64 / e2e.as_secs_f64(), e2e);
+        if let Some(closed) = closed {
+            println!("  full lifecycle: {:>9.0} incidents/s (ACK in the body, Accept and Close by callback; last Close accepted after {:.2?})", n as f64 / closed.as_secs_f64(), closed);
+        }
         println!("  receipt latency: p50 {:.2?}  p99 {:.2?}  max {:.2?}", pct(0.50), pct(0.99), lat[lat.len() - 1]);
         println!(
             "  CPU per incident: gateway {:.0} us, load tool + simulator {:.0} us",
@@ -157,6 +176,16 @@ fn main() {
             tool_cpu.as_secs_f64() * 1e6 / n as f64
         );
         println!("  gateway peak RSS: {:.1} MiB (idle {:.1} MiB)", vm_hwm_kib(pid) as f64 / 1024.0, rss_idle as f64 / 1024.0);
+        let metrics = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+        let metric = |name: &str| -> f64 {
+            metrics
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().last()?.parse().ok())
+                .unwrap_or(0.0)
+        };
+        let (commits, flushes) = (metric("gateway_store_commits_total"), metric("gateway_store_flushes_total"));
+        println!("  store: {commits:.0} commits in {flushes:.0} flushes ({:.1} per flush)", commits / flushes.max(1.0));
         let _ = child.start_kill();
         let _ = child.wait().await;
         sim.shutdown().await;
