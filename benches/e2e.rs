@@ -4,9 +4,11 @@
 //! latency percentiles, and the gateway's peak RSS.
 //!
 //! Run: `cargo bench --bench e2e` (env: `E2E_INCIDENTS`, default 50000; `E2E_LIFECYCLE=1` for
-//! Accept and Close callbacks too; `E2E_SENDERS`,
+//! Accept and Close callbacks too; `E2E_FRONT=grpc` for unary gRPC CreateIncident; `E2E_SENDERS`,
 //! default 64). The load tool, the simulator and the gateway share the machine's cores.
 
+use safepoint_gateway::grpc::proto::incident_gateway_client::IncidentGatewayClient;
+use safepoint_gateway::grpc::proto::CreateIncidentRequest;
 use safepoint_gateway::loomis::simulator::{Simulator, SimulatorConfig};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -86,9 +88,11 @@ fn main() {
         let config = format!(
             "[server]\nhttp_listen = \"127.0.0.1:{hp}\"\ngrpc_listen = \"127.0.0.1:{gp}\"\n[store]\npath = \"{}\"\n\
 [loomis]\nurl = \"{}\"\n[callbacks]\nauth = {{ type = \"bearer\", token_env = \"CB_TOKEN\" }}\n[log]\nlevel = \"warn\"\n\
-[[integrations]]\nname = \"servicenow\"\ncustomer_number = \"A123456\"\nmapping = \"{}/mappings/servicenow.toml\"\napi_key_env = \"SN_KEY\"\n",
+[[integrations]]\nname = \"servicenow\"\ncustomer_number = \"A123456\"\nmapping = \"{}/mappings/servicenow.toml\"\napi_key_env = \"SN_KEY\"\n\
+[[integrations]]\nname = \"internal\"\ncustomer_number = \"A123458\"\nmapping = \"{}/mappings/internal-grpc.toml\"\napi_key_env = \"SN_KEY\"\n",
             dir.path().join("data").display(),
             sim.incidents_url(),
+            env!("CARGO_MANIFEST_DIR"),
             env!("CARGO_MANIFEST_DIR")
         );
         let cfg_path = dir.path().join("gateway.toml");
@@ -108,15 +112,57 @@ fn main() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let rss_idle = vm_hwm_kib(pid);
-        println!("e2e load: {n} incidents as XML, {senders} concurrent senders, gateway pid {pid} (release), simulator in the load tool");
+        let front = if std::env::var("E2E_FRONT").is_ok_and(|v| v == "grpc") { "gRPC CreateIncident calls" } else { "XML" };
+        println!("e2e load: {n} incidents as {front}, {senders} concurrent senders, gateway pid {pid} (release), simulator in the load tool");
         let next = Arc::new(AtomicUsize::new(0));
         let (gw_cpu0, tool_cpu0) = (cpu_time(&pid.to_string()), cpu_time("self"));
         let started = Instant::now();
         let mut tasks = Vec::new();
         // Each sender is one keep-alive HTTP/1.1 connection driven by hyper's bare client
         // (like wrk), so the load tool spends little of the shared CPU on itself.
-        for _ in 0..senders {
+        // E2E_FRONT=grpc: unary CreateIncident calls instead, over 4 HTTP/2 channels.
+        let grpc_front = std::env::var("E2E_FRONT").is_ok_and(|v| v == "grpc");
+        let channels: Vec<tonic::transport::Channel> = if grpc_front {
+            let mut v = Vec::new();
+            for _ in 0..4 {
+                v.push(tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{gp}")).unwrap().connect().await.expect("gRPC connect"));
+            }
+            v
+        } else {
+            Vec::new()
+        };
+        for sender in 0..senders {
             let next = next.clone();
+            if grpc_front {
+                let mut client = IncidentGatewayClient::new(channels[sender % channels.len()].clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut lat = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= n {
+                            break;
+                        }
+                        let fields = [
+                            ("reference", format!("E2E{i:08}")),
+                            ("device", "UG1234".into()),
+                            ("contact.name", "John Smith".into()),
+                            ("contact.phone", "123-123-1234".into()),
+                            ("subject", "Safe Door Issue".into()),
+                            ("fault_time", "2021-01-16T15:17:48Z".into()),
+                        ];
+                        let mut req = tonic::Request::new(CreateIncidentRequest {
+                            integration: "internal".into(),
+                            fields: fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+                        });
+                        req.metadata_mut().insert("authorization", "Bearer bench-key".parse().unwrap());
+                        let t = Instant::now();
+                        client.create_incident(req).await.expect("gateway answers");
+                        lat.push(t.elapsed());
+                    }
+                    lat
+                }));
+                continue;
+            }
             tasks.push(tokio::spawn(async move {
                 let stream = tokio::net::TcpStream::connect(("127.0.0.1", hp)).await.expect("connect to the gateway");
                 stream.set_nodelay(true).unwrap();
