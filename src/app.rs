@@ -249,6 +249,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         Scheduler::new("tools", Arc::new(tool_runner)).run(tool_jobs, tool_rx, shutdown.clone()),
     ));
 
+    if config.store.retention_days > 0 {
+        // Not joined at shutdown: a pass cut short by the store closing is simply
+        // repeated at the next start.
+        tokio::spawn(crate::retention::run(
+            store.clone(),
+            Duration::from_secs(u64::from(config.store.retention_days) * 86_400),
+            shutdown.clone(),
+        ));
+    }
+
     // HTTP: Loomis callbacks, legacy XML routes, health, metrics, operators.
     let http_state = HttpState {
         gateway: gateway.clone(),

@@ -183,6 +183,9 @@ pub struct StoreSection {
     pub path: PathBuf,
     /// sled's page cache, in MiB.
     pub cache_mb: u64,
+    /// Terminal incidents, updates, dead letters and orphans older than this many days
+    /// are removed (see `retention`); 0 keeps everything.
+    pub retention_days: u32,
 }
 
 impl Default for StoreSection {
@@ -190,6 +193,7 @@ impl Default for StoreSection {
         StoreSection {
             path: PathBuf::from("./data"),
             cache_mb: 32,
+            retention_days: 90,
         }
     }
 }

@@ -19,5 +19,6 @@ pub mod intake;
 pub mod legacy;
 pub mod loomis;
 pub mod mapping;
+pub mod retention;
 pub mod store;
 pub mod telemetry;

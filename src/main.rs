@@ -62,7 +62,9 @@ enum MappingCommand {
         /// A sample XML document (or a JSON object of fields for a gRPC field map).
         #[arg(long, required_unless_present = "update", conflicts_with = "update")]
         input: Option<PathBuf>,
-        /// A JSON update (as streamed by WatchUpdates) to render as outbound XML.
+        /// An update as a JSON file, in the form of the fixtures' `<case>.update.json`
+        /// (snake_case fields of mappings/README.md section 8, times RFC 3339; not the
+        /// gRPC stream's JSON), to render as outbound XML.
         #[arg(long)]
         update: Option<PathBuf>,
         /// CustomerNumber to show in the Dispatch.

@@ -484,6 +484,10 @@ async fn retries_stop_at_max_attempts_with_a_dead_letter() {
         let reason = d["reason"].as_str().unwrap();
         assert!(reason.contains("gave up after 3 attempts"), "{reason}");
         assert!(reason.contains("503"), "{reason}");
+        assert_eq!(
+            d["job"]["attempts"], 3,
+            "the list counts every attempt: {d}"
+        );
     }
     // Exactly max_attempts posts of each update, in sequence order.
     let mut per_seq: BTreeMap<u64, usize> = BTreeMap::new();

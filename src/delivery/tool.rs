@@ -52,6 +52,14 @@ impl Runner for ToolRunner {
     }
 }
 
+/// The job as dead-lettered after one more attempt: the list shows every attempt made.
+fn attempted(job: &Job, error: &str) -> Job {
+    let mut j = job.clone();
+    j.attempts += 1;
+    j.last_error = Some(error.to_string());
+    j
+}
+
 /// Settles a tool job (no incident events: posts change nothing but the outbox).
 async fn settle(gateway: &Gateway, job: &Job, action: JobAction) -> Verdict {
     super::settle(gateway, job, vec![], action).await
@@ -125,7 +133,12 @@ async fn post_update(
             metrics::counter!("gateway_tool_posts_total", "integration" => integration.clone(), "result" => "dead").increment(1);
             let reason = format!("tool refused update {sequence}: HTTP {status}: {body}");
             tracing::warn!(reason = %reason, "dead-lettered");
-            settle(&gateway, &job, JobAction::DeadLetter(job.clone(), reason)).await
+            settle(
+                &gateway,
+                &job,
+                JobAction::DeadLetter(attempted(&job, &reason), reason),
+            )
+            .await
         }
         Err(AttemptError::Retryable {
             detail,
@@ -138,7 +151,8 @@ async fn post_update(
                 metrics::counter!("gateway_tool_posts_total", "integration" => integration.clone(), "result" => "dead").increment(1);
                 let reason = format!("gave up after {attempts} attempts: {detail}");
                 tracing::warn!(reason = %reason, "dead-lettered");
-                return settle(&gateway, &job, JobAction::DeadLetter(job.clone(), reason)).await;
+                let dead = attempted(&job, &detail);
+                return settle(&gateway, &job, JobAction::DeadLetter(dead, reason)).await;
             }
             metrics::counter!("gateway_tool_posts_total", "integration" => integration.clone(), "result" => "retry").increment(1);
             let (next, delay) = super::after_failure(&job, &target.policy, retry_after, &detail);

@@ -32,8 +32,7 @@ pub(crate) type UpdateStream = ReceiverStream<Result<IncidentUpdate, Status>>;
 
 /// Starts streaming `integration`'s updates after `after`. OUT_OF_RANGE if `after` is
 /// past the last durable sequence (the caller's position comes from another store, or
-/// from the future). Were old updates ever pruned, a position before the oldest kept one
-/// would be answered OUT_OF_RANGE here too.
+/// from the future), or before the oldest update retention kept.
 pub(crate) fn start(
     store: Store,
     integration: String,
@@ -42,6 +41,9 @@ pub(crate) fn start(
 ) -> Result<UpdateStream, Status> {
     let mut durable = store.watch_sequence(&integration);
     let last = *durable.borrow_and_update();
+    if after < store.pruned_through(&integration) {
+        return Err(pruned(&store, &integration, after));
+    }
     if after > last {
         return Err(Status::out_of_range(format!(
             "after_sequence {after} is past the last update of integration {integration:?} ({last}); \
@@ -106,13 +108,13 @@ async fn pump(
             }
         };
         if batch.is_empty() {
-            return missing(integration, last_sent);
+            return missing(store, integration, last_sent);
         }
         let n = batch.len() as u64;
         for u in batch {
             // Sequences are gap-free; anything else means the log lost an update.
             if u.sequence != last_sent + 1 {
-                return missing(integration, last_sent);
+                return missing(store, integration, last_sent);
             }
             let seq = u.sequence;
             tokio::select! {
@@ -129,7 +131,20 @@ async fn pump(
     }
 }
 
-fn missing(integration: &str, last_sent: u64) -> End {
+/// OUT_OF_RANGE for a position whose next update retention removed.
+fn pruned(store: &Store, integration: &str, after: u64) -> Status {
+    let through = store.pruned_through(integration);
+    Status::out_of_range(format!(
+        "updates of integration {integration:?} up to {through} were removed by retention \
+         (store.retention_days); after_sequence {after} cannot be resumed: resume from {through} \
+         and read the incidents' current state with GetIncident"
+    ))
+}
+
+fn missing(store: &Store, integration: &str, last_sent: u64) -> End {
+    if last_sent < store.pruned_through(integration) {
+        return End::Status(pruned(store, integration, last_sent), last_sent);
+    }
     tracing::error!(integration = %integration, last_sent, "the update log has a gap after this sequence");
     End::Status(
         Status::data_loss(format!(

@@ -233,6 +233,50 @@ fn parse_update(text: &str) -> Result<UpdateView, String> {
         s.parse()
             .map_err(|e| format!("{name}: {s:?} is not an RFC 3339 time: {e}"))
     };
+    // Every problem at once: the names the gateway really uses, and the times.
+    let mut problems = Vec::new();
+    const KINDS: [&str; 7] = [
+        "ACK",
+        "NAK",
+        "ACCEPT",
+        "CLOSE",
+        "CANCEL",
+        "REJECTED",
+        "DELIVERY_FAILED",
+    ];
+    if !KINDS.contains(&u.kind.as_str()) {
+        problems.push(format!(
+            "kind: {:?} is not one of {}",
+            u.kind,
+            KINDS.join(", ")
+        ));
+    }
+    if !crate::incident::State::ALL
+        .iter()
+        .any(|st| st.as_str() == u.state)
+    {
+        let names: Vec<&str> = crate::incident::State::ALL
+            .iter()
+            .map(|s| s.as_str())
+            .collect();
+        problems.push(format!(
+            "state: {:?} is not one of {}",
+            u.state,
+            names.join(", ")
+        ));
+    }
+    for (name, v) in [
+        ("sla_time", &u.sla_time),
+        ("event_time", &u.event_time),
+        ("received_at", &Some(u.received_at.clone())),
+    ] {
+        if let Some(Err(e)) = v.as_deref().map(|s| ts(name, s)) {
+            problems.push(e);
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems.join("\n"));
+    }
     Ok(UpdateView {
         sequence: u.sequence,
         integration: u.integration,
@@ -278,8 +322,18 @@ fn run_fixtures(plan: &MappingPlan, mapping: &Path, report: &mut CheckReport) {
         .unwrap_or(Path::new("."))
         .join("fixtures")
         .join(stem);
+    let missing = || {
+        format!(
+            "{}:1:1: no golden fixtures in {}/ (next to the mapping): add at least a happy \
+             path, an input with several problems and two update kinds (mappings/README.md \
+             section 10, \"Fixtures\")",
+            mapping.display(),
+            dir.display()
+        )
+    };
     let Ok(entries) = std::fs::read_dir(&dir) else {
-        return; // A mapping without fixtures is allowed (but not recommended).
+        report.errors.push(missing());
+        return;
     };
     let mut cases: BTreeMap<String, Case> = BTreeMap::new();
     let mut names: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).collect();

@@ -92,6 +92,19 @@ fn fixture_check_detects_a_wrong_expectation() {
     );
     assert!(text.contains("unknown fixture role \"bogus\""), "{text}");
     assert_eq!(report.errors.len(), 3, "{report:#?}");
+
+    // A mapping whose fixtures folder is missing (or misspelled) fails the check.
+    std::fs::copy(
+        repo("mappings/servicenow.toml"),
+        dir.path().join("other.toml"),
+    )
+    .unwrap();
+    let report = check_paths(&[dir.path().join("other.toml")]);
+    assert_eq!(report.errors.len(), 1, "{report:#?}");
+    assert!(
+        report.errors[0].contains("no golden fixtures in"),
+        "{report}"
+    );
 }
 
 #[test]
@@ -120,6 +133,23 @@ fn test_dispatch_and_test_update_commands() {
     assert!(
         xml.contains("<u_loomis_state>In Progress</u_loomis_state>"),
         "{xml}"
+    );
+
+    // An update with names the gateway never uses gets every problem at once.
+    let upd = dir.path().join("u.json");
+    std::fs::write(&upd, r#"{"sequence":1,"integration":"servicenow","incident_reference":"R","customer_number":"A1","kind":"ACKNOWLEDGE","state":"Bogus","received_at":"yesterday"}"#).unwrap();
+    let err = test_update(&repo("mappings/servicenow.toml"), &upd).unwrap_err();
+    assert!(
+        err.contains("kind: \"ACKNOWLEDGE\" is not one of ACK, NAK"),
+        "{err}"
+    );
+    assert!(
+        err.contains("state: \"Bogus\" is not one of Queued"),
+        "{err}"
+    );
+    assert!(
+        err.contains("received_at: \"yesterday\" is not an RFC 3339 time"),
+        "{err}"
     );
 
     let bad = dir.path().join("bad.toml");

@@ -63,6 +63,13 @@ pub trait Txn {
     fn put_dead_letter(&self, dl: &DeadLetter) -> Result<(), StoreError>;
     fn remove_dead_letter(&self, id: u64) -> Result<(), StoreError>;
     fn put_orphan(&self, orphan: &Orphan) -> Result<(), StoreError>;
+    /// Retention: removes an incident record (not its reference index entry).
+    fn remove_incident(&self, key: &IncidentKey) -> Result<(), StoreError>;
+    fn remove_reference(&self, customer: &str, reference: &str) -> Result<(), StoreError>;
+    fn remove_update(&self, integration: &str, sequence: u64) -> Result<(), StoreError>;
+    fn remove_orphan(&self, id: u64) -> Result<(), StoreError>;
+    /// Records that updates of `integration` up to `sequence` were removed by retention.
+    fn set_pruned(&self, integration: &str, sequence: u64) -> Result<(), StoreError>;
 }
 
 /// A group commit: operations run one after another, each atomic on its own (an
@@ -93,6 +100,14 @@ pub trait Backend: Send + Sync + 'static {
     fn jobs(&self) -> Result<Vec<Job>, StoreError>;
     fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError>;
     fn orphans(&self, limit: usize) -> Result<Vec<Orphan>, StoreError>;
+    /// Incidents in key order after `after` (from the first when `None`), at most `limit`.
+    fn incidents_after(
+        &self,
+        after: Option<&IncidentKey>,
+        limit: usize,
+    ) -> Result<Vec<Incident>, StoreError>;
+    /// For each integration, the last update sequence removed by retention.
+    fn pruned_sequences(&self) -> Result<HashMap<String, u64>, StoreError>;
 }
 
 /// What a committed batch produced, published after its flush.
@@ -169,6 +184,16 @@ impl Watermarks {
         }
     }
 
+    /// The last durable sequence of every integration.
+    pub fn all(&self) -> HashMap<String, u64> {
+        self.map
+            .read()
+            .expect("watermark lock")
+            .iter()
+            .map(|(k, s)| (k.clone(), *s.borrow()))
+            .collect()
+    }
+
     /// Follows the last durable sequence of `integration`.
     pub fn subscribe(&self, integration: &str) -> watch::Receiver<u64> {
         self.sender(integration).subscribe()
@@ -197,6 +222,8 @@ pub struct Store {
     healthy: Arc<AtomicBool>,
     writer_done: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
     closing: Arc<AtomicBool>,
+    /// Per integration, the last update sequence retention may have removed.
+    pruned: Arc<RwLock<HashMap<String, u64>>>,
 }
 
 /// The most write requests one group commit takes; more wait for the next flush.
@@ -220,6 +247,7 @@ impl Store {
                 watermarks.advance(&integration, seq);
             }
         }
+        let pruned = Arc::new(RwLock::new(backend.pruned_sequences().unwrap_or_default()));
         let job_sinks: Arc<Mutex<HashMap<Target, mpsc::UnboundedSender<Job>>>> = Arc::default();
         let stats = Arc::new(CommitStats::default());
         let healthy = Arc::new(AtomicBool::new(true));
@@ -247,6 +275,7 @@ impl Store {
             healthy,
             writer_done: Arc::new(Mutex::new(Some(handle))),
             closing,
+            pruned,
         }
     }
 
@@ -318,6 +347,38 @@ impl Store {
             .updates_after(integration, sequence.saturating_sub(1), 1)?
             .into_iter()
             .find(|u| u.sequence == sequence))
+    }
+
+    /// The last update sequence of `integration` that retention may have removed (0: none).
+    pub fn pruned_through(&self, integration: &str) -> u64 {
+        self.pruned
+            .read()
+            .expect("pruned lock")
+            .get(integration)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Announces that updates of `integration` up to `sequence` are about to be removed,
+    /// before they are: a reader that then misses one knows why.
+    pub fn raise_pruned(&self, integration: &str, sequence: u64) {
+        let mut map = self.pruned.write().expect("pruned lock");
+        let v = map.entry(integration.to_string()).or_insert(0);
+        *v = (*v).max(sequence);
+    }
+
+    /// The last durable sequence of every integration that has updates.
+    pub fn last_sequences(&self) -> HashMap<String, u64> {
+        self.watermarks.all()
+    }
+
+    /// Incidents in key order after `after`, at most `limit` (retention's scan).
+    pub fn incidents_after(
+        &self,
+        after: Option<&IncidentKey>,
+        limit: usize,
+    ) -> Result<Vec<Incident>, StoreError> {
+        self.backend.incidents_after(after, limit)
     }
 
     /// Follows the last durable update sequence of `integration`.

@@ -10,7 +10,8 @@
 //! - `i` incidents: integration `\0` reference -> [`Incident`] (binary)
 //! - `r` references: customer number `\0` reference -> integration `\0` reference
 //! - `u` updates: integration `\0` sequence -> [`Update`] (binary)
-//! - `m` meta: `seq\0` integration -> last sequence; `id` -> last id
+//! - `m` meta: `seq\0` integration -> last sequence; `pruned\0` integration -> last
+//!   sequence removed by retention; `id` -> id reservation
 //! - `o` outbox: job id -> [`Job`] (binary)
 //! - `x` dead letters: id -> [`DeadLetter`] JSON
 //! - `p` orphans: id -> [`Orphan`] JSON
@@ -276,6 +277,32 @@ impl Txn for SledTxn<'_> {
     fn put_orphan(&self, orphan: &Orphan) -> Result<(), StoreError> {
         self.put(id_key(ORPHANS, orphan.id), encode_json(orphan))
     }
+    fn remove_incident(&self, k: &IncidentKey) -> Result<(), StoreError> {
+        self.del(incident_key(k));
+        Ok(())
+    }
+    fn remove_reference(&self, customer: &str, reference: &str) -> Result<(), StoreError> {
+        self.del(key(
+            REFERENCES,
+            &[customer.as_bytes(), reference.as_bytes()],
+        ));
+        Ok(())
+    }
+    fn remove_update(&self, integration: &str, sequence: u64) -> Result<(), StoreError> {
+        self.del(seq_key(integration, sequence));
+        Ok(())
+    }
+    fn remove_orphan(&self, id: u64) -> Result<(), StoreError> {
+        self.del(id_key(ORPHANS, id));
+        Ok(())
+    }
+    fn set_pruned(&self, integration: &str, sequence: u64) -> Result<(), StoreError> {
+        self.set(
+            key(META, &[b"pruned", integration.as_bytes()]),
+            sequence.to_be_bytes().to_vec(),
+        );
+        Ok(())
+    }
 }
 
 impl Group for SledGroup<'_> {
@@ -356,17 +383,33 @@ impl Backend for SledBackend {
             .collect()
     }
 
+    fn incidents_after(
+        &self,
+        after: Option<&IncidentKey>,
+        limit: usize,
+    ) -> Result<Vec<Incident>, StoreError> {
+        let start = match after {
+            // The smallest key greater than `after`'s.
+            Some(k) => {
+                let mut s = incident_key(k);
+                s.push(0);
+                s
+            }
+            None => vec![INCIDENTS],
+        };
+        self.tree
+            .range(start..vec![INCIDENTS + 1])
+            .take(limit)
+            .map(|r| decode(&r?.1))
+            .collect()
+    }
+
+    fn pruned_sequences(&self) -> Result<HashMap<String, u64>, StoreError> {
+        self.counters(b"pruned")
+    }
+
     fn last_sequences(&self) -> Result<HashMap<String, u64>, StoreError> {
-        let prefix = key(META, &[b"seq", b""]);
-        let mut out = HashMap::new();
-        for r in self.tree.scan_prefix(&prefix) {
-            let (k, v) = r?;
-            out.insert(
-                String::from_utf8_lossy(&k[prefix.len()..]).into_owned(),
-                counter(&v)?,
-            );
-        }
-        Ok(out)
+        self.counters(b"seq")
     }
 
     fn jobs(&self) -> Result<Vec<Job>, StoreError> {
@@ -379,6 +422,22 @@ impl Backend for SledBackend {
 
     fn orphans(&self, limit: usize) -> Result<Vec<Orphan>, StoreError> {
         self.scan(ORPHANS, limit)
+    }
+}
+
+impl SledBackend {
+    /// The `m name\0 integration -> u64` counters, by integration.
+    fn counters(&self, name: &[u8]) -> Result<HashMap<String, u64>, StoreError> {
+        let prefix = key(META, &[name, b""]);
+        let mut out = HashMap::new();
+        for r in self.tree.scan_prefix(&prefix) {
+            let (k, v) = r?;
+            out.insert(
+                String::from_utf8_lossy(&k[prefix.len()..]).into_owned(),
+                counter(&v)?,
+            );
+        }
+        Ok(out)
     }
 }
 
