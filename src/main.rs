@@ -67,8 +67,9 @@ enum MappingCommand {
         /// gRPC stream's JSON), to render as outbound XML.
         #[arg(long)]
         update: Option<PathBuf>,
-        /// CustomerNumber to show in the Dispatch.
-        #[arg(long, default_value = "A123456")]
+        /// CustomerNumber to show in the Dispatch: a placeholder unless given (the
+        /// gateway sends the integration's `customer_number` from gateway.toml).
+        #[arg(long, default_value = "A000000")]
         customer_number: String,
     },
 }
@@ -138,7 +139,7 @@ fn main() -> ExitCode {
                 paths
             };
             let report = check::check_paths(&paths);
-            print!("{report}");
+            println!("{report}");
             if report.ok() {
                 ExitCode::SUCCESS
             } else {

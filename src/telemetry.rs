@@ -16,9 +16,11 @@ pub fn init(json: bool, level: Option<&str>) -> tracing_appender::non_blocking::
         .finish(std::io::stdout());
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(level.unwrap_or("info")));
+    // Colours only for a terminal: log collectors and files get plain text.
     let builder = fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_writer(writer);
     let _ = if json {
         builder.json().flatten_event(true).try_init()

@@ -98,8 +98,13 @@ pub fn check_paths(paths: &[PathBuf]) -> CheckReport {
                     .errors
                     .push(format!("{}:1:1: cannot read directory: {e}", p.display())),
             }
-        } else {
+        } else if p.exists() {
             files.push(p.clone());
+        } else {
+            report.errors.push(format!(
+                "{}:1:1: no such file or directory (give mapping files or a directory of them)",
+                p.display()
+            ));
         }
     }
     for file in files {

@@ -34,7 +34,8 @@ pub mod xml;
 mod tests;
 
 use outbound::OutboundPlan;
-use plan::{FieldPlan, Input, Overflow};
+use path::SourcePath;
+use plan::{FieldPlan, Input, Overflow, Part, Source};
 
 /// The kind of input a mapping reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -346,7 +347,65 @@ impl MappingPlan {
         if self.source != SourceKind::Xml {
             return Err(vec![kind_problem("XML documents", "fields")]);
         }
-        self.map(Input::Xml(doc))
+        self.map(Input::Xml(doc)).map_err(|mut problems| {
+            problems.extend(self.root_mismatch(doc));
+            problems
+        })
+    }
+
+    /// When the document's payload root is not the element the mapping's absolute paths
+    /// start at, says so: otherwise every field just reads "missing", and the likeliest
+    /// cause (another namespace, or none) stays hidden.
+    fn root_mismatch(&self, doc: &xml::Document) -> Option<Problem> {
+        let mut expected: Vec<&path::Name> = Vec::new();
+        for (_, f) in &self.fields {
+            let paths: Vec<&SourcePath> = match &f.source {
+                Source::Paths(p) => p.iter().collect(),
+                Source::Template { parts, .. } => parts
+                    .iter()
+                    .filter_map(|p| match p {
+                        Part::Value(sp) => Some(sp),
+                        Part::Literal(_) => None,
+                    })
+                    .collect(),
+                Source::Const(_) => Vec::new(),
+            };
+            for p in paths {
+                if let SourcePath::Xml(x) = p {
+                    if let (true, Some(first)) = (x.absolute, x.steps.first()) {
+                        if !expected.contains(&first) {
+                            expected.push(first);
+                        }
+                    }
+                }
+            }
+        }
+        let root = doc.payload_root();
+        let (ns, local) = (root.namespace(), root.local_name());
+        if expected.is_empty() || expected.iter().any(|n| *n.ns == *ns && *n.local == *local) {
+            return None;
+        }
+        let describe = |ns: &str| {
+            if ns.is_empty() {
+                "in no namespace".to_string()
+            } else {
+                format!("in namespace {ns:?}")
+            }
+        };
+        let want: Vec<String> = expected
+            .iter()
+            .map(|n| format!("<{}> {}", n.local, describe(&n.ns)))
+            .collect();
+        Some(Problem {
+            field: "document".into(),
+            message: format!(
+                "the payload root is <{local}> {}, but the mapping's paths start at {}: \
+                 check the root element, default_namespace and [namespaces]",
+                describe(ns),
+                want.join(" or ")
+            ),
+            source: "/".into(),
+        })
     }
 
     /// Maps gRPC fields to Dispatch fields, or returns every problem found.

@@ -627,3 +627,31 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_root_in_another_namespace_is_named_not_just_every_field_missing() {
+    let plan = MappingPlan::load(&repo("mappings/servicenow.toml")).unwrap();
+    let limits = super::xml::Limits::default();
+    let moved = SERVICENOW_SAMPLE.replacen("<incident>", "<incident xmlns=\"urn:example:v2\">", 1);
+    let doc = super::xml::Document::parse(moved.as_bytes(), &limits).unwrap();
+    let problems = plan.map_document(&doc).unwrap_err();
+    let hint = problems
+        .iter()
+        .find(|p| p.field == "document")
+        .expect("a document problem");
+    assert!(
+        hint.message
+            .contains("<incident> in namespace \"urn:example:v2\"")
+            && hint.message.contains("<incident> in no namespace"),
+        "{}",
+        hint.message
+    );
+    // A document the mapping reads gets no such hint, even with field problems.
+    let doc =
+        super::xml::Document::parse(b"<incident><number>1</number></incident>", &limits).unwrap();
+    let problems = plan.map_document(&doc).unwrap_err();
+    assert!(
+        problems.iter().all(|p| p.field != "document"),
+        "{problems:?}"
+    );
+}

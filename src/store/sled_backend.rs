@@ -465,7 +465,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut seen = Vec::new();
         for round in 0..3 {
-            let backend = SledBackend::open(dir.path(), 1 << 20).unwrap();
+            // sled's background threads may hold the previous handle's file lock for a
+            // moment after it is dropped.
+            let mut tries = 0;
+            let backend = loop {
+                match SledBackend::open(dir.path(), 1 << 20) {
+                    Ok(b) => break b,
+                    Err(e) if tries < 100 => {
+                        tries += 1;
+                        eprintln!("reopen: {e}");
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                    }
+                    Err(e) => panic!("cannot reopen the store: {e}"),
+                }
+            };
             // Cross a reservation block boundary in the middle round.
             let n = if round == 1 {
                 ID_BLOCK as usize + 10
