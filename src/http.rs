@@ -360,16 +360,41 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let service = hyper_util::service::TowerToHyperService::new(router.clone());
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let (builder, watcher) = (builder.clone(), graceful.watcher());
         tokio::spawn(async move {
-            let _ = conn.await;
+            // hyper's header timeout starts once the protocol is known; choosing it
+            // (HTTP/1.1 or h2c) waits for the first bytes with no limit of its own, so a
+            // client that connects and sends nothing (or one byte) would hold the
+            // connection forever. Bound that wait by the header timeout too.
+            if tokio::time::timeout(header_timeout, protocol_known(&stream))
+                .await
+                .is_err()
+            {
+                tracing::debug!("connection sent no request within the header timeout; closed");
+                return;
+            }
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            let _ = watcher.watch(conn.into_owned()).await;
         });
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// Returns once the connection's first bytes tell HTTP/1.1 from h2c (the h2c preface is
+/// 24 bytes; any byte that departs from it means HTTP/1.1), or the peer closed.
+async fn protocol_known(stream: &tokio::net::TcpStream) {
+    const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut buf = [0u8; 24];
+    loop {
+        match stream.peek(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) if n >= 24 || buf[..n] != H2_PREFACE[..n] => return,
+            // Part of the preface so far: wait for more (peek sees the same bytes again
+            // until more arrive, so give the socket a moment).
+            Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -216,7 +216,7 @@ async fn a_slow_sender_is_cut_off_with_408() {
 }
 
 #[tokio::test]
-async fn stalled_headers_are_cut_off() {
+async fn stalled_headers_and_silent_connections_are_cut_off() {
     let h = Harness::start(Options {
         header_timeout_ms: Some(300),
         ..Options::default()
@@ -229,6 +229,12 @@ async fn stalled_headers_are_cut_off() {
     );
     let answer = stall_after(&h, &head).await;
     assert!(!answer.contains("202"), "{answer}");
+    // A connection that sends nothing at all, or only the first byte of what could be
+    // an HTTP/2 preface, is closed as well: it cannot hold a descriptor forever.
+    for head in ["", "P", "PRI * HTTP/2.0\r\n"] {
+        let answer = stall_after(&h, head).await;
+        assert!(answer.is_empty(), "{head:?}: {answer}");
+    }
     still_healthy(&h, "HOS5001").await;
     h.stop().await;
 }
