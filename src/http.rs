@@ -294,9 +294,16 @@ async fn list_dead_letters(
 async fn replay_dead_letter(
     State(s): State<HttpState>,
     headers: HeaderMap,
-    Path(id): Path<u64>,
+    id: Result<Path<u64>, axum::extract::rejection::PathRejection>,
 ) -> Result<Response, JsonError> {
     admin(&s, &headers)?;
+    let Path(id) = id.map_err(|r| {
+        JsonError::new(
+            StatusCode::BAD_REQUEST,
+            "InvalidPath",
+            format!("{}: the dead letter id is a number", r.body_text()),
+        )
+    })?;
     if s.gateway
         .replay_dead_letter(id)
         .await

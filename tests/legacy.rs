@@ -91,6 +91,23 @@ fn plain_error(r: &Reply, status: u16, code: &str) -> XmlNode {
 }
 
 #[tokio::test]
+async fn a_path_that_is_not_utf8_gets_an_xml_error() {
+    let h = Harness::start(resting()).await;
+    let r = h.get(&format!("{SN_INCIDENTS}/%FF"), Some(SN_KEY)).await;
+    plain_error(&r, 400, "InvalidPath");
+    let r = h
+        .post(
+            &format!("{SN_INCIDENTS}/%FF/cancel"),
+            Some(SN_KEY),
+            None,
+            "",
+        )
+        .await;
+    plain_error(&r, 400, "InvalidPath");
+    h.stop().await;
+}
+
+#[tokio::test]
 async fn create_answers_a_receipt_and_resubmit_is_idempotent() {
     let h = Harness::start(resting()).await;
     let happy = fixture("servicenow/happy.input.xml");

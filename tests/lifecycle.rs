@@ -456,6 +456,21 @@ async fn callbacks_auth_validation_orphans_conflicts_and_duplicates() {
         "refused callbacks change nothing"
     );
 
+    // Over the size limit: 413 as a JSON error (after the credentials are checked).
+    let huge = json!({"MessageType":"Close","ResponseText":"x".repeat(100_000)});
+    for (token, status) in [(None, 401), (Some(CB_TOKEN), 413)] {
+        let mut req = h.client.post(h.callback_url()).json(&huge);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status().as_u16(), status);
+        let b: Value = r.json().await.expect("a JSON error body");
+        if status == 413 {
+            assert_eq!(b["error"]["code"], "PayloadTooLarge", "{b}");
+        }
+    }
+
     // Invalid: every missing field named.
     let (s, b) = h
         .callback(json!({"MessageType":"Close","IncidentReference":"INC8001"}))

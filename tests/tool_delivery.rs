@@ -462,6 +462,17 @@ async fn refused_update_is_dead_lettered_then_listed_and_replayed() {
     assert_eq!(r.status, 404, "a replayed dead letter is gone: {}", r.body);
     let v: Value = serde_json::from_str(&r.body).unwrap();
     assert_eq!(v["error"]["code"], "UnknownDeadLetter");
+    let r = h
+        .post(
+            "/v1/admin/dead-letters/abc/replay",
+            Some(ADMIN_TOKEN),
+            None,
+            "",
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let v: Value = serde_json::from_str(&r.body).expect("a JSON error body");
+    assert_eq!(v["error"]["code"], "InvalidPath");
     rx.assert_no_problems();
     outbox_drained(&h).await;
     h.stop().await;

@@ -173,6 +173,33 @@ fn announced_envelope(headers: &HeaderMap) -> Envelope {
     }
 }
 
+/// Path parameters, refused in the caller's error format (XML, or a SOAP fault) when
+/// they cannot be read (a reference that is not UTF-8 once percent-decoded).
+struct LegacyPath<T>(T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for LegacyPath<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = LegacyError;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(v)) => Ok(LegacyPath(v)),
+            Err(rejection) => Err(LegacyError::new(
+                StatusCode::BAD_REQUEST,
+                "InvalidPath",
+                rejection.body_text(),
+            )
+            .in_envelope(announced_envelope(&parts.headers))),
+        }
+    }
+}
+
 /// Finds the integration and checks the caller's API key.
 fn authenticate<'a>(
     s: &'a LegacyState,
@@ -290,7 +317,7 @@ fn store_unavailable(env: Envelope, e: impl std::fmt::Display) -> LegacyError {
 
 async fn create(
     State(s): State<LegacyState>,
-    Path(name): Path<String>,
+    LegacyPath(name): LegacyPath<String>,
     req: Request,
 ) -> Result<Response, LegacyError> {
     let (parts, body) = req.into_parts();
@@ -370,7 +397,7 @@ async fn create(
 
 async fn cancel(
     State(s): State<LegacyState>,
-    Path((name, reference)): Path<(String, String)>,
+    LegacyPath((name, reference)): LegacyPath<(String, String)>,
     req: Request,
 ) -> Result<Response, LegacyError> {
     let (parts, body) = req.into_parts();
@@ -420,7 +447,7 @@ async fn cancel(
 
 async fn status(
     State(s): State<LegacyState>,
-    Path((name, reference)): Path<(String, String)>,
+    LegacyPath((name, reference)): LegacyPath<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, LegacyError> {
     authenticate(&s, &name, &headers)?;

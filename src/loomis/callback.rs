@@ -18,7 +18,7 @@ use serde_json::json;
 pub(crate) async fn receive(
     State(s): State<HttpState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, JsonError> {
     if !authorized(&headers, &s.callback_auth) {
         metrics::counter!("gateway_callbacks_refused_total", "reason" => "auth").increment(1);
@@ -28,6 +28,16 @@ pub(crate) async fn receive(
             "callback credentials missing or wrong",
         ));
     }
+    // Over the size limit, or cut off: the JSON error like every other refusal.
+    let body = body.map_err(|r| {
+        let status = r.status();
+        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "PayloadTooLarge"
+        } else {
+            "BodyUnreadable"
+        };
+        JsonError::new(status, code, r.body_text())
+    })?;
     if let Some(ct) = headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
