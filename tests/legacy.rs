@@ -91,6 +91,34 @@ fn plain_error(r: &Reply, status: u16, code: &str) -> XmlNode {
 }
 
 #[tokio::test]
+async fn a_latin1_document_is_decoded() {
+    let h = Harness::start(resting()).await;
+    let xml = sn_xml("INCL1", "UG1234", "AC12").replace("John Smith", "J\u{fc}rgen M\u{fc}ller");
+    let xml = xml.replace(
+        "<incident>",
+        "<?xml version=\"1.0\" encoding=\"ISO-8859-1\"?><incident>",
+    );
+    // Encode to ISO-8859-1: every character here is below U+0100.
+    let latin1: Vec<u8> = xml
+        .chars()
+        .map(|c| u8::try_from(u32::from(c)).unwrap())
+        .collect();
+    let r = h
+        .client
+        .post(format!("{}{SN_INCIDENTS}", h.base()))
+        .bearer_auth(SN_KEY)
+        .header("content-type", "application/xml")
+        .body(latin1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+    let inc = h.incident("INCL1").unwrap();
+    assert_eq!(inc.dispatch.contact_name, "J\u{fc}rgen M\u{fc}ller");
+    h.stop().await;
+}
+
+#[tokio::test]
 async fn a_path_that_is_not_utf8_gets_an_xml_error() {
     let h = Harness::start(resting()).await;
     let r = h.get(&format!("{SN_INCIDENTS}/%FF"), Some(SN_KEY)).await;

@@ -163,9 +163,16 @@ pub enum XmlError {
         /// Where the first invalid byte sits.
         position: Position,
     },
-    /// The XML declaration names an encoding other than UTF-8 for non-ASCII content.
-    #[error("unsupported encoding {encoding:?}: only UTF-8 (or plain ASCII) is accepted")]
+    /// The XML declaration names an encoding the gateway cannot decode (UTF-16 and
+    /// other encodings that are not ASCII-compatible, or unknown names).
+    #[error("unsupported encoding {encoding:?}: send UTF-8, or an ASCII-compatible encoding such as ISO-8859-1 named in the XML declaration")]
     UnsupportedEncoding {
+        /// The declared encoding.
+        encoding: String,
+    },
+    /// The bytes are not valid in the encoding the XML declaration names.
+    #[error("the document is not valid {encoding}, the encoding its XML declaration names")]
+    InvalidEncoding {
         /// The declared encoding.
         encoding: String,
     },
@@ -395,6 +402,20 @@ impl Document {
                 limit: max_bytes,
             });
         }
+        // A document declaring another ASCII-compatible encoding (ISO-8859-1,
+        // windows-1252, Shift_JIS, ...) is decoded to UTF-8 first; positions then count
+        // in the decoded text (lines are the same).
+        if let Some(encoding) = declared_encoding(bytes) {
+            let Some(text) = encoding.decode_without_bom_handling_and_without_replacement(bytes)
+            else {
+                return Err(XmlError::InvalidEncoding {
+                    encoding: encoding.name().to_string(),
+                });
+            };
+            let mut parser = Parser::new(&text, text.as_bytes(), 0, limits);
+            parser.decoded = true;
+            return parser.run();
+        }
         // A UTF-8 byte order mark is allowed and skipped; UTF-16 ones are refused
         // through the UTF-8 check below (0xFF/0xFE never start a UTF-8 sequence).
         let body = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
@@ -468,6 +489,26 @@ struct Parser<'a> {
     namespace_decls: usize,
     text_bytes: usize,
     seen_root: bool,
+    /// The input was decoded from the encoding its declaration names.
+    decoded: bool,
+}
+
+/// The encoding an XML declaration names, when it is an ASCII-compatible one other than
+/// UTF-8 that needs decoding. Reads only the declaration (at most 256 bytes).
+fn declared_encoding(bytes: &[u8]) -> Option<&'static encoding_rs::Encoding> {
+    let head = &bytes[..bytes.len().min(256)];
+    let decl = head.strip_prefix(b"<?xml")?;
+    let decl = &decl[..decl.windows(2).position(|w| w == b"?>")?];
+    let at = decl.windows(8).position(|w| w == b"encoding")?;
+    let rest = decl[at + 8..]
+        .trim_ascii_start()
+        .strip_prefix(b"=")?
+        .trim_ascii_start();
+    let quote = *rest.first().filter(|q| **q == b'"' || **q == b'\'')?;
+    let value = &rest[1..];
+    let label = &value[..value.iter().position(|b| *b == quote)?];
+    let encoding = encoding_rs::Encoding::for_label(label)?;
+    (encoding != encoding_rs::UTF_8 && encoding.is_ascii_compatible()).then_some(encoding)
 }
 
 impl<'a> Parser<'a> {
@@ -493,6 +534,7 @@ impl<'a> Parser<'a> {
             prefixes: String::new(),
             open: Vec::new(),
             namespace_decls: 0,
+            decoded: false,
             text_bytes: 0,
             seen_root: false,
         }
@@ -576,7 +618,7 @@ impl<'a> Parser<'a> {
                         let utf8 = enc.eq_ignore_ascii_case("utf-8")
                             || enc.eq_ignore_ascii_case("utf8")
                             || enc.eq_ignore_ascii_case("us-ascii");
-                        if !utf8 && !self.input.is_ascii() {
+                        if !utf8 && !self.decoded && !self.input.is_ascii() {
                             return Err(XmlError::UnsupportedEncoding {
                                 encoding: enc.to_string(),
                             });
@@ -1029,14 +1071,39 @@ mod tests {
     }
 
     #[test]
-    fn error_unsupported_encoding() {
-        let err = parse("<?xml version=\"1.0\" encoding=\"ISO-8859-1\"?><a>é</a>").unwrap_err();
-        assert!(
-            matches!(err, XmlError::UnsupportedEncoding { .. }),
-            "{err:?}"
-        );
-        // Pure ASCII is the same in every ASCII-compatible encoding: accepted.
-        assert!(parse("<?xml version=\"1.0\" encoding=\"ISO-8859-1\"?><a>e</a>").is_ok());
+    fn declared_encodings_are_decoded_or_refused() {
+        let bytes = |b: &[u8]| Document::parse(b, &Limits::default());
+        // ISO-8859-1 and windows-1252 bytes, as older tools send them.
+        let doc = bytes(b"<?xml version=\"1.0\" encoding=\"ISO-8859-1\"?><a>Caf\xE9 M\xFCller</a>")
+            .unwrap();
+        assert_eq!(doc.payload_root().text(), "Caf\u{e9} M\u{fc}ller");
+        let doc =
+            bytes(b"<?xml version='1.0' encoding = 'windows-1252' ?><a x=\"\x80\">\x93q\x94</a>")
+                .unwrap();
+        assert_eq!(doc.payload_root().text(), "\u{201c}q\u{201d}");
+        assert_eq!(doc.payload_root().attribute("", "x"), Some("\u{20ac}"));
+        // Bytes that are not valid in the declared encoding.
+        let err = bytes(b"<?xml version=\"1.0\" encoding=\"Shift_JIS\"?><a>\x81</a>").unwrap_err();
+        assert!(matches!(err, XmlError::InvalidEncoding { .. }), "{err:?}");
+        // Encodings that are not ASCII-compatible (or unknown) stay refused for
+        // non-ASCII content; pure ASCII is the same in all of them.
+        for enc in ["UTF-16", "x-unknown"] {
+            let err = parse(&format!(
+                "<?xml version=\"1.0\" encoding=\"{enc}\"?><a>\u{e9}</a>"
+            ))
+            .unwrap_err();
+            assert!(
+                matches!(err, XmlError::UnsupportedEncoding { .. }),
+                "{err:?}"
+            );
+            assert!(parse(&format!(
+                "<?xml version=\"1.0\" encoding=\"{enc}\"?><a>e</a>"
+            ))
+            .is_ok());
+        }
+        // Decoding changes nothing else: a DTD is still refused.
+        let err = bytes(b"<?xml version=\"1.0\" encoding=\"ISO-8859-1\"?><!DOCTYPE a [<!ENTITY x \"y\">]><a>&x;</a>").unwrap_err();
+        assert!(matches!(err, XmlError::Dtd { .. }), "{err:?}");
     }
 
     #[test]
