@@ -287,7 +287,11 @@ async fn list_dead_letters(
     headers: HeaderMap,
 ) -> Result<Response, JsonError> {
     admin(&s, &headers)?;
-    let list = s.gateway.store().dead_letters().map_err(unavailable)?;
+    let list = s
+        .gateway
+        .store()
+        .dead_letters(usize::MAX)
+        .map_err(unavailable)?;
     Ok(Json(json!({"dead_letters": list})).into_response())
 }
 

@@ -6,14 +6,15 @@
 //! - the oldest updates of each integration's log received before the cutoff, as one
 //!   contiguous prefix (a resume from a removed position is answered OUT_OF_RANGE, never
 //!   with a silent gap);
-//! - dead letters and orphans recorded before the cutoff.
+//! - dead letters and orphans recorded before the cutoff (the oldest first, a page at
+//!   a time).
 //!
 //! Open incidents and everything newer are never touched. Removal runs in small atomic
 //! writes through the store's writer, each re-checking its records, so intake and
 //! callbacks go on meanwhile.
 
 use crate::incident::IncidentKey;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, Txn};
 use jiff::Timestamp;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -137,32 +138,47 @@ async fn prune_updates(
 }
 
 async fn prune_records(store: &Store, cutoff: Timestamp) -> Result<(u64, u64), StoreError> {
-    let dead: Vec<u64> = store
-        .dead_letters()?
-        .into_iter()
-        .filter(|d| d.failed_at < cutoff)
-        .map(|d| d.id)
-        .collect();
-    let orphans: Vec<u64> = store
-        .orphans(usize::MAX)?
-        .into_iter()
-        .filter(|o| o.received_at < cutoff)
-        .map(|o| o.id)
-        .collect();
-    let counts = (dead.len() as u64, orphans.len() as u64);
-    for chunk in dead.chunks(CHUNK) {
-        let ids = chunk.to_vec();
-        store
-            .write(move |tx| ids.iter().try_for_each(|id| tx.remove_dead_letter(*id)))
-            .await?;
+    let dead_letters = prune_oldest(
+        store,
+        |s| s.dead_letters(CHUNK),
+        |d| (d.failed_at < cutoff).then_some(d.id),
+        |tx, id| tx.remove_dead_letter(id),
+    )
+    .await?;
+    let orphans = prune_oldest(
+        store,
+        |s| s.orphans(CHUNK),
+        |o| (o.received_at < cutoff).then_some(o.id),
+        |tx, id| tx.remove_orphan(id),
+    )
+    .await?;
+    Ok((dead_letters, orphans))
+}
+
+/// Removes a table's oldest records while they are old, a page at a time. Ids are
+/// handed out in time order, so the old records are a prefix in id order and each page
+/// is read from the start again after the previous one was removed.
+async fn prune_oldest<T>(
+    store: &Store,
+    page: impl Fn(&Store) -> Result<Vec<T>, StoreError>,
+    old_id: impl Fn(&T) -> Option<u64>,
+    remove: fn(&dyn Txn, u64) -> Result<(), StoreError>,
+) -> Result<u64, StoreError> {
+    let mut count = 0;
+    loop {
+        let records = page(store)?;
+        let ids: Vec<u64> = records.iter().map_while(&old_id).collect();
+        let n = ids.len();
+        if n > 0 {
+            store
+                .write(move |tx| ids.iter().try_for_each(|id| remove(&**tx, *id)))
+                .await?;
+            count += n as u64;
+        }
+        if n < records.len() || records.len() < CHUNK {
+            return Ok(count);
+        }
     }
-    for chunk in orphans.chunks(CHUNK) {
-        let ids = chunk.to_vec();
-        store
-            .write(move |tx| ids.iter().try_for_each(|id| tx.remove_orphan(*id)))
-            .await?;
-    }
-    Ok(counts)
 }
 
 /// Runs [`prune`] a minute after start and then every hour, keeping `keep`, until

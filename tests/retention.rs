@@ -46,10 +46,22 @@ async fn old_terminal_incidents_and_updates_go_open_ones_stay() {
     assert_eq!(retention::prune(&store, cutoff).await.unwrap().total(), 0);
     assert_eq!(h.updates("servicenow").len(), 5);
 
+    // A callback for an incident the gateway does not know becomes an orphan.
+    let (s, _) = h
+        .callback(
+            json!({"MessageType":"Close","CustomerNumber":"A123456","IncidentId":"INC9",
+            "IncidentReference":"NOPE","ResponseText":"done","DateTime":"2026-01-01T10:00:00Z"}),
+        )
+        .await;
+    assert_eq!(s, 404);
+    assert_eq!(store.orphans(10).unwrap().len(), 1);
+
     // Everything is old: the closed incident and all updates but the last go.
     let cutoff = jiff::Timestamp::now() + std::time::Duration::from_secs(1);
     let removed = retention::prune(&store, cutoff).await.unwrap();
     assert_eq!((removed.incidents, removed.updates), (1, 4), "{removed:?}");
+    assert_eq!(removed.orphans, 1, "{removed:?}");
+    assert!(store.orphans(10).unwrap().is_empty());
     assert!(h.incident("RET1").is_none());
     assert_eq!(
         h.incident("RET2").unwrap().state,

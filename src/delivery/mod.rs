@@ -193,9 +193,11 @@ pub async fn post(
         }
     };
     let status = resp.status().as_u16();
-    let location = resp
-        .headers()
-        .get(http::header::LOCATION)
+    // Only a redirect's answer needs where it points.
+    let location = (300..400)
+        .contains(&status)
+        .then(|| resp.headers().get(http::header::LOCATION))
+        .flatten()
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let retry_after = resp

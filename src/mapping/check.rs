@@ -234,54 +234,43 @@ struct UpdateJson {
 
 fn parse_update(text: &str) -> Result<UpdateView, String> {
     let u: UpdateJson = serde_json::from_str(text).map_err(|e| e.to_string())?;
-    let ts = |name: &str, s: &str| -> Result<jiff::Timestamp, String> {
-        s.parse()
-            .map_err(|e| format!("{name}: {s:?} is not an RFC 3339 time: {e}"))
-    };
     // Every problem at once: the names the gateway really uses, and the times.
     let mut problems = Vec::new();
-    const KINDS: [&str; 7] = [
-        "ACK",
-        "NAK",
-        "ACCEPT",
-        "CLOSE",
-        "CANCEL",
-        "REJECTED",
-        "DELIVERY_FAILED",
-    ];
-    if !KINDS.contains(&u.kind.as_str()) {
+    let kinds = super::outbound::KINDS;
+    if !kinds.contains(&u.kind.as_str()) {
         problems.push(format!(
             "kind: {:?} is not one of {}",
             u.kind,
-            KINDS.join(", ")
+            kinds.join(", ")
         ));
     }
-    if !crate::incident::State::ALL
+    let states: Vec<&str> = crate::incident::State::ALL
         .iter()
-        .any(|st| st.as_str() == u.state)
-    {
-        let names: Vec<&str> = crate::incident::State::ALL
-            .iter()
-            .map(|s| s.as_str())
-            .collect();
+        .map(|s| s.as_str())
+        .collect();
+    if !states.contains(&u.state.as_str()) {
         problems.push(format!(
             "state: {:?} is not one of {}",
             u.state,
-            names.join(", ")
+            states.join(", ")
         ));
     }
-    for (name, v) in [
-        ("sla_time", &u.sla_time),
-        ("event_time", &u.event_time),
-        ("received_at", &Some(u.received_at.clone())),
-    ] {
-        if let Some(Err(e)) = v.as_deref().map(|s| ts(name, s)) {
-            problems.push(e);
+    let mut time = |name: &str, s: Option<&str>| -> Option<jiff::Timestamp> {
+        let s = s?;
+        match s.parse() {
+            Ok(t) => Some(t),
+            Err(e) => {
+                problems.push(format!("{name}: {s:?} is not an RFC 3339 time: {e}"));
+                None
+            }
         }
-    }
-    if !problems.is_empty() {
+    };
+    let sla_time = time("sla_time", u.sla_time.as_deref());
+    let event_time = time("event_time", u.event_time.as_deref());
+    let received_at = time("received_at", Some(&u.received_at));
+    let Some(received_at) = received_at.filter(|_| problems.is_empty()) else {
         return Err(problems.join("\n"));
-    }
+    };
     Ok(UpdateView {
         sequence: u.sequence,
         integration: u.integration,
@@ -292,17 +281,9 @@ fn parse_update(text: &str) -> Result<UpdateView, String> {
         state: u.state,
         response_code: u.response_code,
         response_text: u.response_text,
-        sla_time: u
-            .sla_time
-            .as_deref()
-            .map(|s| ts("sla_time", s))
-            .transpose()?,
-        event_time: u
-            .event_time
-            .as_deref()
-            .map(|s| ts("event_time", s))
-            .transpose()?,
-        received_at: ts("received_at", &u.received_at)?,
+        sla_time,
+        event_time,
+        received_at,
     })
 }
 

@@ -98,7 +98,8 @@ pub trait Backend: Send + Sync + 'static {
     /// The highest sequence stored for each integration.
     fn last_sequences(&self) -> Result<HashMap<String, u64>, StoreError>;
     fn jobs(&self) -> Result<Vec<Job>, StoreError>;
-    fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError>;
+    /// The oldest dead letters, at most `limit`.
+    fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError>;
     fn orphans(&self, limit: usize) -> Result<Vec<Orphan>, StoreError>;
     /// Incidents in key order after `after` (from the first when `None`), at most `limit`.
     fn incidents_after(
@@ -391,8 +392,9 @@ impl Store {
         self.backend.jobs()
     }
 
-    pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
-        self.backend.dead_letters()
+    /// The oldest dead letters, at most `limit`.
+    pub fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        self.backend.dead_letters(limit)
     }
 
     pub fn orphans(&self, limit: usize) -> Result<Vec<Orphan>, StoreError> {

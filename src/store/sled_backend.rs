@@ -416,8 +416,8 @@ impl Backend for SledBackend {
         self.scan(OUTBOX, usize::MAX)
     }
 
-    fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
-        self.scan(DEAD_LETTERS, usize::MAX)
+    fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        self.scan(DEAD_LETTERS, limit)
     }
 
     fn orphans(&self, limit: usize) -> Result<Vec<Orphan>, StoreError> {
