@@ -115,7 +115,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             config.store.path.display()
         )
     })?;
-    let store = Store::open_sled(&config.store.path, config.store.cache_mb << 20)?;
+    let store = Store::open(
+        config.store.engine,
+        &config.store.path,
+        config.store.cache_mb << 20,
+    )?;
     let infos = config
         .integrations
         .iter()

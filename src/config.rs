@@ -181,7 +181,9 @@ impl Default for ServerSection {
 #[serde(deny_unknown_fields, default)]
 pub struct StoreSection {
     pub path: PathBuf,
-    /// sled's page cache, in MiB.
+    /// The key-value engine: fjall (default) or sled (stores written by earlier builds).
+    pub engine: crate::store::engine::EngineKind,
+    /// The engine's block (page) cache, in MiB.
     pub cache_mb: u64,
     /// Terminal incidents, updates, dead letters and orphans older than this many days
     /// are removed (see `retention`); 0 keeps everything.
@@ -192,6 +194,7 @@ impl Default for StoreSection {
     fn default() -> Self {
         StoreSection {
             path: PathBuf::from("./data"),
+            engine: crate::store::engine::EngineKind::default(),
             cache_mb: 32,
             retention_days: 90,
         }

@@ -210,7 +210,12 @@ async fn kill_9_under_load_loses_nothing() {
     let exit = gw.child.wait().await.unwrap();
     assert!(exit.success(), "graceful shutdown exits 0: {exit:?}");
 
-    let store = Store::open_sled(&dir.path().join("data"), 16 << 20).unwrap();
+    let store = Store::open(
+        safepoint_gateway::store::engine::EngineKind::default(),
+        &dir.path().join("data"),
+        16 << 20,
+    )
+    .unwrap();
     let updates = store.updates_after("servicenow", 0, usize::MAX).unwrap();
     let mut prev = 0;
     for u in &updates {

@@ -8,12 +8,13 @@
 //! publishes what the batch produced (new outbox jobs, new update sequence numbers). So
 //! nothing is acknowledged, streamed or delivered before it is on disk.
 //!
-//! The backend is a small trait ([`Backend`], [`Txn`]) so another database can be added;
-//! sled is the embedded default ([`sled_backend`]).
+//! The backend is a small trait ([`Backend`], [`Txn`]); [`kv::KvBackend`] implements it
+//! over an ordered key-value [`engine`] (fjall by default, or sled).
 
 pub mod codec;
+pub mod engine;
+pub mod kv;
 pub mod records;
-pub mod sled_backend;
 
 use crate::incident::{Incident, IncidentKey, Update};
 use records::{DeadLetter, Job, Orphan, Target};
@@ -231,12 +232,13 @@ pub struct Store {
 const MAX_BATCH: usize = 4096;
 
 impl Store {
-    /// Opens the embedded sled store at `path`.
-    pub fn open_sled(path: &std::path::Path, cache_bytes: u64) -> Result<Store, StoreError> {
-        Ok(Store::new(Arc::new(sled_backend::SledBackend::open(
-            path,
-            cache_bytes,
-        )?)))
+    /// Opens (or creates) the embedded store at `path` with the engine `kind`.
+    pub fn open(
+        kind: engine::EngineKind,
+        path: &std::path::Path,
+        cache_bytes: u64,
+    ) -> Result<Store, StoreError> {
+        Ok(Store::new(engine::open(kind, path, cache_bytes)?))
     }
 
     /// Starts the writer thread over `backend`.

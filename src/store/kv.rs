@@ -1,7 +1,7 @@
-//! The embedded sled (0.34) backend.
+//! The gateway's tables laid out in one ordered keyspace of a key-value [`Engine`].
 //!
-//! Everything lives in one sled tree, each table under a one-byte key prefix, so that a
-//! whole group commit is one atomic `apply_batch` followed by one flush. Operations of a
+//! Everything lives in one keyspace, each table under a one-byte key prefix, so that a
+//! whole group commit is one atomic batch followed by one sync. Operations of a
 //! group run one after another on the single writer thread, each against an overlay of
 //! the writes before it; an operation that fails leaves no write behind.
 //!
@@ -18,12 +18,13 @@
 //!
 //! Binary records and JSON records: see [`super::codec`].
 
+use super::engine::{prefix_end, Engine, Writes};
 use super::records::{DeadLetter, Job, Orphan};
 use super::{Backend, Group, StoreError, Txn};
 use crate::incident::{Incident, IncidentKey, Update};
 use serde::de::DeserializeOwned;
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 const INCIDENTS: u8 = b'i';
 const REFERENCES: u8 = b'r';
@@ -33,10 +34,9 @@ const OUTBOX: u8 = b'o';
 const DEAD_LETTERS: u8 = b'x';
 const ORPHANS: u8 = b'p';
 
-/// sled database with the gateway's table.
-pub struct SledBackend {
-    db: sled::Db,
-    tree: sled::Tree,
+/// The gateway's tables over an engine.
+pub struct KvBackend<E: Engine> {
+    engine: E,
     ids: std::sync::Mutex<Ids>,
 }
 
@@ -51,12 +51,6 @@ struct Ids {
 
 /// How many ids one reservation covers.
 const ID_BLOCK: u64 = 1024;
-
-impl From<sled::Error> for StoreError {
-    fn from(e: sled::Error) -> Self {
-        StoreError::Database(e.to_string())
-    }
-}
 
 fn key(table: u8, parts: &[&[u8]]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + parts.iter().map(|p| p.len() + 1).sum::<usize>());
@@ -110,27 +104,15 @@ fn counter(v: &[u8]) -> Result<u64, StoreError> {
     ))
 }
 
-impl SledBackend {
-    /// Opens (or creates) the database at `path`. `cache_bytes` bounds sled's page cache.
-    pub fn open(path: &std::path::Path, cache_bytes: u64) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(cache_bytes)
-            // Durability comes from the writer's explicit flush after every group; the
-            // background flush only bounds how much un-acknowledged work a crash drops.
-            .flush_every_ms(Some(1000))
-            .open()
-            .map_err(|e| {
-                StoreError::Database(format!("cannot open store at {}: {e}", path.display()))
-            })?;
-        let tree = db.open_tree("gateway")?;
-        let reserved = match tree.get(key(META, &[b"id"]))? {
-            Some(v) => counter(&v)?,
+impl<E: Engine> KvBackend<E> {
+    /// The tables over `engine` (an opened database).
+    pub fn new(engine: E) -> Result<Self, StoreError> {
+        let reserved = match engine.get(&key(META, &[b"id"]))? {
+            Some(v) => counter(v.as_ref())?,
             None => 0,
         };
-        Ok(SledBackend {
-            db,
-            tree,
+        Ok(KvBackend {
+            engine,
             ids: std::sync::Mutex::new(Ids {
                 last: reserved,
                 reserved,
@@ -138,34 +120,45 @@ impl SledBackend {
         })
     }
 
+    /// All entries whose key starts with `prefix`, in key order, at most `limit`.
+    fn prefixed(
+        &self,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(E::Bytes, E::Bytes)>, StoreError> {
+        match prefix_end(prefix) {
+            Some(end) => self.engine.range(prefix, &end, limit),
+            None => Err(StoreError::Corrupt("unbounded key prefix".into())),
+        }
+    }
+
     fn scan<T: DeserializeOwned>(&self, table: u8, limit: usize) -> Result<Vec<T>, StoreError> {
-        self.tree
-            .scan_prefix([table])
-            .take(limit)
-            .map(|r| decode(&r?.1))
+        self.prefixed(&[table], limit)?
+            .iter()
+            .map(|(_, v)| decode(v.as_ref()))
             .collect()
     }
 }
 
 /// Writes of a group not yet applied: key -> Some(value) or None (removed).
-type Overlay = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+type Overlay = Writes;
 
 /// A group commit in progress.
-struct SledGroup<'a> {
-    backend: &'a SledBackend,
+struct KvGroup<'a, E: Engine> {
+    backend: &'a KvBackend<E>,
     pending: Overlay,
 }
 
-/// One operation of a group: reads see its own writes, then the group's, then the tree.
-struct SledTxn<'a> {
-    tree: &'a sled::Tree,
+/// One operation of a group: reads see its own writes, then the group's, then the engine.
+struct KvTxn<'a, E: Engine> {
+    engine: &'a E,
     ids: &'a std::sync::Mutex<Ids>,
     group: &'a Overlay,
     writes: RefCell<Overlay>,
 }
 
-impl SledTxn<'_> {
-    /// Looks `k` up (own writes, then the group's, then the tree) and hands the bytes to
+impl<E: Engine> KvTxn<'_, E> {
+    /// Looks `k` up (own writes, then the group's, then the engine) and hands the bytes to
     /// `f` without copying them.
     fn raw<R>(
         &self,
@@ -178,8 +171,8 @@ impl SledTxn<'_> {
         if let Some(v) = self.group.get(k) {
             return f(v.as_deref());
         }
-        let v = self.tree.get(k)?;
-        f(v.as_deref())
+        let v = self.engine.get(k)?;
+        f(v.as_ref().map(|b| b.as_ref()))
     }
     fn set(&self, k: Vec<u8>, v: Vec<u8>) {
         self.writes.borrow_mut().insert(k, Some(v));
@@ -208,7 +201,7 @@ impl SledTxn<'_> {
     }
 }
 
-impl Txn for SledTxn<'_> {
+impl<E: Engine> Txn for KvTxn<'_, E> {
     fn incident(&self, k: &IncidentKey) -> Result<Option<Incident>, StoreError> {
         self.get(&incident_key(k))
     }
@@ -305,10 +298,10 @@ impl Txn for SledTxn<'_> {
     }
 }
 
-impl Group for SledGroup<'_> {
+impl<E: Engine> Group for KvGroup<'_, E> {
     fn run(&mut self, f: &dyn Fn(&dyn Txn) -> Result<(), StoreError>) -> Result<(), StoreError> {
-        let txn = SledTxn {
-            tree: &self.backend.tree,
+        let txn = KvTxn {
+            engine: &self.backend.engine,
             ids: &self.backend.ids,
             group: &self.pending,
             writes: RefCell::new(Overlay::new()),
@@ -329,41 +322,30 @@ impl Group for SledGroup<'_> {
             self.pending
                 .insert(key(META, &[b"id"]), Some(r.to_be_bytes().to_vec()));
         }
-        if !self.pending.is_empty() {
-            let mut batch = sled::Batch::default();
-            for (k, v) in self.pending {
-                match v {
-                    Some(v) => batch.insert(k, v),
-                    None => batch.remove(k),
-                }
-            }
-            self.backend.tree.apply_batch(batch)?;
-        }
+        self.backend.engine.commit(self.pending)?;
         if let Some(r) = reserve {
             self.backend.ids.lock().expect("id lock").reserved = r;
         }
-        self.backend.db.flush()?;
         Ok(())
     }
 }
 
-impl Backend for SledBackend {
+impl<E: Engine> Backend for KvBackend<E> {
     fn group(&self) -> Box<dyn Group + '_> {
-        Box::new(SledGroup {
+        Box::new(KvGroup {
             backend: self,
             pending: Overlay::new(),
         })
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
-        Ok(())
+        self.engine.sync()
     }
 
     fn incident(&self, k: &IncidentKey) -> Result<Option<Incident>, StoreError> {
-        self.tree
-            .get(incident_key(k))?
-            .map(|v| decode(&v))
+        self.engine
+            .get(&incident_key(k))?
+            .map(|v| decode(v.as_ref()))
             .transpose()
     }
 
@@ -375,11 +357,13 @@ impl Backend for SledBackend {
         limit: usize,
     ) -> Result<Vec<Update>, StoreError> {
         let start = seq_key(integration, after.saturating_add(1));
-        let end = seq_key(integration, upto);
-        self.tree
-            .range(start..=end)
-            .take(limit)
-            .map(|r| decode(&r?.1))
+        // The smallest key past `upto`'s, so that `upto` itself is included.
+        let mut end = seq_key(integration, upto);
+        end.push(0);
+        self.engine
+            .range(&start, &end, limit)?
+            .iter()
+            .map(|(_, v)| decode(v.as_ref()))
             .collect()
     }
 
@@ -397,10 +381,10 @@ impl Backend for SledBackend {
             }
             None => vec![INCIDENTS],
         };
-        self.tree
-            .range(start..vec![INCIDENTS + 1])
-            .take(limit)
-            .map(|r| decode(&r?.1))
+        self.engine
+            .range(&start, &[INCIDENTS + 1], limit)?
+            .iter()
+            .map(|(_, v)| decode(v.as_ref()))
             .collect()
     }
 
@@ -425,16 +409,15 @@ impl Backend for SledBackend {
     }
 }
 
-impl SledBackend {
+impl<E: Engine> KvBackend<E> {
     /// The `m name\0 integration -> u64` counters, by integration.
     fn counters(&self, name: &[u8]) -> Result<HashMap<String, u64>, StoreError> {
         let prefix = key(META, &[name, b""]);
         let mut out = HashMap::new();
-        for r in self.tree.scan_prefix(&prefix) {
-            let (k, v) = r?;
+        for (k, v) in self.prefixed(&prefix, usize::MAX)? {
             out.insert(
-                String::from_utf8_lossy(&k[prefix.len()..]).into_owned(),
-                counter(&v)?,
+                String::from_utf8_lossy(&k.as_ref()[prefix.len()..]).into_owned(),
+                counter(v.as_ref())?,
             );
         }
         Ok(out)
@@ -444,8 +427,11 @@ impl SledBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::engine::{self, EngineKind};
 
-    fn ids(backend: &SledBackend, n: usize) -> Vec<u64> {
+    const ENGINES: [EngineKind; 2] = [EngineKind::Fjall, EngineKind::Sled];
+
+    fn ids(backend: &dyn Backend, n: usize) -> Vec<u64> {
         let out = RefCell::new(Vec::new());
         let mut group = backend.group();
         for _ in 0..n {
@@ -462,56 +448,106 @@ mod tests {
 
     #[test]
     fn ids_increase_across_reopen_and_reservations() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut seen = Vec::new();
-        for round in 0..3 {
-            // sled's background threads may hold the previous handle's file lock for a
-            // moment after it is dropped.
-            let mut tries = 0;
-            let backend = loop {
-                match SledBackend::open(dir.path(), 1 << 20) {
-                    Ok(b) => break b,
-                    Err(e) if tries < 100 => {
-                        tries += 1;
-                        eprintln!("reopen: {e}");
-                        std::thread::sleep(std::time::Duration::from_millis(50));
+        for kind in ENGINES {
+            let dir = tempfile::tempdir().unwrap();
+            let mut seen = Vec::new();
+            for round in 0..3 {
+                // An engine's background threads may hold the previous handle's file
+                // lock for a moment after it is dropped.
+                let mut tries = 0;
+                let backend = loop {
+                    match engine::open(kind, dir.path(), 1 << 20) {
+                        Ok(b) => break b,
+                        Err(e) if tries < 100 => {
+                            tries += 1;
+                            eprintln!("reopen: {e}");
+                            std::thread::sleep(std::time::Duration::from_millis(50));
+                        }
+                        Err(e) => panic!("cannot reopen the {kind:?} store: {e}"),
                     }
-                    Err(e) => panic!("cannot reopen the store: {e}"),
-                }
-            };
-            // Cross a reservation block boundary in the middle round.
-            let n = if round == 1 {
-                ID_BLOCK as usize + 10
-            } else {
-                5
-            };
-            seen.extend(ids(&backend, n));
-            backend.flush().unwrap();
+                };
+                // Cross a reservation block boundary in the middle round.
+                let n = if round == 1 {
+                    ID_BLOCK as usize + 10
+                } else {
+                    5
+                };
+                seen.extend(ids(&*backend, n));
+                backend.flush().unwrap();
+            }
+            assert!(
+                seen.windows(2).all(|w| w[0] < w[1]),
+                "{kind:?}: ids must only grow: {seen:?}"
+            );
         }
-        assert!(
-            seen.windows(2).all(|w| w[0] < w[1]),
-            "ids must only grow: {seen:?}"
-        );
     }
 
     #[test]
     fn records_from_a_failed_operation_are_not_written() {
-        let dir = tempfile::tempdir().unwrap();
-        let backend = SledBackend::open(dir.path(), 1 << 20).unwrap();
-        let mut group = backend.group();
-        let k = IncidentKey::new("servicenow", "INC1");
-        let err = group.run(&|txn| {
-            txn.put_reference("A1", "INC1", &k)?;
-            Err(StoreError::Database("refused".into()))
-        });
-        assert!(err.is_err());
-        group.commit().unwrap();
-        let mut group = backend.group();
-        group
-            .run(&|txn| {
-                assert_eq!(txn.by_reference("A1", "INC1")?, None);
-                Ok(())
-            })
-            .unwrap();
+        for kind in ENGINES {
+            let dir = tempfile::tempdir().unwrap();
+            let backend = engine::open(kind, dir.path(), 1 << 20).unwrap();
+            let mut group = backend.group();
+            let k = IncidentKey::new("servicenow", "INC1");
+            let err = group.run(&|txn| {
+                txn.put_reference("A1", "INC1", &k)?;
+                Err(StoreError::Database("refused".into()))
+            });
+            assert!(err.is_err());
+            group.commit().unwrap();
+            let mut group = backend.group();
+            group
+                .run(&|txn| {
+                    assert_eq!(txn.by_reference("A1", "INC1")?, None, "{kind:?}");
+                    Ok(())
+                })
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn updates_between_includes_both_ends_and_stays_in_its_integration() {
+        for kind in ENGINES {
+            let dir = tempfile::tempdir().unwrap();
+            let backend = engine::open(kind, dir.path(), 1 << 20).unwrap();
+            let mut group = backend.group();
+            for integration in ["a", "ab"] {
+                for _ in 0..5 {
+                    group
+                        .run(&|txn| {
+                            let sequence = txn.next_sequence(integration)?;
+                            txn.put_update(&Update {
+                                sequence,
+                                integration: integration.into(),
+                                incident_reference: "INC1".into(),
+                                incident_id: None,
+                                customer_number: "A1".into(),
+                                kind: crate::incident::UpdateKind::Ack,
+                                state: crate::incident::State::Acknowledged,
+                                response_code: None,
+                                response_text: None,
+                                sla_time: None,
+                                event_time: None,
+                                received_at: jiff::Timestamp::UNIX_EPOCH,
+                            })
+                        })
+                        .unwrap();
+                }
+            }
+            group.commit().unwrap();
+            let seqs = |after, upto, limit| -> Vec<u64> {
+                backend
+                    .updates_between("a", after, upto, limit)
+                    .unwrap()
+                    .iter()
+                    .map(|u| u.sequence)
+                    .collect()
+            };
+            assert_eq!(seqs(1, 4, 10), vec![2, 3, 4], "{kind:?}");
+            assert_eq!(seqs(0, u64::MAX, 10), vec![1, 2, 3, 4, 5], "{kind:?}");
+            assert_eq!(seqs(0, 5, 2), vec![1, 2], "{kind:?}");
+            let last = backend.last_sequences().unwrap();
+            assert_eq!((last["a"], last["ab"]), (5, 5), "{kind:?}");
+        }
     }
 }
