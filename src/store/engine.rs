@@ -36,6 +36,9 @@ impl EngineKind {
     }
 }
 
+/// Key and value of one stored entry.
+pub type Entry<B> = (B, B);
+
 /// An ordered key-value engine.
 pub trait Engine: Send + Sync + 'static {
     /// The bytes of a stored value, without a copy where the engine allows.
@@ -52,7 +55,7 @@ pub trait Engine: Send + Sync + 'static {
         start: &[u8],
         end: &[u8],
         limit: usize,
-    ) -> Result<Vec<(Self::Bytes, Self::Bytes)>, StoreError>;
+    ) -> Result<Vec<Entry<Self::Bytes>>, StoreError>;
 }
 
 /// Opens (or creates) the store at `path` with the engine `kind`, refusing a directory
@@ -178,7 +181,7 @@ impl Engine for FjallEngine {
         start: &[u8],
         end: &[u8],
         limit: usize,
-    ) -> Result<Vec<(fjall::Slice, fjall::Slice)>, StoreError> {
+    ) -> Result<Vec<Entry<fjall::Slice>>, StoreError> {
         self.keyspace
             .range(start..end)
             .take(limit)
@@ -250,7 +253,7 @@ impl Engine for SledEngine {
         start: &[u8],
         end: &[u8],
         limit: usize,
-    ) -> Result<Vec<(sled::IVec, sled::IVec)>, StoreError> {
+    ) -> Result<Vec<Entry<sled::IVec>>, StoreError> {
         self.tree
             .range(start..end)
             .take(limit)

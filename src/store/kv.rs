@@ -18,7 +18,7 @@
 //!
 //! Binary records and JSON records: see [`super::codec`].
 
-use super::engine::{prefix_end, Engine, Writes};
+use super::engine::{prefix_end, Engine, Entry, Writes};
 use super::records::{DeadLetter, Job, Orphan};
 use super::{Backend, Group, StoreError, Txn};
 use crate::incident::{Incident, IncidentKey, Update};
@@ -121,11 +121,7 @@ impl<E: Engine> KvBackend<E> {
     }
 
     /// All entries whose key starts with `prefix`, in key order, at most `limit`.
-    fn prefixed(
-        &self,
-        prefix: &[u8],
-        limit: usize,
-    ) -> Result<Vec<(E::Bytes, E::Bytes)>, StoreError> {
+    fn prefixed(&self, prefix: &[u8], limit: usize) -> Result<Vec<Entry<E::Bytes>>, StoreError> {
         match prefix_end(prefix) {
             Some(end) => self.engine.range(prefix, &end, limit),
             None => Err(StoreError::Corrupt("unbounded key prefix".into())),
