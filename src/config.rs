@@ -763,6 +763,23 @@ auth = { type = "header", name = "x-api-key", value_env = "KEY" }
     }
 
     #[test]
+    fn store_engine_is_fjall_unless_sled_is_named() {
+        let c = Config::parse(GOOD, "gateway.toml", false, &env).unwrap();
+        assert_eq!(c.store.engine, crate::store::engine::EngineKind::Fjall);
+        let text = format!("{GOOD}\n[store]\nengine = \"sled\"\n");
+        let c = Config::parse(&text, "gateway.toml", false, &env).unwrap();
+        assert_eq!(c.store.engine, crate::store::engine::EngineKind::Sled);
+        let text = format!("{GOOD}\n[store]\nengine = \"rocksdb\"\n");
+        let msg = Config::parse(&text, "gateway.toml", false, &env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("rocksdb") && msg.contains("fjall") && msg.contains("sled"),
+            "{msg}"
+        );
+    }
+
+    #[test]
     fn the_shipped_example_is_valid() {
         let text = include_str!("../deploy/gateway.example.toml");
         Config::parse(text, "deploy/gateway.example.toml", false, &|_| {

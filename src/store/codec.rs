@@ -3,7 +3,7 @@
 //! The hot records (incidents, updates, outbox jobs) are written in a compact binary form:
 //! a one-byte format tag followed by postcard, about half the size of JSON and several
 //! times cheaper to encode and decode on the writer thread. Rare records (dead letters,
-//! orphans) stay JSON so an operator can read them with any sled tool. Decoding looks at
+//! orphans) stay JSON so an operator can read them in any dump of the keyspace. Decoding looks at
 //! the first byte, so a record in either form is readable: JSON records start with `{`.
 //!
 //! postcard is not self-describing, so a stored type must not skip fields when

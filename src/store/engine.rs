@@ -122,7 +122,7 @@ pub struct FjallEngine {
 }
 
 /// Largest memtable before fjall flushes it to a table file. fjall's default (64 MiB)
-/// would be most of the gateway's memory; at 8 MiB a memtable holds about 10,000 incidents.
+/// would be most of the gateway's memory; 8 MiB holds about 10,000 incidents.
 const MEMTABLE_BYTES: u64 = 8 << 20;
 
 impl From<fjall::Error> for StoreError {
@@ -137,6 +137,9 @@ impl FjallEngine {
             .cache_size(cache_bytes)
             // The writer decides when the journal reaches the disk: once per group commit.
             .manual_journal_persist(true)
+            // One background worker for memtable flushes and compactions: a second one
+            // competes with request handling for the cores and adds latency spikes.
+            .worker_threads(1)
             .open()
             .map_err(|e| {
                 StoreError::Database(format!("cannot open store at {}: {e}", path.display()))

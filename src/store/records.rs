@@ -1,6 +1,6 @@
 //! Records the store keeps besides incidents and updates: outbox jobs, dead letters and
 //! orphans. Jobs are stored in the compact binary form; dead letters and orphans as JSON
-//! so an operator can read them with any sled tool (see [`super::codec`]).
+//! so an operator can read them in any dump of the keyspace (see [`super::codec`]).
 
 use crate::incident::IncidentKey;
 use jiff::Timestamp;
