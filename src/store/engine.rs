@@ -141,8 +141,12 @@ impl FjallEngine {
             // competes with request handling for the cores and adds latency spikes.
             .worker_threads(1)
             .open()
-            .map_err(|e| {
-                StoreError::Database(format!("cannot open store at {}: {e}", path.display()))
+            .map_err(|e| match e {
+                fjall::Error::Locked => StoreError::Database(format!(
+                    "the store at {} is in use by another process (one gateway per store directory)",
+                    path.display()
+                )),
+                e => StoreError::Database(format!("cannot open store at {}: {e}", path.display())),
             })?;
         let keyspace = db.keyspace("gateway", || {
             fjall::KeyspaceCreateOptions::default()
@@ -304,6 +308,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         exercise(&FjallEngine::open(&dir.path().join("f"), 1 << 20).unwrap());
         exercise(&SledEngine::open(&dir.path().join("s"), 1 << 20).unwrap());
+    }
+
+    #[test]
+    fn a_second_gateway_cannot_open_a_store_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = open(EngineKind::Fjall, dir.path(), 1 << 20).unwrap();
+        let err = open(EngineKind::Fjall, dir.path(), 1 << 20)
+            .err()
+            .expect("two writers on one fjall directory")
+            .to_string();
+        assert!(err.contains("in use by another process"), "{err}");
+        drop(first);
+        let dir = tempfile::tempdir().unwrap();
+        let first = open(EngineKind::Sled, dir.path(), 1 << 20).unwrap();
+        assert!(
+            open(EngineKind::Sled, dir.path(), 1 << 20).is_err(),
+            "two writers on one sled directory"
+        );
+        drop(first);
     }
 
     #[test]
