@@ -253,6 +253,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         Scheduler::new("tools", Arc::new(tool_runner)).run(tool_jobs, tool_rx, shutdown.clone()),
     ));
 
+    // Health comes back by itself when the disk does (see Store::probe_while_failing).
+    tokio::spawn(
+        store
+            .clone()
+            .probe_while_failing(Duration::from_secs(5), shutdown.clone()),
+    );
+
     if config.store.retention_days > 0 {
         // Not joined at shutdown: a pass cut short by the store closing is simply
         // repeated at the next start.

@@ -128,7 +128,7 @@ pub fn routes(state: HttpState, max_callback_bytes: usize) -> Router {
             post(crate::loomis::callback::receive)
                 .layer(axum::extract::DefaultBodyLimit::max(max_callback_bytes)),
         )
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/v1/admin/dead-letters", get(list_dead_letters))
@@ -234,17 +234,42 @@ async fn wrong_method(method: http::Method, uri: http::Uri, headers: HeaderMap) 
     )
 }
 
+/// How long the store may fail to flush before liveness fails too. Some failures do not
+/// pass in a running process (an engine refuses all writes after a failed fsync, as it
+/// must: the kernel may have dropped the unwritten pages), so the process should be
+/// restarted; a shorter outage only makes the gateway unready.
+pub const STORE_FAILURE_LIVENESS: Duration = Duration::from_secs(60);
+
+async fn healthz(State(s): State<HttpState>) -> Response {
+    match s.gateway.store().failing_for() {
+        Some(d) if d >= STORE_FAILURE_LIVENESS => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "store failing for {}s: restart the gateway once the disk is writable \
+                 (everything acknowledged is on disk)\n",
+                d.as_secs()
+            ),
+        )
+            .into_response(),
+        _ => "ok\n".into_response(),
+    }
+}
+
 async fn readyz(State(s): State<HttpState>) -> Response {
-    let ready = s.ready.load(std::sync::atomic::Ordering::Relaxed);
+    let started = s.ready.load(std::sync::atomic::Ordering::Relaxed);
     let store = s.gateway.store().is_healthy();
-    let status = if ready && store {
+    let status = if started && store {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (
         status,
-        Json(json!({"ready": ready, "store": if store {"ok"} else {"failing"}})),
+        Json(json!({
+            "ready": started && store,
+            "started": started,
+            "store": if store {"ok"} else {"failing"},
+        })),
     )
         .into_response()
 }

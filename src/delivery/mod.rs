@@ -86,8 +86,13 @@ impl RetryPolicy {
 }
 
 /// Settles `job` in the store with `events`, and tells the scheduler what follows: done,
-/// or (for a reschedule) the job's next attempt. If the store itself fails, the job is
-/// retried shortly, so no outcome is lost.
+/// or (for a reschedule) the job's next attempt.
+///
+/// If the store itself fails, the same settlement is written again (after 1 s, doubling
+/// up to 30 s) until the store takes it: the message was sent and its answer is known,
+/// so sending it again would only make a duplicate. Until then the job keeps its
+/// delivery slot. If the gateway stops first, the job is still in the outbox and is
+/// treated as possibly delivered at the next start (see `recovered`).
 pub async fn settle(
     gateway: &crate::gateway::Gateway,
     job: &crate::store::records::Job,
@@ -98,14 +103,41 @@ pub async fn settle(
         crate::gateway::JobAction::Reschedule(j) => Some(j.clone()),
         _ => None,
     };
-    match gateway.settle(job.incident.clone(), events, action).await {
-        Ok(_) => match next {
-            Some(j) => scheduler::Verdict::Retry(j),
-            None => scheduler::Verdict::Done,
-        },
-        Err(e) => {
-            tracing::error!(error = %e, job = job.id, "cannot settle a delivery; will try again");
-            retry_soon(job)
+    let mut wait = Duration::from_secs(1);
+    let mut failures = 0u32;
+    loop {
+        match gateway
+            .settle(job.incident.clone(), events.clone(), action.clone())
+            .await
+        {
+            Ok(_) => {
+                if failures > 0 {
+                    tracing::info!(
+                        job = job.id,
+                        failures,
+                        "delivery settled after the store recovered"
+                    );
+                }
+                return match next {
+                    Some(j) => scheduler::Verdict::Retry(j),
+                    None => scheduler::Verdict::Done,
+                };
+            }
+            Err(crate::store::StoreError::Closed) => {
+                // Shutting down: the job stays in the outbox for the next start.
+                return retry_soon(job);
+            }
+            Err(e) => {
+                failures += 1;
+                metrics::counter!("gateway_settle_retries_total").increment(1);
+                // One line at the first failure and then about every five minutes.
+                if failures == 1 || failures % 10 == 0 {
+                    tracing::error!(error = %e, job = job.id, failures,
+                        "cannot record a delivery outcome; writing it again, not resending");
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(30));
+            }
         }
     }
 }
@@ -293,6 +325,80 @@ pub fn snippet(body: &[u8]) -> String {
 mod tests {
     use super::*;
     use rand::SeedableRng;
+
+    /// A Dispatch that Loomis accepted while the store could not record it: the outcome
+    /// is written again until the store takes it, and the Dispatch is not sent again.
+    #[tokio::test]
+    async fn a_settlement_the_store_refuses_is_written_again_not_resent() {
+        use crate::gateway::{Gateway, IntegrationInfo, JobAction};
+        use crate::incident::machine::Event;
+        use crate::incident::State;
+        use crate::store::records::Target;
+        use crate::store::testing::Flaky;
+        use std::sync::atomic::Ordering;
+
+        let dir = tempfile::tempdir().unwrap();
+        let (backend, fail) = Flaky::open(dir.path());
+        let store = crate::store::Store::new(backend);
+        let (jobs_tx, mut jobs) = tokio::sync::mpsc::unbounded_channel();
+        store.attach_jobs(Target::Loomis, jobs_tx);
+        let gw = Gateway::new(
+            store.clone(),
+            vec![IntegrationInfo {
+                name: "servicenow".into(),
+                delivers: false,
+            }],
+        );
+        let dispatch = crate::loomis::message::Dispatch {
+            message_type: "Dispatch".into(),
+            customer_number: "A123456".into(),
+            incident_reference: "INC1".into(),
+            device_id: "UG1234".into(),
+            contact_name: "John Smith".into(),
+            contact_number: "123-123-1234".into(),
+            contact_email: None,
+            subject: "Safe Door Issue".into(),
+            description: "Cannot open the door".into(),
+            fault_code: None,
+            fault_date_time: "2021-01-16T15:17:48Z".into(),
+        };
+        gw.submit("servicenow", dispatch).await.unwrap();
+        let job = jobs.recv().await.expect("the Dispatch job");
+
+        fail.store(true, Ordering::SeqCst);
+        let settling = {
+            let (gw, job) = (gw.clone(), job.clone());
+            tokio::spawn(async move {
+                settle(
+                    &gw,
+                    &job,
+                    vec![Event::DispatchDelivered { status: 200 }],
+                    JobAction::Remove(job.id),
+                )
+                .await
+            })
+        };
+        // The first write fails; settle must neither give up nor hand the job back for
+        // another attempt (which would send the Dispatch again).
+        for _ in 0..200 {
+            if !store.is_healthy() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(!store.is_healthy(), "the refused write was seen");
+        assert!(
+            !settling.is_finished(),
+            "settle waits for the store, it does not return the job"
+        );
+        fail.store(false, Ordering::SeqCst);
+        let verdict = settling.await.unwrap();
+        assert!(matches!(verdict, scheduler::Verdict::Done), "{verdict:?}");
+        let inc = gw.get("servicenow", "INC1").unwrap().unwrap();
+        assert_eq!(inc.state, State::Sent);
+        assert!(store.jobs().unwrap().is_empty(), "the job left the outbox");
+        store.close().await;
+    }
 
     fn policy() -> RetryPolicy {
         RetryPolicy {

@@ -221,11 +221,36 @@ pub struct Store {
     watermarks: Arc<Watermarks>,
     job_sinks: Arc<Mutex<HashMap<Target, mpsc::UnboundedSender<Job>>>>,
     stats: Arc<CommitStats>,
-    healthy: Arc<AtomicBool>,
+    health: Arc<Health>,
     writer_done: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
     closing: Arc<AtomicBool>,
     /// Per integration, the last update sequence retention may have removed.
     pruned: Arc<RwLock<HashMap<String, u64>>>,
+}
+
+/// Whether the writer's flushes succeed.
+struct Health {
+    ok: AtomicBool,
+    failing_since: Mutex<Option<std::time::Instant>>,
+}
+
+impl Health {
+    fn new() -> Self {
+        Health {
+            ok: AtomicBool::new(true),
+            failing_since: Mutex::new(None),
+        }
+    }
+
+    fn record(&self, ok: bool) {
+        self.ok.store(ok, Ordering::Relaxed);
+        let mut since = self.failing_since.lock().expect("health lock");
+        match (ok, *since) {
+            (true, _) => *since = None,
+            (false, None) => *since = Some(std::time::Instant::now()),
+            (false, Some(_)) => {}
+        }
+    }
 }
 
 /// The most write requests one group commit takes; more wait for the next flush.
@@ -253,7 +278,7 @@ impl Store {
         let pruned = Arc::new(RwLock::new(backend.pruned_sequences().unwrap_or_default()));
         let job_sinks: Arc<Mutex<HashMap<Target, mpsc::UnboundedSender<Job>>>> = Arc::default();
         let stats = Arc::new(CommitStats::default());
-        let healthy = Arc::new(AtomicBool::new(true));
+        let health = Arc::new(Health::new());
         let closing = Arc::new(AtomicBool::new(false));
         let handle = {
             let closing = closing.clone();
@@ -261,11 +286,11 @@ impl Store {
             let watermarks = watermarks.clone();
             let job_sinks = job_sinks.clone();
             let stats = stats.clone();
-            let healthy = healthy.clone();
+            let health = health.clone();
             std::thread::Builder::new()
                 .name("store-writer".into())
                 .spawn(move || {
-                    writer_loop(rx, backend, watermarks, job_sinks, stats, healthy, closing)
+                    writer_loop(rx, backend, watermarks, job_sinks, stats, health, closing)
                 })
                 .expect("spawn store writer thread")
         };
@@ -275,7 +300,7 @@ impl Store {
             watermarks,
             job_sinks,
             stats,
-            healthy,
+            health,
             writer_done: Arc::new(Mutex::new(Some(handle))),
             closing,
             pruned,
@@ -415,9 +440,37 @@ impl Store {
         &self.stats
     }
 
-    /// False once a flush has failed: readiness reports it and gRPC health says NOT_SERVING.
+    /// False once a flush has failed, until one succeeds again: readiness reports it and
+    /// gRPC health says NOT_SERVING.
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.health.ok.load(Ordering::Relaxed)
+    }
+
+    /// How long flushes have been failing (`None` while they succeed).
+    pub fn failing_for(&self) -> Option<std::time::Duration> {
+        self.health
+            .failing_since
+            .lock()
+            .expect("health lock")
+            .map(|t| t.elapsed())
+    }
+
+    /// While flushes fail, tries an empty one every `every` until `shutdown`, so that
+    /// health turns back once the disk does, without waiting for traffic.
+    pub async fn probe_while_failing(
+        self,
+        every: std::time::Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            if !self.is_healthy() {
+                let _ = self.write(|_tx| Ok(())).await;
+            }
+        }
     }
 
     /// Stops the writer after it has committed and flushed everything queued before,
@@ -440,7 +493,7 @@ fn writer_loop(
     watermarks: Arc<Watermarks>,
     job_sinks: Arc<Mutex<HashMap<Target, mpsc::UnboundedSender<Job>>>>,
     stats: Arc<CommitStats>,
-    healthy: Arc<AtomicBool>,
+    health: Arc<Health>,
     closing: Arc<AtomicBool>,
 ) {
     let mut batch: Vec<WriteOp> = Vec::with_capacity(256);
@@ -468,7 +521,7 @@ fn writer_loop(
         metrics::counter!("gateway_store_flushes_total").increment(1);
         match &flushed {
             Ok(()) => {
-                healthy.store(true, Ordering::Relaxed);
+                health.record(true);
                 // Watermarks first: a job handed out below may read its update at once.
                 for (integration, seq) in effects.watermarks.drain() {
                     watermarks.advance(&integration, seq);
@@ -483,7 +536,7 @@ fn writer_loop(
                 }
             }
             Err(e) => {
-                healthy.store(false, Ordering::Relaxed);
+                health.record(false);
                 tracing::error!(error = %e, "store flush failed; answering the batch with an error");
             }
         }
@@ -495,4 +548,134 @@ fn writer_loop(
         }
     }
     let _ = backend.flush();
+}
+
+/// A backend whose group commits can be made to fail, for tests of what the gateway does
+/// while the disk refuses writes.
+#[cfg(test)]
+pub mod testing {
+    use super::*;
+
+    pub struct Flaky {
+        inner: Arc<dyn Backend>,
+        pub fail: Arc<AtomicBool>,
+    }
+
+    impl Flaky {
+        /// A fjall store in `dir` that fails while `fail` is set.
+        pub fn open(dir: &std::path::Path) -> (Arc<Flaky>, Arc<AtomicBool>) {
+            let fail = Arc::new(AtomicBool::new(false));
+            let inner = engine::open(engine::EngineKind::Fjall, dir, 1 << 20).unwrap();
+            (
+                Arc::new(Flaky {
+                    inner,
+                    fail: fail.clone(),
+                }),
+                fail,
+            )
+        }
+    }
+
+    struct FlakyGroup<'a> {
+        inner: Box<dyn Group + 'a>,
+        fail: bool,
+    }
+
+    impl Group for FlakyGroup<'_> {
+        fn run(
+            &mut self,
+            f: &dyn Fn(&dyn Txn) -> Result<(), StoreError>,
+        ) -> Result<(), StoreError> {
+            self.inner.run(f)
+        }
+        fn commit(self: Box<Self>) -> Result<(), StoreError> {
+            if self.fail {
+                return Err(StoreError::Database("No space left on device".into()));
+            }
+            self.inner.commit()
+        }
+    }
+
+    impl Backend for Flaky {
+        fn group(&self) -> Box<dyn Group + '_> {
+            Box::new(FlakyGroup {
+                inner: self.inner.group(),
+                fail: self.fail.load(Ordering::SeqCst),
+            })
+        }
+        fn flush(&self) -> Result<(), StoreError> {
+            self.inner.flush()
+        }
+        fn incident(&self, key: &IncidentKey) -> Result<Option<Incident>, StoreError> {
+            self.inner.incident(key)
+        }
+        fn updates_between(
+            &self,
+            integration: &str,
+            after: u64,
+            upto: u64,
+            limit: usize,
+        ) -> Result<Vec<Update>, StoreError> {
+            self.inner.updates_between(integration, after, upto, limit)
+        }
+        fn last_sequences(&self) -> Result<HashMap<String, u64>, StoreError> {
+            self.inner.last_sequences()
+        }
+        fn jobs(&self) -> Result<Vec<Job>, StoreError> {
+            self.inner.jobs()
+        }
+        fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+            self.inner.dead_letters(limit)
+        }
+        fn orphans(&self, limit: usize) -> Result<Vec<Orphan>, StoreError> {
+            self.inner.orphans(limit)
+        }
+        fn incidents_after(
+            &self,
+            after: Option<&IncidentKey>,
+            limit: usize,
+        ) -> Result<Vec<Incident>, StoreError> {
+            self.inner.incidents_after(after, limit)
+        }
+        fn pruned_sequences(&self) -> Result<HashMap<String, u64>, StoreError> {
+            self.inner.pruned_sequences()
+        }
+    }
+
+    #[tokio::test]
+    async fn health_fails_with_the_disk_and_comes_back_without_traffic() {
+        let dir = tempfile::tempdir().unwrap();
+        let (backend, fail) = Flaky::open(dir.path());
+        let store = Store::new(backend);
+        store.write(|_| Ok(())).await.unwrap();
+        assert!(store.is_healthy() && store.failing_for().is_none());
+        fail.store(true, Ordering::SeqCst);
+        assert!(store.write(|_| Ok(())).await.is_err());
+        assert!(!store.is_healthy());
+        assert!(store.failing_for().is_some());
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let probe = tokio::spawn(
+            store
+                .clone()
+                .probe_while_failing(std::time::Duration::from_millis(20), shutdown.clone()),
+        );
+        // Still failing: the probe's empty writes fail too.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(!store.is_healthy());
+        fail.store(false, Ordering::SeqCst);
+        for _ in 0..500 {
+            if store.is_healthy() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(
+            store.is_healthy(),
+            "the probe's write succeeded, health must say so"
+        );
+        assert!(store.failing_for().is_none());
+        shutdown.cancel();
+        probe.await.unwrap();
+        store.close().await;
+    }
 }
