@@ -123,7 +123,7 @@ async fn run() {
     }
 
     latency(&running, &mut client).await;
-    running.stop().await;
+    running.stop().await.unwrap();
 }
 
 async fn start(dir: &std::path::Path) -> Running {

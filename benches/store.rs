@@ -110,7 +110,7 @@ fn main() {
                     flushes as f64 / commits as f64,
                     cpu.as_secs_f64() * 1e6 / n as f64
                 );
-                store.close().await;
+                store.close().await.unwrap();
             });
         }
     }

@@ -322,7 +322,8 @@ impl Running {
     }
 
     /// Stops accepting, waits for in-flight work up to the grace period, flushes the store.
-    pub async fn stop(self) {
+    /// The error is the store's, if its last flush failed.
+    pub async fn stop(self) -> Result<(), crate::store::StoreError> {
         self.shutdown.cancel();
         let deadline = tokio::time::Instant::now() + self.grace;
         for h in self.servers.into_iter().chain(self.workers) {
@@ -334,8 +335,16 @@ impl Running {
         if let Some(sim) = self.simulator {
             sim.shutdown().await;
         }
-        self.gateway.store().close().await;
-        tracing::info!("gateway stopped; store flushed");
+        match self.gateway.store().close().await {
+            Ok(()) => {
+                tracing::info!("gateway stopped; store flushed");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "gateway stopped; the store's last flush failed (what was acknowledged had been flushed before)");
+                Err(e)
+            }
+        }
     }
 }
 
@@ -347,7 +356,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         _ = shutdown_signal() => tracing::info!("shutdown requested"),
         _ = token.cancelled() => {}
     }
-    running.stop().await;
+    running.stop().await?;
     Ok(())
 }
 

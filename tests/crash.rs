@@ -267,6 +267,6 @@ async fn kill_9_under_load_loses_nothing() {
             "{reference} never reached Loomis"
         );
     }
-    store.close().await;
+    store.close().await.unwrap();
     sim.shutdown().await;
 }

@@ -114,7 +114,7 @@ api_key_env = "OTHER_KEY"
     }
 
     async fn stop(self) {
-        self.running.stop().await;
+        self.running.stop().await.unwrap();
     }
 }
 

@@ -397,7 +397,7 @@ mod tests {
         let inc = gw.get("servicenow", "INC1").unwrap().unwrap();
         assert_eq!(inc.state, State::Sent);
         assert!(store.jobs().unwrap().is_empty(), "the job left the outbox");
-        store.close().await;
+        store.close().await.unwrap();
     }
 
     fn policy() -> RetryPolicy {

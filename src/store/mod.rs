@@ -474,16 +474,21 @@ impl Store {
     }
 
     /// Stops the writer after it has committed and flushed everything queued before,
-    /// and waits for its thread to end. Writes after this fail with `Closed`.
-    pub async fn close(&self) {
+    /// and waits for its thread to end. Writes after this fail with `Closed`. The error
+    /// is the last flush's, if it failed.
+    pub async fn close(&self) -> Result<(), StoreError> {
         self.closing.store(true, Ordering::SeqCst);
         // A last (empty) write wakes the writer; it exits after that batch's flush.
-        let _ = self.write(|_tx| Ok(())).await;
+        let last = self.write(|_tx| Ok(())).await;
         let handle = self.writer_done.lock().expect("writer handle lock").take();
         if let Some(h) = handle {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
-        let _ = self.backend.flush();
+        let flushed = self.backend.flush();
+        match last {
+            Err(StoreError::Closed) | Ok(()) => flushed,
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -676,6 +681,6 @@ pub mod testing {
         assert!(store.failing_for().is_none());
         shutdown.cancel();
         probe.await.unwrap();
-        store.close().await;
+        store.close().await.unwrap();
     }
 }

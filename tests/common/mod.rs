@@ -183,13 +183,13 @@ impl Harness {
 
     /// Graceful stop, then start again on the same store.
     pub async fn restart(&mut self) {
-        self.running.take().unwrap().stop().await;
+        self.running.take().unwrap().stop().await.unwrap();
         self.running = Some(boot(self.dir.path(), &self.options).await);
     }
 
     pub async fn stop(mut self) {
         if let Some(r) = self.running.take() {
-            r.stop().await;
+            r.stop().await.unwrap();
         }
     }
 
