@@ -5,7 +5,8 @@
 //!
 //! Run: `cargo bench --bench e2e` (env: `E2E_INCIDENTS`, default 50000; `E2E_LIFECYCLE=1` for
 //! Accept and Close callbacks too; `E2E_FRONT=grpc` for unary gRPC CreateIncident; `E2E_SENDERS`,
-//! default 64). The load tool, the simulator and the gateway share the machine's cores.
+//! default 64; `E2E_ENGINE=sled` for the sled store engine instead of fjall). The load
+//! tool, the simulator and the gateway share the machine's cores.
 
 use safepoint_gateway::grpc::proto::incident_gateway_client::IncidentGatewayClient;
 use safepoint_gateway::grpc::proto::CreateIncidentRequest;
@@ -85,8 +86,9 @@ fn main() {
         };
         let sim = Simulator::start(sim_cfg, tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
+        let engine = std::env::var("E2E_ENGINE").unwrap_or_else(|_| "fjall".into());
         let config = format!(
-            "[server]\nhttp_listen = \"127.0.0.1:{hp}\"\ngrpc_listen = \"127.0.0.1:{gp}\"\n[store]\npath = \"{}\"\n\
+            "[server]\nhttp_listen = \"127.0.0.1:{hp}\"\ngrpc_listen = \"127.0.0.1:{gp}\"\n[store]\npath = \"{}\"\nengine = \"{engine}\"\n\
 [loomis]\nurl = \"{}\"\n[callbacks]\nauth = {{ type = \"bearer\", token_env = \"CB_TOKEN\" }}\n[log]\nlevel = \"warn\"\n\
 [[integrations]]\nname = \"servicenow\"\ncustomer_number = \"A123456\"\nmapping = \"{}/mappings/servicenow.toml\"\napi_key_env = \"SN_KEY\"\n\
 [[integrations]]\nname = \"internal\"\ncustomer_number = \"A123458\"\nmapping = \"{}/mappings/internal-grpc.toml\"\napi_key_env = \"SN_KEY\"\n",
@@ -113,7 +115,7 @@ fn main() {
         }
         let rss_idle = vm_hwm_kib(pid);
         let front = if std::env::var("E2E_FRONT").is_ok_and(|v| v == "grpc") { "gRPC CreateIncident calls" } else { "XML" };
-        println!("e2e load: {n} incidents as {front}, {senders} concurrent senders, gateway pid {pid} (release), simulator in the load tool");
+        println!("e2e load: {n} incidents as {front}, {senders} concurrent senders, gateway pid {pid} (release, {engine} store), simulator in the load tool");
         let next = Arc::new(AtomicUsize::new(0));
         let (gw_cpu0, tool_cpu0) = (cpu_time(&pid.to_string()), cpu_time("self"));
         let started = Instant::now();
