@@ -128,8 +128,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             delivers: i.delivery.is_some(),
         })
         .collect();
-    let gateway = Gateway::new(store.clone(), infos);
     let shutdown = CancellationToken::new();
+    let gateway = Gateway::new(store.clone(), infos).stopping_with(shutdown.clone());
     let ready = Arc::new(AtomicBool::new(false));
 
     let http_listener = tokio::net::TcpListener::bind(config.http_listen)

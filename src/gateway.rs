@@ -90,6 +90,9 @@ pub enum JobAction {
 #[derive(Clone)]
 pub struct Gateway {
     store: Store,
+    /// Cancelled when the gateway starts to stop: work that waits for the store gives
+    /// up waiting (what it holds stays in the outbox).
+    stopping: tokio_util::sync::CancellationToken,
     integrations: Arc<HashMap<String, IntegrationInfo>>,
 }
 
@@ -101,8 +104,20 @@ impl Gateway {
             .collect();
         Gateway {
             store,
+            stopping: tokio_util::sync::CancellationToken::new(),
             integrations: Arc::new(integrations),
         }
+    }
+
+    /// The same gateway, stopping when `token` is cancelled.
+    pub fn stopping_with(mut self, token: tokio_util::sync::CancellationToken) -> Self {
+        self.stopping = token;
+        self
+    }
+
+    /// Cancelled when the gateway starts to stop.
+    pub fn stopping(&self) -> &tokio_util::sync::CancellationToken {
+        &self.stopping
     }
 
     pub fn store(&self) -> &Store {

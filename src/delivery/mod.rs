@@ -91,8 +91,8 @@ impl RetryPolicy {
 /// If the store itself fails, the same settlement is written again (after 1 s, doubling
 /// up to 30 s) until the store takes it: the message was sent and its answer is known,
 /// so sending it again would only make a duplicate. Until then the job keeps its
-/// delivery slot. If the gateway stops first, the job is still in the outbox and is
-/// treated as possibly delivered at the next start (see `recovered`).
+/// delivery slot. If the gateway stops first, it stops waiting; the job is still in the
+/// outbox and is treated as possibly delivered at the next start (see `recovered`).
 pub async fn settle(
     gateway: &crate::gateway::Gateway,
     job: &crate::store::records::Job,
@@ -135,7 +135,12 @@ pub async fn settle(
                     tracing::error!(error = %e, job = job.id, failures,
                         "cannot record a delivery outcome; writing it again, not resending");
                 }
-                tokio::time::sleep(wait).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    // Stopping: the job stays in the outbox and is treated as possibly
+                    // delivered at the next start.
+                    _ = gateway.stopping().cancelled() => return retry_soon(job),
+                }
                 wait = (wait * 2).min(Duration::from_secs(30));
             }
         }
@@ -326,16 +331,20 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
 
-    /// A Dispatch that Loomis accepted while the store could not record it: the outcome
-    /// is written again until the store takes it, and the Dispatch is not sent again.
-    #[tokio::test]
-    async fn a_settlement_the_store_refuses_is_written_again_not_resent() {
-        use crate::gateway::{Gateway, IntegrationInfo, JobAction};
-        use crate::incident::machine::Event;
-        use crate::incident::State;
+    struct Refused {
+        _dir: tempfile::TempDir,
+        store: crate::store::Store,
+        gw: crate::gateway::Gateway,
+        job: crate::store::records::Job,
+        fail: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    /// A gateway whose one Dispatch job is ready to settle, on a store that can be made
+    /// to refuse writes.
+    async fn refused_setup() -> Refused {
+        use crate::gateway::{Gateway, IntegrationInfo};
         use crate::store::records::Target;
         use crate::store::testing::Flaky;
-        use std::sync::atomic::Ordering;
 
         let dir = tempfile::tempdir().unwrap();
         let (backend, fail) = Flaky::open(dir.path());
@@ -348,7 +357,8 @@ mod tests {
                 name: "servicenow".into(),
                 delivers: false,
             }],
-        );
+        )
+        .stopping_with(tokio_util::sync::CancellationToken::new());
         let dispatch = crate::loomis::message::Dispatch {
             message_type: "Dispatch".into(),
             customer_number: "A123456".into(),
@@ -364,10 +374,23 @@ mod tests {
         };
         gw.submit("servicenow", dispatch).await.unwrap();
         let job = jobs.recv().await.expect("the Dispatch job");
+        Refused {
+            _dir: dir,
+            store,
+            gw,
+            job,
+            fail,
+        }
+    }
 
-        fail.store(true, Ordering::SeqCst);
+    /// Starts settling "Loomis answered 200" with the store refusing writes, and waits
+    /// until the store has refused the first attempt.
+    async fn settle_refused(r: &Refused) -> tokio::task::JoinHandle<scheduler::Verdict> {
+        use crate::gateway::JobAction;
+        use crate::incident::machine::Event;
+        r.fail.store(true, std::sync::atomic::Ordering::SeqCst);
         let settling = {
-            let (gw, job) = (gw.clone(), job.clone());
+            let (gw, job) = (r.gw.clone(), r.job.clone());
             tokio::spawn(async move {
                 settle(
                     &gw,
@@ -378,26 +401,59 @@ mod tests {
                 .await
             })
         };
-        // The first write fails; settle must neither give up nor hand the job back for
-        // another attempt (which would send the Dispatch again).
         for _ in 0..200 {
-            if !store.is_healthy() {
+            if !r.store.is_healthy() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        assert!(!store.is_healthy(), "the refused write was seen");
+        assert!(!r.store.is_healthy(), "the refused write was seen");
+        settling
+    }
+
+    /// A Dispatch that Loomis accepted while the store could not record it: the outcome
+    /// is written again until the store takes it, and the Dispatch is not sent again.
+    #[tokio::test]
+    async fn a_settlement_the_store_refuses_is_written_again_not_resent() {
+        let r = refused_setup().await;
+        let settling = settle_refused(&r).await;
+        // Settle must neither give up nor hand the job back for another attempt (which
+        // would send the Dispatch again).
         assert!(
             !settling.is_finished(),
             "settle waits for the store, it does not return the job"
         );
-        fail.store(false, Ordering::SeqCst);
+        r.fail.store(false, std::sync::atomic::Ordering::SeqCst);
         let verdict = settling.await.unwrap();
         assert!(matches!(verdict, scheduler::Verdict::Done), "{verdict:?}");
-        let inc = gw.get("servicenow", "INC1").unwrap().unwrap();
-        assert_eq!(inc.state, State::Sent);
-        assert!(store.jobs().unwrap().is_empty(), "the job left the outbox");
-        store.close().await.unwrap();
+        let inc = r.gw.get("servicenow", "INC1").unwrap().unwrap();
+        assert_eq!(inc.state, crate::incident::State::Sent);
+        assert!(
+            r.store.jobs().unwrap().is_empty(),
+            "the job left the outbox"
+        );
+        r.store.close().await.unwrap();
+    }
+
+    /// Stopping does not wait for a store that keeps refusing: settle lets go and the
+    /// job stays in the outbox for the next start.
+    #[tokio::test]
+    async fn stopping_ends_the_wait_for_a_refusing_store() {
+        let r = refused_setup().await;
+        let settling = settle_refused(&r).await;
+        r.gw.stopping().cancel();
+        let verdict = settling.await.unwrap();
+        assert!(
+            matches!(verdict, scheduler::Verdict::Retry(_)),
+            "{verdict:?}"
+        );
+        assert_eq!(
+            r.store.jobs().unwrap().len(),
+            1,
+            "the job is still in the outbox"
+        );
+        r.fail.store(false, std::sync::atomic::Ordering::SeqCst);
+        r.store.close().await.unwrap();
     }
 
     fn policy() -> RetryPolicy {

@@ -221,8 +221,18 @@ impl SledEngine {
             // background flush only bounds how much un-acknowledged work a crash drops.
             .flush_every_ms(Some(1000))
             .open()
-            .map_err(|e| {
-                StoreError::Database(format!("cannot open store at {}: {e}", path.display()))
+            .map_err(|e| match e {
+                // sled reports its directory lock as an I/O error of its own wording.
+                sled::Error::Io(io)
+                    if io.kind() == std::io::ErrorKind::WouldBlock
+                        || io.to_string().contains("could not acquire lock") =>
+                {
+                    StoreError::Database(format!(
+                        "the store at {} is in use by another process (one gateway per store directory)",
+                        path.display()
+                    ))
+                }
+                e => StoreError::Database(format!("cannot open store at {}: {e}", path.display())),
             })?;
         let tree = db.open_tree("gateway")?;
         Ok(SledEngine { db, tree })
@@ -322,10 +332,11 @@ mod tests {
         drop(first);
         let dir = tempfile::tempdir().unwrap();
         let first = open(EngineKind::Sled, dir.path(), 1 << 20).unwrap();
-        assert!(
-            open(EngineKind::Sled, dir.path(), 1 << 20).is_err(),
-            "two writers on one sled directory"
-        );
+        let err = open(EngineKind::Sled, dir.path(), 1 << 20)
+            .err()
+            .expect("two writers on one sled directory")
+            .to_string();
+        assert!(err.contains("in use by another process"), "{err}");
         drop(first);
     }
 
