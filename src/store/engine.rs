@@ -89,11 +89,11 @@ pub fn open(
 }
 
 /// Which engine's files a directory holds, if any: sled keeps `conf` and `db` at the top,
-/// fjall a `journals` (or `keyspaces`) folder.
+/// fjall a `keyspaces` folder beside its `*.jnl` journals.
 pub fn detect(path: &Path) -> Option<EngineKind> {
     if path.join("conf").is_file() && path.join("db").is_file() {
         Some(EngineKind::Sled)
-    } else if path.join("journals").is_dir() || path.join("keyspaces").is_dir() {
+    } else if path.join("keyspaces").is_dir() {
         Some(EngineKind::Fjall)
     } else {
         None
