@@ -100,6 +100,18 @@ pub fn detect(path: &Path) -> Option<EngineKind> {
     }
 }
 
+/// The refusal of a store directory another process holds open.
+fn in_use(path: &Path) -> StoreError {
+    StoreError::Database(format!(
+        "the store at {} is in use by another process (one gateway per store directory)",
+        path.display()
+    ))
+}
+
+fn cannot_open(path: &Path, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Database(format!("cannot open store at {}: {e}", path.display()))
+}
+
 /// The smallest key greater than every key starting with `prefix` (`None`: no bound).
 pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut end = prefix.to_vec();
@@ -142,11 +154,8 @@ impl FjallEngine {
             .worker_threads(1)
             .open()
             .map_err(|e| match e {
-                fjall::Error::Locked => StoreError::Database(format!(
-                    "the store at {} is in use by another process (one gateway per store directory)",
-                    path.display()
-                )),
-                e => StoreError::Database(format!("cannot open store at {}: {e}", path.display())),
+                fjall::Error::Locked => in_use(path),
+                e => cannot_open(path, e),
             })?;
         let keyspace = db.keyspace("gateway", || {
             fjall::KeyspaceCreateOptions::default()
@@ -227,12 +236,9 @@ impl SledEngine {
                     if io.kind() == std::io::ErrorKind::WouldBlock
                         || io.to_string().contains("could not acquire lock") =>
                 {
-                    StoreError::Database(format!(
-                        "the store at {} is in use by another process (one gateway per store directory)",
-                        path.display()
-                    ))
+                    in_use(path)
                 }
-                e => StoreError::Database(format!("cannot open store at {}: {e}", path.display())),
+                e => cannot_open(path, e),
             })?;
         let tree = db.open_tree("gateway")?;
         Ok(SledEngine { db, tree })

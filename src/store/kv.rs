@@ -136,21 +136,18 @@ impl<E: Engine> KvBackend<E> {
     }
 }
 
-/// Writes of a group not yet applied: key -> Some(value) or None (removed).
-type Overlay = Writes;
-
 /// A group commit in progress.
 struct KvGroup<'a, E: Engine> {
     backend: &'a KvBackend<E>,
-    pending: Overlay,
+    pending: Writes,
 }
 
 /// One operation of a group: reads see its own writes, then the group's, then the engine.
 struct KvTxn<'a, E: Engine> {
     engine: &'a E,
     ids: &'a std::sync::Mutex<Ids>,
-    group: &'a Overlay,
-    writes: RefCell<Overlay>,
+    group: &'a Writes,
+    writes: RefCell<Writes>,
 }
 
 impl<E: Engine> KvTxn<'_, E> {
@@ -300,7 +297,7 @@ impl<E: Engine> Group for KvGroup<'_, E> {
             engine: &self.backend.engine,
             ids: &self.backend.ids,
             group: &self.pending,
-            writes: RefCell::new(Overlay::new()),
+            writes: RefCell::new(Writes::new()),
         };
         f(&txn)?;
         let writes = txn.writes.into_inner();
@@ -330,7 +327,7 @@ impl<E: Engine> Backend for KvBackend<E> {
     fn group(&self) -> Box<dyn Group + '_> {
         Box::new(KvGroup {
             backend: self,
-            pending: Overlay::new(),
+            pending: Writes::new(),
         })
     }
 
