@@ -5,8 +5,11 @@
 //!
 //! Run: `cargo bench --bench e2e` (env: `E2E_INCIDENTS`, default 50000; `E2E_LIFECYCLE=1` for
 //! Accept and Close callbacks too; `E2E_FRONT=grpc` for unary gRPC CreateIncident; `E2E_SENDERS`,
-//! default 64; `E2E_ENGINE=sled` for the sled store engine instead of fjall). The load
-//! tool, the simulator and the gateway share the machine's cores.
+//! default 64; `E2E_ENGINE=sled` for the sled store engine instead of fjall;
+//! `E2E_LOOMIS=minimal` for a minimal Loomis stand-in instead of the simulator, see
+//! [`minimal_loomis`]; `E2E_LOOMIS_CONCURRENCY`, default 64, sets `loomis.concurrency`).
+//! The load tool, the Loomis side and the gateway share the machine's
+//! cores.
 
 use safepoint_gateway::grpc::proto::incident_gateway_client::IncidentGatewayClient;
 use safepoint_gateway::grpc::proto::CreateIncidentRequest;
@@ -85,15 +88,20 @@ fn main() {
             ..SimulatorConfig::default()
         };
         let sim = Simulator::start(sim_cfg, tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()).await.unwrap();
+        let minimal = std::env::var("E2E_LOOMIS").is_ok_and(|v| v == "minimal");
+        assert!(!(minimal && lifecycle), "E2E_LOOMIS=minimal sends no callbacks; it cannot run with E2E_LIFECYCLE=1");
+        let acked = Arc::new(AtomicUsize::new(0));
+        let loomis_url = if minimal { minimal_loomis(acked.clone()).await } else { sim.incidents_url() };
         let dir = tempfile::tempdir().unwrap();
         let engine = std::env::var("E2E_ENGINE").unwrap_or_else(|_| "fjall".into());
+        let loomis_concurrency = env_or("E2E_LOOMIS_CONCURRENCY", 64);
         let config = format!(
             "[server]\nhttp_listen = \"127.0.0.1:{hp}\"\ngrpc_listen = \"127.0.0.1:{gp}\"\n[store]\npath = \"{}\"\nengine = \"{engine}\"\n\
-[loomis]\nurl = \"{}\"\n[callbacks]\nauth = {{ type = \"bearer\", token_env = \"CB_TOKEN\" }}\n[log]\nlevel = \"warn\"\n\
+[loomis]\nurl = \"{}\"\nconcurrency = {loomis_concurrency}\n[callbacks]\nauth = {{ type = \"bearer\", token_env = \"CB_TOKEN\" }}\n[log]\nlevel = \"warn\"\n\
 [[integrations]]\nname = \"servicenow\"\ncustomer_number = \"A123456\"\nmapping = \"{}/mappings/servicenow.toml\"\napi_key_env = \"SN_KEY\"\n\
 [[integrations]]\nname = \"internal\"\ncustomer_number = \"A123458\"\nmapping = \"{}/mappings/internal-grpc.toml\"\napi_key_env = \"SN_KEY\"\n",
             dir.path().join("data").display(),
-            sim.incidents_url(),
+            loomis_url,
             env!("CARGO_MANIFEST_DIR"),
             env!("CARGO_MANIFEST_DIR")
         );
@@ -115,7 +123,8 @@ fn main() {
         }
         let rss_idle = vm_hwm_kib(pid);
         let front = if std::env::var("E2E_FRONT").is_ok_and(|v| v == "grpc") { "gRPC CreateIncident calls" } else { "XML" };
-        println!("e2e load: {n} incidents as {front}, {senders} concurrent senders, gateway pid {pid} (release, {engine} store), simulator in the load tool");
+        let loomis_side = if minimal { "minimal Loomis stand-in" } else { "simulator" };
+        println!("e2e load: {n} incidents as {front}, {senders} concurrent senders, gateway pid {pid} (release, {engine} store), {loomis_side} in the load tool");
         let next = Arc::new(AtomicUsize::new(0));
         let (gw_cpu0, tool_cpu0) = (cpu_time(&pid.to_string()), cpu_time("self"));
         let started = Instant::now();
@@ -197,7 +206,15 @@ fn main() {
             lat.extend(t.await.unwrap());
         }
         let intake = started.elapsed();
-        assert!(sim.wait_for(|s| s.dispatches as usize >= n, Duration::from_secs(600)).await, "dispatches did not all arrive");
+        if minimal {
+            let deadline = Instant::now() + Duration::from_secs(600);
+            while acked.load(Ordering::Relaxed) < n {
+                assert!(Instant::now() < deadline, "dispatches did not all arrive");
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        } else {
+            assert!(sim.wait_for(|s| s.dispatches as usize >= n, Duration::from_secs(600)).await, "dispatches did not all arrive");
+        }
         let e2e = started.elapsed();
         let closed = if lifecycle {
             let all_closed = |st: &safepoint_gateway::loomis::simulator::SimulatorStats| {
@@ -213,13 +230,13 @@ fn main() {
         lat.sort();
         let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
         println!("  receipts:    {:>9.0} incidents/s ({:.2?} for all receipts)", n as f64 / intake.as_secs_f64(), intake);
-        println!("  end to end:  {:>9.0} incidents/s (last Dispatch at the simulator after {:.2?})", n as f64 / e2e.as_secs_f64(), e2e);
+        println!("  end to end:  {:>9.0} incidents/s (last Dispatch at the {loomis_side} after {:.2?})", n as f64 / e2e.as_secs_f64(), e2e);
         if let Some(closed) = closed {
             println!("  full lifecycle: {:>9.0} incidents/s (ACK in the body, Accept and Close by callback; last Close accepted after {:.2?})", n as f64 / closed.as_secs_f64(), closed);
         }
         println!("  receipt latency: p50 {:.2?}  p99 {:.2?}  max {:.2?}", pct(0.50), pct(0.99), lat[lat.len() - 1]);
         println!(
-            "  CPU per incident: gateway {:.0} us, load tool + simulator {:.0} us",
+            "  CPU per incident: gateway {:.0} us, load tool + {loomis_side} {:.0} us",
             gw_cpu.as_secs_f64() * 1e6 / n as f64,
             tool_cpu.as_secs_f64() * 1e6 / n as f64
         );
@@ -238,4 +255,64 @@ fn main() {
         let _ = child.wait().await;
         sim.shutdown().await;
     });
+}
+
+/// A minimal Loomis stand-in (`E2E_LOOMIS=minimal`): answers each Dispatch with an ACK
+/// carrying its CustomerNumber and IncidentReference, checks only that the body is a
+/// Dispatch, records nothing and calls nothing back. It shows what the gateway does when
+/// the Loomis side costs little CPU (the built-in simulator validates every field, keeps
+/// state per incident and schedules its lifecycle, which costs more than the load tool).
+async fn minimal_loomis(acked: Arc<AtomicUsize>) -> String {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Dispatch {
+        message_type: String,
+        customer_number: String,
+        incident_reference: String,
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            stream.set_nodelay(true).unwrap();
+            let acked = acked.clone();
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let acked = acked.clone();
+                        async move {
+                            let body = http_body_util::BodyExt::collect(req.into_body())
+                                .await?
+                                .to_bytes();
+                            let d: Dispatch = serde_json::from_slice(&body)
+                                .expect("the gateway sends a Dispatch");
+                            assert_eq!(d.message_type, "Dispatch");
+                            let id = acked.fetch_add(1, Ordering::Relaxed) + 1;
+                            let ack = serde_json::json!({
+                                "MessageType": "ACK",
+                                "CustomerNumber": d.customer_number,
+                                "IncidentId": format!("INC{id}"),
+                                "IncidentReference": d.incident_reference,
+                                "Status": "Open",
+                            });
+                            let body = bytes::Bytes::from(serde_json::to_vec(&ack).unwrap());
+                            Ok::<_, hyper::Error>(
+                                http::Response::builder()
+                                    .header("content-type", "application/json")
+                                    .body(http_body_util::Full::new(body))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .await;
+            });
+        }
+    });
+    format!("http://{addr}/incidents")
 }

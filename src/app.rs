@@ -237,6 +237,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                     delivery: d.clone(),
                     policy: RetryPolicy::from(&d.retry),
                     render,
+                    headers: integrations[&it.name].plan.update_headers(),
                 },
             );
         }

@@ -574,6 +574,14 @@ impl Validator<'_> {
         } else {
             self.auth("callbacks.auth", &f.callbacks.auth)
         };
+        if f.loomis.url == "simulator"
+            && !matches!(f.callbacks.auth, AuthSpec::None | AuthSpec::Bearer { .. })
+        {
+            self.problem(
+                "callbacks.auth",
+                "with loomis.url = \"simulator\" it must be bearer or none (the built-in simulator calls back with a bearer token)",
+            );
+        }
         if callback_auth == Auth::None && !self.embedded {
             tracing::warn!("callbacks.auth is none: anyone who can reach the HTTP listener can post Loomis messages");
         }
@@ -760,6 +768,31 @@ auth = { type = "header", name = "x-api-key", value_env = "KEY" }
             all.contains("integrations[0].delivery.auth.value_env"),
             "{all}"
         );
+    }
+
+    #[test]
+    fn simulator_with_callbacks_it_cannot_make_is_refused_with_the_rest() {
+        // The built-in simulator calls back with a bearer token only; saying so at
+        // validation (with every other problem) beats failing after the store opened.
+        let text = GOOD
+            .replace("https://loomis.example/safepoint/incidents", "simulator")
+            .replace("\"KEY\"", "\"MISSING\"");
+        let e = Config::parse(&text, "gateway.toml", false, &env).unwrap_err();
+        let all = e.problems.join("\n");
+        assert!(
+            all.contains(
+                "callbacks.auth: with loomis.url = \"simulator\" it must be bearer or none"
+            ),
+            "{all}"
+        );
+        assert!(all.contains("integrations[0].api_key_env"), "{all}");
+        let text = GOOD
+            .replace("https://loomis.example/safepoint/incidents", "simulator")
+            .replace(
+                "{ type = \"basic\", username = \"loomis\", password_env = \"PW\" }",
+                "{ type = \"bearer\", token_env = \"TOKEN\" }",
+            );
+        assert!(Config::parse(&text, "gateway.toml", false, &env).is_ok());
     }
 
     #[test]

@@ -214,7 +214,21 @@ fn admin(a: &AdminArgs, method: reqwest::Method, path: &str) -> ExitCode {
             .request(method, &url)
             .bearer_auth(token)
             .send()
-            .await?;
+            .await
+            .map_err(|e| {
+                let hint = if e.is_connect() {
+                    " (is the gateway running there? --url sets its HTTP address, server.http_listen)"
+                } else {
+                    ""
+                };
+                let mut text = e.to_string();
+                let mut cause = std::error::Error::source(&e);
+                while let Some(inner) = cause {
+                    text = format!("{text}: {inner}");
+                    cause = inner.source();
+                }
+                anyhow::anyhow!("{text}{hint}")
+            })?;
         let status = resp.status();
         let text = resp.text().await?;
         println!("{text}");

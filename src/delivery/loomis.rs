@@ -173,7 +173,7 @@ impl Attempt {
             &self.client,
             &self.url,
             &self.auth,
-            "application/json",
+            &[("content-type", "application/json")],
             body,
             self.timeout,
         )

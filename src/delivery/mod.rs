@@ -208,14 +208,15 @@ pub async fn post(
     client: &reqwest::Client,
     url: &reqwest::Url,
     auth: &Auth,
-    content_type: &'static str,
+    headers: &[(&'static str, &'static str)],
     body: Vec<u8>,
     timeout: Duration,
 ) -> Result<Answer, AttemptError> {
-    let req = with_auth(client.post(url.clone()), auth)
-        .header(http::header::CONTENT_TYPE, content_type)
-        .timeout(timeout)
-        .body(body);
+    let mut req = with_auth(client.post(url.clone()), auth);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let req = req.timeout(timeout).body(body);
     let mut resp = match req.send().await {
         Ok(r) => r,
         Err(e) => {

@@ -23,6 +23,8 @@ pub struct ToolTarget {
     pub delivery: Delivery,
     pub policy: RetryPolicy,
     pub render: Renderer,
+    /// Content type (and SOAPAction for SOAP 1.1) of the posts, from the outbound mapping.
+    pub headers: &'static [(&'static str, &'static str)],
 }
 
 /// Sends jobs of target Tool.
@@ -114,16 +116,7 @@ async fn post_update(
         }
     };
     let d = &target.delivery;
-    match post(
-        &client,
-        &d.url,
-        &d.auth,
-        "application/xml; charset=utf-8",
-        body,
-        d.timeout,
-    )
-    .await
-    {
+    match post(&client, &d.url, &d.auth, target.headers, body, d.timeout).await {
         Ok(answer) => {
             metrics::counter!("gateway_tool_posts_total", "integration" => integration.clone(), "result" => "ok").increment(1);
             tracing::debug!(status = answer.status, sequence, "update posted");

@@ -289,7 +289,8 @@ async fn read_xml_body(
                 _ => StatusCode::BAD_REQUEST,
             };
             let code = match e {
-                XmlError::Dtd { .. } | XmlError::UndefinedEntity { .. } => "DtdRefused",
+                XmlError::Dtd { .. } => "DtdRefused",
+                XmlError::UndefinedEntity { .. } => "UndefinedEntity",
                 XmlError::TooLarge { .. } => "PayloadTooLarge",
                 _ => "MalformedXml",
             };

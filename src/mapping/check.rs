@@ -372,10 +372,65 @@ fn run_fixtures(plan: &MappingPlan, mapping: &Path, report: &mut CheckReport) {
         };
         *slot = Some(path);
     }
+    let gaps = coverage_gaps(&cases);
+    if !gaps.is_empty() {
+        report.errors.push(format!(
+            "{}:1:1: the fixtures in {}/ lack {}: every mapping needs at least a happy path, \
+             an input with several problems and two update kinds (mappings/README.md \
+             section 10, \"Fixtures\")",
+            mapping.display(),
+            dir.display(),
+            gaps.join(", ")
+        ));
+    }
     for (name, case) in cases {
         report.fixtures_run += 1;
         run_case(plan, &dir, &name, &case, report);
     }
+}
+
+/// What the minimum set of fixtures lacks: a happy path, an input with several problems,
+/// update fixtures of two kinds. Unreadable files count as absent here (their own
+/// problem is reported when the case runs).
+fn coverage_gaps(cases: &BTreeMap<String, Case>) -> Vec<String> {
+    let mut gaps = Vec::new();
+    if !cases
+        .values()
+        .any(|c| c.input.is_some() && c.expected_json.is_some())
+    {
+        gaps.push("a happy path (<case>.input.xml and <case>.expected.json)".to_string());
+    }
+    let several = |c: &Case| {
+        c.input.is_some()
+            && c.expected_errors
+                .as_ref()
+                .and_then(|p| std::fs::read_to_string(p).ok())
+                .is_some_and(|t| expected_lines(&t).len() >= 2)
+    };
+    if !cases.values().any(several) {
+        gaps.push(
+            "an input with several problems (<case>.expected-errors.txt with two or more lines)"
+                .to_string(),
+        );
+    }
+    let kinds: std::collections::BTreeSet<String> = cases
+        .values()
+        .filter_map(|c| c.update.as_ref())
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .filter_map(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .filter_map(|v| v.get("kind")?.as_str().map(str::to_string))
+        .collect();
+    if kinds.len() < 2 {
+        let found = if kinds.is_empty() {
+            "none".to_string()
+        } else {
+            kinds.into_iter().collect::<Vec<_>>().join(", ")
+        };
+        gaps.push(format!(
+            "update fixtures of two kinds (<case>.update.json and <case>.expected.xml; found: {found})"
+        ));
+    }
+    gaps
 }
 
 fn read(path: &Path, report: &mut CheckReport) -> Option<String> {

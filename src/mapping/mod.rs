@@ -36,6 +36,7 @@ mod tests;
 use outbound::OutboundPlan;
 use path::SourcePath;
 use plan::{FieldPlan, Input, Overflow, Part, Source};
+use xml::SoapVersion;
 
 /// The kind of input a mapping reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -476,6 +477,20 @@ impl MappingPlan {
             return Err(problems);
         }
         Ok(value.unwrap_or_else(|| self.default_cancel_reason.clone()))
+    }
+
+    /// The headers an update post carries: the content type of the outbound document
+    /// (`text/xml` plus an empty `SOAPAction` for SOAP 1.1, `application/soap+xml` for
+    /// SOAP 1.2, `application/xml` otherwise).
+    pub fn update_headers(&self) -> &'static [(&'static str, &'static str)] {
+        match self.outbound.envelope {
+            Some(SoapVersion::Soap11) => &[
+                ("content-type", "text/xml; charset=utf-8"),
+                ("soapaction", "\"\""),
+            ],
+            Some(SoapVersion::Soap12) => &[("content-type", "application/soap+xml; charset=utf-8")],
+            None => &[("content-type", "application/xml; charset=utf-8")],
+        }
     }
 
     /// Renders the outbound XML document for an update (the mapping's `[outbound]`, or

@@ -91,7 +91,13 @@ fn fixture_check_detects_a_wrong_expectation() {
         "{text}"
     );
     assert!(text.contains("unknown fixture role \"bogus\""), "{text}");
-    assert_eq!(report.errors.len(), 3, "{report:#?}");
+    // Below the minimum set: b has one problem only, and there are no update fixtures.
+    assert!(
+        text.contains("lack an input with several problems (<case>.expected-errors.txt with two or more lines), update fixtures of two kinds (<case>.update.json and <case>.expected.xml; found: none)"),
+        "{text}"
+    );
+    assert!(!text.contains("lack a happy path"), "{text}");
+    assert_eq!(report.errors.len(), 4, "{report:#?}");
 
     // A mapping whose fixtures folder is missing (or misspelled) fails the check.
     std::fs::copy(
@@ -105,6 +111,45 @@ fn fixture_check_detects_a_wrong_expectation() {
         report.errors[0].contains("no golden fixtures in"),
         "{report}"
     );
+}
+
+#[test]
+fn fixture_check_requires_the_minimum_set() {
+    // The shipped ServiceNow fixtures minus every update kind but ACK: the check names
+    // the one kind it found; with a second kind back it passes.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(repo("mappings/servicenow.toml"), dir.path().join("sn.toml")).unwrap();
+    let fx = dir.path().join("fixtures/sn");
+    std::fs::create_dir_all(&fx).unwrap();
+    for f in [
+        "happy.input.xml",
+        "happy.expected.json",
+        "errors.input.xml",
+        "errors.expected-errors.txt",
+        "ack.update.json",
+        "ack.expected.xml",
+    ] {
+        std::fs::copy(
+            repo(&format!("mappings/fixtures/servicenow/{f}")),
+            fx.join(f),
+        )
+        .unwrap();
+    }
+    let report = check_paths(&[dir.path().join("sn.toml")]);
+    assert_eq!(report.errors.len(), 1, "{report:#?}");
+    assert!(
+        report.errors[0].contains("lack update fixtures of two kinds (<case>.update.json and <case>.expected.xml; found: ACK)"),
+        "{report}"
+    );
+    for f in ["close.update.json", "close.expected.xml"] {
+        std::fs::copy(
+            repo(&format!("mappings/fixtures/servicenow/{f}")),
+            fx.join(f),
+        )
+        .unwrap();
+    }
+    let report = check_paths(&[dir.path().join("sn.toml")]);
+    assert!(report.ok(), "{report}");
 }
 
 #[test]
@@ -653,5 +698,32 @@ fn a_root_in_another_namespace_is_named_not_just_every_field_missing() {
     assert!(
         problems.iter().all(|p| p.field != "document"),
         "{problems:?}"
+    );
+}
+
+#[test]
+fn update_posts_carry_the_content_type_of_their_envelope() {
+    let sn = servicenow();
+    assert_eq!(
+        sn.update_headers(),
+        &[("content-type", "application/xml; charset=utf-8")]
+    );
+    let remedy = MappingPlan::load(&repo("mappings/remedy.toml")).unwrap();
+    assert_eq!(
+        remedy.update_headers(),
+        &[
+            ("content-type", "text/xml; charset=utf-8"),
+            ("soapaction", "\"\"")
+        ]
+    );
+    let soap12 = std::fs::read_to_string(repo("mappings/remedy.toml"))
+        .unwrap()
+        .replace("envelope = \"soap11\"", "envelope = \"soap12\"");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("r12.toml"), soap12).unwrap();
+    let r12 = MappingPlan::load(&dir.path().join("r12.toml")).unwrap();
+    assert_eq!(
+        r12.update_headers(),
+        &[("content-type", "application/soap+xml; charset=utf-8")]
     );
 }
