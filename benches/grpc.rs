@@ -1,6 +1,6 @@
 //! Benchmarks of the gRPC front door's `WatchUpdates` (`cargo bench --bench grpc`).
 //!
-//! Runs the real gateway in process (sled store in a temp dir, built-in simulator) and
+//! Runs the real gateway in process (its default store in a temp dir, built-in simulator) and
 //! real tonic clients over loopback, and prints:
 //! * updates/s delivered live to one stream, to 100 and to 1,000 concurrent streams;
 //! * the replay rate of 100,000 stored updates;

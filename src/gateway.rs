@@ -188,6 +188,14 @@ impl Gateway {
         reference: &str,
         reason: String,
     ) -> Result<Incident, CancelError> {
+        // Every front door's reason is cut the same way (a mapped one already is).
+        let reason = match reason
+            .char_indices()
+            .nth(crate::mapping::CANCEL_REASON_LIMIT)
+        {
+            Some((cut, _)) => reason[..cut].to_string(),
+            None => reason,
+        };
         let key = IncidentKey::new(integration, reference);
         let delivers = self.delivers(integration);
         self.store

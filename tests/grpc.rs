@@ -266,6 +266,34 @@ async fn invalid_fields_are_all_reported_as_bad_request_violations() {
         );
     }
     assert!(err.message().contains("3 problems"), "{}", err.message());
+    // Huge values are quoted in part: the error keeps its code instead of overflowing
+    // the client's header limit (8 KiB in grpcio).
+    let mut req = create_req("OPS-2");
+    req.fields.insert("reference".into(), "R".repeat(20_000));
+    req.fields
+        .insert("contact.phone".into(), "9".repeat(20_000));
+    req.fields.insert("fault_time".into(), "x".repeat(20_000));
+    let huge = c.create_incident(authed(req, KEY)).await.unwrap_err();
+    assert_eq!(huge.code(), Code::InvalidArgument, "{huge:?}");
+    assert!(huge.message().len() < 2_000, "{}", huge.message().len());
+    let bad = huge.get_details_bad_request().expect("details");
+    assert!(bad.field_violations.len() >= 2, "{bad:?}");
+    assert!(
+        bad.field_violations
+            .iter()
+            .all(|v| v.description.chars().count() <= 161),
+        "{bad:?}"
+    );
+    let mut far = GetIncidentRequest {
+        integration: "internal".into(),
+        incident_reference: "R".repeat(20_000),
+    };
+    let e = c.get_incident(authed(far.clone(), KEY)).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    assert!(e.message().len() < 300, "{}", e.message());
+    far.integration = "i".repeat(20_000);
+    let e = c.get_incident(authed(far, KEY)).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
     // Nothing was stored.
     let get = c
         .get_incident(authed(
@@ -291,11 +319,19 @@ async fn keys_are_checked_per_integration() {
         .await
         .unwrap_err();
     assert_eq!(none.code(), Code::Unauthenticated, "{none:?}");
+    assert!(
+        none.message().contains("send `authorization: Bearer"),
+        "{none:?}"
+    );
     let wrong = c
         .create_incident(authed(create_req("OPS-3"), "nope"))
         .await
         .unwrap_err();
     assert_eq!(wrong.code(), Code::Unauthenticated, "{wrong:?}");
+    assert!(
+        wrong.message().contains("is not valid"),
+        "a key was sent: {wrong:?}"
+    );
     let other = c
         .create_incident(authed(create_req("OPS-3"), OTHER_KEY))
         .await
@@ -363,11 +399,11 @@ async fn cancel_with_a_reason_or_mapped_fields() {
     let gw = Gw::start(Sim::Open).await;
     let mut c = gw.client().await;
     let mut updates = watch(&mut c, 0).await.unwrap();
-    for r in ["OPS-10", "OPS-11"] {
+    for r in ["OPS-10", "OPS-11", "OPS-12"] {
         c.create_incident(authed(create_req(r), KEY)).await.unwrap();
     }
-    // Both ACKed (the simulator answers in the Dispatch response body).
-    let acks = take(&mut updates, 2).await;
+    // All ACKed (the simulator answers in the Dispatch response body).
+    let acks = take(&mut updates, 3).await;
     assert!(acks
         .iter()
         .all(|u| u.kind() == UpdateKind::Ack && !u.incident_id.is_empty()));
@@ -406,8 +442,17 @@ async fn cancel_with_a_reason_or_mapped_fields() {
         .into_inner();
     assert_eq!(r.reason, "Customer withdrew", "collapsed by the mapping");
 
-    // Loomis (the simulator) confirms both.
-    let mut confirmed: Vec<String> = take(&mut updates, 2)
+    // A reason given directly is cut to the same 1000 characters a mapped one is.
+    let long = "é".repeat(5000);
+    let r = c
+        .cancel_incident(authed(cancel("OPS-12", &long, HashMap::new()), KEY))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.reason, "é".repeat(1000));
+
+    // Loomis (the simulator) confirms all three.
+    let mut confirmed: Vec<String> = take(&mut updates, 3)
         .await
         .into_iter()
         .inspect(|u| {
@@ -417,7 +462,7 @@ async fn cancel_with_a_reason_or_mapped_fields() {
         .map(|u| u.incident_reference)
         .collect();
     confirmed.sort();
-    assert_eq!(confirmed, ["OPS-10", "OPS-11"]);
+    assert_eq!(confirmed, ["OPS-10", "OPS-11", "OPS-12"]);
 
     let e = c
         .cancel_incident(authed(cancel("OPS-10", "again", HashMap::new()), KEY))

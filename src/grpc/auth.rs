@@ -42,6 +42,16 @@ impl Credentials {
         found
     }
 
+    /// The answer to a call whose key is missing or matches no integration.
+    pub(crate) fn refusal(&self) -> Status {
+        match self.0 {
+            None => unauthenticated(),
+            Some(_) => Status::unauthenticated(
+                "the API key in `authorization: Bearer` is not valid (it is no integration's key)",
+            ),
+        }
+    }
+
     /// True when the key belongs to some integration.
     pub(crate) fn is_known(&self, integrations: &Integrations) -> bool {
         !self.matches(integrations).is_empty()
@@ -59,7 +69,7 @@ impl Credentials {
     ) -> Result<&'a IntegrationRuntime, Status> {
         let matched = self.matches(integrations);
         if matched.is_empty() {
-            return Err(unauthenticated());
+            return Err(self.refusal());
         }
         if let Some(rt) = matched.into_iter().find(|rt| rt.name == name) {
             return Ok(rt);
@@ -69,7 +79,10 @@ impl Credentials {
                 "this API key is not valid for integration {name:?}"
             )))
         } else {
-            Err(Status::not_found(format!("no integration {name:?}")))
+            Err(Status::not_found(format!(
+                "no integration {}",
+                super::error::quoted(name)
+            )))
         }
     }
 }

@@ -6,15 +6,41 @@ use super::proto;
 use crate::gateway::{CancelError, SubmitError};
 use crate::loomis::message::FieldProblem;
 use crate::store::StoreError;
+use std::borrow::Cow;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
+
+/// gRPC carries an error's message, and its details (which repeat the message), in
+/// response headers, and clients cap headers at 8–16 KiB: an error that quoted a huge
+/// value whole would reach the caller as RESOURCE_EXHAUSTED instead of its real code. So
+/// an error repeats at most this many characters of one value or problem...
+const QUOTE_LIMIT: usize = 160;
+/// ...and at most this many characters in all.
+const MESSAGE_LIMIT: usize = 1200;
+
+/// `s` cut to `max` characters, marked with `…` when cut.
+pub(crate) fn clip(s: &str, max: usize) -> Cow<'_, str> {
+    match s.char_indices().nth(max) {
+        Some((cut, _)) => Cow::Owned(format!("{}…", &s[..cut])),
+        None => Cow::Borrowed(s),
+    }
+}
+
+/// A caller-supplied name or reference, quoted for an error message.
+pub(crate) fn quoted(s: &str) -> String {
+    format!("{:?}", clip(s, QUOTE_LIMIT))
+}
 
 /// INVALID_ARGUMENT with every problem as a `google.rpc.BadRequest` field violation and
 /// all of them in the readable message too (for tools that show only the message).
 pub(crate) fn invalid(what: &str, problems: &[FieldProblem]) -> Status {
+    let problems: Vec<(Cow<str>, Cow<str>)> = problems
+        .iter()
+        .map(|p| (clip(&p.field, QUOTE_LIMIT), clip(&p.message, QUOTE_LIMIT)))
+        .collect();
     let list = problems
         .iter()
-        .map(|p| format!("{}: {}", p.field, p.message))
+        .map(|(field, message)| format!("{field}: {message}"))
         .collect::<Vec<_>>()
         .join("; ");
     let n = problems.len();
@@ -22,9 +48,10 @@ pub(crate) fn invalid(what: &str, problems: &[FieldProblem]) -> Status {
         "{what}: {n} problem{}: {list}",
         if n == 1 { "" } else { "s" }
     );
+    let message = clip(&message, MESSAGE_LIMIT).into_owned();
     let mut details = ErrorDetails::new();
-    for p in problems {
-        details.add_bad_request_violation(p.field.clone(), p.message.clone());
+    for (field, message) in problems {
+        details.add_bad_request_violation(field, message);
     }
     Status::with_error_details(Code::InvalidArgument, message, details)
 }
@@ -39,15 +66,18 @@ pub(crate) fn store(e: StoreError) -> Status {
 pub(crate) fn submit(e: SubmitError) -> Status {
     match e {
         SubmitError::UnknownIntegration(name) => {
-            Status::not_found(format!("no integration {name:?}"))
+            Status::not_found(format!("no integration {}", quoted(&name)))
         }
         SubmitError::Conflict {
             reference, fields, ..
         } => Status::already_exists(format!(
-            "incident {reference:?} was already created with different content in: {}",
+            "incident {} was already created with different content in: {}",
+            quoted(&reference),
             fields.join(", ")
         )),
-        e @ SubmitError::ReferenceTaken { .. } => Status::already_exists(e.to_string()),
+        e @ SubmitError::ReferenceTaken { .. } => {
+            Status::already_exists(clip(&e.to_string(), MESSAGE_LIMIT))
+        }
         SubmitError::Store(e) => store(e),
     }
 }
@@ -56,11 +86,12 @@ pub(crate) fn submit(e: SubmitError) -> Status {
 pub(crate) fn cancel(integration: &str, e: CancelError) -> Status {
     match e {
         CancelError::NotFound(reference) => Status::not_found(format!(
-            "no incident {reference:?} in integration {integration:?}"
+            "no incident {} in integration {integration:?}",
+            quoted(&reference)
         )),
         CancelError::AlreadyTerminal(state, inc) => Status::failed_precondition(format!(
-            "incident {:?} is already {state}; it can no longer be cancelled",
-            inc.reference
+            "incident {} is already {state}; it can no longer be cancelled",
+            quoted(&inc.reference)
         )),
         CancelError::Store(e) => store(e),
     }

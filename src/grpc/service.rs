@@ -3,7 +3,7 @@
 //! XML routes use), calls the gateway core, and maps the outcome to a response or a
 //! `Status` (in `error`).
 
-use super::auth::{self, Credentials};
+use super::auth::Credentials;
 use super::proto::incident_gateway_server::IncidentGateway;
 use super::proto::{self, create_incidents_response};
 use super::{convert, error, watch};
@@ -118,7 +118,7 @@ impl IncidentGateway for GatewayService {
     ) -> Result<Response<Self::CreateIncidentsStream>, Status> {
         let creds = Credentials::from_metadata(request.metadata());
         if !creds.is_known(&self.integrations) {
-            return Err(auth::unauthenticated());
+            return Err(creds.refusal());
         }
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(watch::CHANNEL_CAPACITY);
@@ -212,8 +212,9 @@ impl IncidentGateway for GatewayService {
         match self.gateway.get(&rt.name, &req.incident_reference) {
             Ok(Some(inc)) => Ok(Response::new(convert::incident(&inc))),
             Ok(None) => Err(Status::not_found(format!(
-                "no incident {:?} in integration {:?}",
-                req.incident_reference, rt.name
+                "no incident {} in integration {:?}",
+                error::quoted(&req.incident_reference),
+                rt.name
             ))),
             Err(e) => Err(error::store(e)),
         }

@@ -87,7 +87,7 @@ pub(crate) const REPLACE_KEYS: &[&str] = &["pattern", "with"];
 pub(crate) const MATCHES_KEYS: &[&str] = &["pattern", "message"];
 
 /// Default maximum characters of the cancel reason (Loomis `ResponseText`).
-pub(crate) const CANCEL_REASON_LIMIT: usize = 1000;
+pub const CANCEL_REASON_LIMIT: usize = 1000;
 /// The cancel reason used when none is configured and none is found.
 pub(crate) const DEFAULT_CANCEL_REASON: &str = "Cancelled by customer";
 

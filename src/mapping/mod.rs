@@ -24,6 +24,7 @@ use std::path::Path;
 
 pub mod check;
 mod compile;
+pub use compile::CANCEL_REASON_LIMIT;
 mod outbound;
 mod path;
 mod plan;
