@@ -291,6 +291,12 @@ async fn invalid_fields_are_all_reported_as_bad_request_violations() {
     let e = c.get_incident(authed(far.clone(), KEY)).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
     assert!(e.message().len() < 300, "{}", e.message());
+    // A message over the 1 MiB limit is refused before it is decoded.
+    let mut req = create_req("OPS-2");
+    req.fields.insert("description".into(), "d".repeat(2 << 20));
+    let e = c.create_incident(authed(req, KEY)).await.unwrap_err();
+    assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
+    assert!(e.message().contains("message length too large"), "{e:?}");
     far.integration = "i".repeat(20_000);
     let e = c.get_incident(authed(far, KEY)).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e:?}");

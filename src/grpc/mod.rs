@@ -46,6 +46,11 @@ pub mod proto {
 /// The fully qualified service name, as health checks and reflection know it.
 pub const SERVICE_NAME: &str = "safepoint.gateway.v1.IncidentGateway";
 
+/// The largest request message the gateway decodes (the XML body limit's default): an
+/// incident is a few KiB. Larger ones are refused by tonic with OUT_OF_RANGE ("decoded
+/// message length too large").
+const MAX_MESSAGE_BYTES: usize = 1 << 20;
+
 /// HTTP/2 PING interval: finds dead peers (and keeps NAT and load balancer state alive)
 /// on streams that may stay quiet for hours.
 const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
@@ -115,7 +120,9 @@ pub fn serve(
             .add_service(health)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(IncidentGatewayServer::new(service))
+            .add_service(
+                IncidentGatewayServer::new(service).max_decoding_message_size(MAX_MESSAGE_BYTES),
+            )
             .serve_with_incoming_shutdown(incoming, stopping)
             .await;
         match result {
