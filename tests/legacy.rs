@@ -119,6 +119,32 @@ async fn a_latin1_document_is_decoded() {
 }
 
 #[tokio::test]
+async fn a_utf16_document_is_decoded() {
+    // .NET and Java tools often write UTF-16 (with a byte order mark); every XML
+    // processor must read it.
+    let h = Harness::start(resting()).await;
+    let xml = sn_xml("INCU16", "UG1234", "AC12").replace("John Smith", "J\u{fc}rgen \u{674e}");
+    let xml = format!("<?xml version=\"1.0\" encoding=\"utf-16\"?>{xml}");
+    let utf16: Vec<u8> = [0xFF, 0xFE]
+        .into_iter()
+        .chain(xml.encode_utf16().flat_map(u16::to_le_bytes))
+        .collect();
+    let r = h
+        .client
+        .post(format!("{}{SN_INCIDENTS}", h.base()))
+        .bearer_auth(SN_KEY)
+        .header("content-type", "text/xml; charset=utf-16")
+        .body(utf16)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+    let inc = h.incident("INCU16").unwrap();
+    assert_eq!(inc.dispatch.contact_name, "J\u{fc}rgen \u{674e}");
+    h.stop().await;
+}
+
+#[tokio::test]
 async fn a_path_that_is_not_utf8_gets_an_xml_error() {
     let h = Harness::start(resting()).await;
     let r = h.get(&format!("{SN_INCIDENTS}/%FF"), Some(SN_KEY)).await;

@@ -163,15 +163,17 @@ pub enum XmlError {
         /// Where the first invalid byte sits.
         position: Position,
     },
-    /// The XML declaration names an encoding the gateway cannot decode (UTF-16 and
-    /// other encodings that are not ASCII-compatible, or unknown names).
-    #[error("unsupported encoding {encoding:?}: send UTF-8, or an ASCII-compatible encoding such as ISO-8859-1 named in the XML declaration")]
+    /// The XML declaration names an encoding the gateway cannot decode for these bytes
+    /// (an unknown name, one that is not ASCII-compatible, or UTF-16 on bytes that are
+    /// not UTF-16).
+    #[error("unsupported encoding {encoding:?} for this document: send UTF-8, UTF-16 (with its byte order mark), or an ASCII-compatible encoding such as ISO-8859-1 named in the XML declaration")]
     UnsupportedEncoding {
         /// The declared encoding.
         encoding: String,
     },
-    /// The bytes are not valid in the encoding the XML declaration names.
-    #[error("the document is not valid {encoding}, the encoding its XML declaration names")]
+    /// The bytes are not valid in the encoding the XML declaration (or, for UTF-16, the
+    /// byte order mark) names.
+    #[error("the document is not valid {encoding}, the encoding it announces")]
     InvalidEncoding {
         /// The declared encoding.
         encoding: String,
@@ -402,6 +404,21 @@ impl Document {
                 limit: max_bytes,
             });
         }
+        // UTF-16, which every XML processor must read (XML 1.0, 4.3.3): recognised by its
+        // byte order mark, or by `<` as its first character, and decoded to UTF-8 first
+        // (at most 1.5 times the size, so the limits still hold).
+        if let Some((encoding, bom)) = utf16(bytes) {
+            let Some(text) =
+                encoding.decode_without_bom_handling_and_without_replacement(&bytes[bom..])
+            else {
+                return Err(XmlError::InvalidEncoding {
+                    encoding: encoding.name().to_string(),
+                });
+            };
+            let mut parser = Parser::new(&text, text.as_bytes(), 0, limits);
+            parser.decoded = true;
+            return parser.run();
+        }
         // A document declaring another ASCII-compatible encoding (ISO-8859-1,
         // windows-1252, Shift_JIS, ...) is decoded to UTF-8 first; positions then count
         // in the decoded text (lines are the same).
@@ -491,6 +508,18 @@ struct Parser<'a> {
     seen_root: bool,
     /// The input was decoded from the encoding its declaration names.
     decoded: bool,
+}
+
+/// UTF-16 (little or big endian) and the length of its byte order mark, when the bytes
+/// start with one, or with `<` in UTF-16 (a document without a mark).
+fn utf16(bytes: &[u8]) -> Option<(&'static encoding_rs::Encoding, usize)> {
+    match bytes {
+        [0xFF, 0xFE, ..] => Some((encoding_rs::UTF_16LE, 2)),
+        [0xFE, 0xFF, ..] => Some((encoding_rs::UTF_16BE, 2)),
+        [b'<', 0, ..] => Some((encoding_rs::UTF_16LE, 0)),
+        [0, b'<', ..] => Some((encoding_rs::UTF_16BE, 0)),
+        _ => None,
+    }
 }
 
 /// The encoding an XML declaration names, when it is an ASCII-compatible one other than
@@ -1101,7 +1130,50 @@ mod tests {
             ))
             .is_ok());
         }
-        // Decoding changes nothing else: a DTD is still refused.
+        // UTF-16, as .NET and Java tools write it: with a byte order mark in either byte
+        // order, or without one (then the declaration's `<` tells the byte order).
+        let text = "<?xml version=\"1.0\" encoding=\"UTF-16\"?><a b=\"\u{e9}\">Caf\u{e9} \u{4e2d}\u{1f512}</a>";
+        let le: Vec<u8> = text.encode_utf16().flat_map(u16::to_le_bytes).collect();
+        let be: Vec<u8> = text.encode_utf16().flat_map(u16::to_be_bytes).collect();
+        for (what, input) in [
+            ("LE with BOM", [&[0xFF, 0xFE][..], &le].concat()),
+            ("BE with BOM", [&[0xFE, 0xFF][..], &be].concat()),
+            ("LE without BOM", le.clone()),
+            ("BE without BOM", be.clone()),
+        ] {
+            let doc = bytes(&input).unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(
+                doc.payload_root().text(),
+                "Caf\u{e9} \u{4e2d}\u{1f512}",
+                "{what}"
+            );
+            assert_eq!(
+                doc.payload_root().attribute("", "b"),
+                Some("\u{e9}"),
+                "{what}"
+            );
+        }
+        // Half a code unit, or a lone surrogate, is not UTF-16.
+        let err = bytes(&[&[0xFF, 0xFE][..], &le, &[0x41]].concat()).unwrap_err();
+        assert!(matches!(err, XmlError::InvalidEncoding { .. }), "{err:?}");
+        let err = bytes(
+            &[
+                &[0xFF, 0xFE][..],
+                &le[..le.len() - 8],
+                &[0x00, 0xD8],
+                &le[le.len() - 6..],
+            ]
+            .concat(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, XmlError::InvalidEncoding { .. }), "{err:?}");
+        // Decoding changes nothing else: a DTD is still refused, in UTF-16 too.
+        let dtd: Vec<u8> = "<!DOCTYPE a [<!ENTITY x \"y\">]><a>&x;</a>"
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect();
+        let err = bytes(&[&[0xFF, 0xFE][..], &dtd].concat()).unwrap_err();
+        assert!(matches!(err, XmlError::Dtd { .. }), "{err:?}");
         let err = bytes(b"<?xml version=\"1.0\" encoding=\"ISO-8859-1\"?><!DOCTYPE a [<!ENTITY x \"y\">]><a>&x;</a>").unwrap_err();
         assert!(matches!(err, XmlError::Dtd { .. }), "{err:?}");
     }
