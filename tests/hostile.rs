@@ -177,7 +177,7 @@ async fn oversized_and_undecodable_bodies_are_refused() {
     )));
     refused(&h, streamed, 413, "PayloadTooLarge").await;
 
-    // Bytes that are not UTF-8, and a UTF-16 document.
+    // Bytes that are not UTF-8, and a UTF-16 document cut in the middle of a character.
     let mut bad = b"<incident><number>HOS3001</number><description>".to_vec();
     bad.extend_from_slice(&[0xff, 0xfe, 0xc3, 0x28]);
     bad.extend_from_slice(b"</description></incident>");
@@ -186,8 +186,13 @@ async fn oversized_and_undecodable_bodies_are_refused() {
     let utf16: Vec<u8> = [0xff, 0xfe]
         .into_iter()
         .chain("<incident/>".encode_utf16().flat_map(|u| u.to_le_bytes()))
+        .chain([0x3c])
         .collect();
-    refused(&h, utf16, 400, "MalformedXml").await;
+    let err = refused(&h, utf16, 400, "MalformedXml").await;
+    assert!(
+        err.text_of("Message").contains("not valid UTF-16LE"),
+        "{err:#?}"
+    );
     assert!(h.incident("HOS3000").is_none() && h.incident("HOS3001").is_none());
     still_healthy(&h, "HOS3002").await;
     h.stop().await;
