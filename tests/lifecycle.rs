@@ -371,6 +371,72 @@ async fn retry_classes_408_429_5xx_3xx_then_success_and_4xx_rejects() {
 }
 
 #[tokio::test]
+async fn a_nak_answering_a_customer_cancel_refuses_it() {
+    // Loomis answers the customer's Cancel with a NAK in the body (of a 2xx or of a
+    // 4xx): the cancel is refused, the incident goes back to where it was, and Loomis's
+    // later Close still applies.
+    let script = Script::default();
+    let url = scripted(script.clone()).await;
+    let h = Harness::start(Options {
+        loomis_url: Some(url),
+        ..Options::default()
+    })
+    .await;
+    let ack = |r: &str, id: &str| {
+        json!({"MessageType":"ACK","CustomerNumber":"A123456","IncidentId":id,"IncidentReference":r,"Status":"Open"}).to_string()
+    };
+    let nak = |r: &str| {
+        json!({"MessageType":"NAK","CustomerNumber":"A123456","IncidentReference":r,"ResponseCode":"TooLate","ResponseText":"technician on site"}).to_string()
+    };
+    for (n, (reference, status)) in [("INC5101", 200), ("INC5102", 409)].into_iter().enumerate() {
+        let id = format!("INC9{n}");
+        script
+            .answers
+            .lock()
+            .unwrap()
+            .push_back((200, ack(reference, &id), None));
+        h.create(&sn_xml(reference, "UG1234", "AC12")).await;
+        h.wait_state(reference, State::Acknowledged).await;
+        script
+            .answers
+            .lock()
+            .unwrap()
+            .push_back((status, nak(reference), None));
+        let (s, body) = h
+            .post_xml(
+                &format!("/v1/integrations/servicenow/incidents/{reference}/cancel"),
+                "",
+                "application/xml",
+            )
+            .await;
+        assert_eq!(s, 202, "{body}");
+        // The 202 left it CancelRequested; back to Acknowledged means the NAK applied.
+        h.wait_state(reference, State::Acknowledged).await;
+        let ups = h.updates_of(reference);
+        assert_eq!(kinds(&ups), ["ACK", "NAK"], "{reference} answered {status}");
+        assert_eq!(ups[1].response_code.as_deref(), Some("TooLate"));
+        assert_eq!(ups[1].state, State::Acknowledged);
+        let inc = h.incident(reference).unwrap();
+        assert_eq!(
+            inc.state,
+            State::Acknowledged,
+            "{reference} answered {status}"
+        );
+        let (s, b) = h
+            .callback(json!({"MessageType":"Close","CustomerNumber":"A123456","IncidentId":id,"IncidentReference":reference,"ResponseText":"fixed","DateTime":"2026-01-02T00:00:00Z"}))
+            .await;
+        assert_eq!((s, b["result"].as_str()), (200, Some("applied")));
+        assert_eq!(kinds(&h.updates_of(reference)), ["ACK", "NAK", "CLOSE"]);
+    }
+    assert!(
+        script.invalid.lock().unwrap().is_empty(),
+        "{:?}",
+        script.invalid.lock().unwrap()
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
 async fn delivery_gives_up_after_its_age_with_delivery_failed() {
     let script = Script::default();
     script

@@ -214,9 +214,10 @@ impl Attempt {
             Err(AttemptError::Permanent { status, body }) => {
                 metrics::counter!("gateway_loomis_requests_total", "kind" => kind, "result" => "refused").increment(1);
                 tracing::warn!(status, body = %body, "Loomis refused the message; not retried");
-                // A NAK may come as the body of a 4xx: apply it as the NAK it is.
-                if let Some(m) = body_message(body.as_bytes(), &inc)
-                    .filter(|m| m.kind == InboundKind::Nak && is_dispatch)
+                // A NAK may come as the body of a 4xx: apply it as the NAK it is (for a
+                // Cancel, a refusal of the cancel).
+                if let Some(m) =
+                    body_message(body.as_bytes(), &inc).filter(|m| m.kind == InboundKind::Nak)
                 {
                     events.push(Event::Loomis {
                         msg: m,

@@ -468,6 +468,19 @@ fn apply_loomis(inc: &mut Incident, msg: InboundMessage, via: Via, now: Timestam
             ));
         }
         InboundKind::Nak => {
+            if inc.incident_id.is_some() && cancel_pending {
+                // Loomis knows the incident, so this NAK answers the customer's Cancel
+                // (in the Cancel's response body or by callback): Loomis refuses it and
+                // the incident goes back to where it was.
+                let code = msg.response_code.clone().unwrap_or_default();
+                let text = msg.response_text.clone().unwrap_or_default();
+                applied(
+                    inc,
+                    format!("{code} via {via_text}: Loomis refuses the cancel"),
+                    raw,
+                );
+                return cancel_failed(inc, now, UpdateKind::Nak, Some(code), text);
+            }
             if inc.incident_id.is_some() {
                 let why = format!("NAK after the incident was already {}", inc.state);
                 return ignore_message(inc, now, Direction::FromLoomis, kind, why, raw);
@@ -773,6 +786,35 @@ mod tests {
         );
         assert_eq!(kinds(&t), vec![UpdateKind::Rejected]);
         assert_eq!(i.state, State::Accepted);
+    }
+
+    #[test]
+    fn a_nak_answering_the_cancel_returns_the_incident_where_it_was() {
+        // Loomis answers the Cancel with a NAK (in the response body, before the 2xx is
+        // settled, or by callback): the cancel is refused, not done.
+        let mut i = incident();
+        apply(&mut i, ack("INC1"), now());
+        apply(&mut i, accept("INC1", "2026-01-01T04:00:00Z"), now());
+        apply(&mut i, Event::CustomerCancel { reason: "r".into() }, now());
+        let t = apply(&mut i, nak("TooLate"), now());
+        assert_eq!(kinds(&t), vec![UpdateKind::Nak]);
+        assert_eq!(t.updates[0].state, State::Accepted);
+        assert_eq!(t.updates[0].response_code.as_deref(), Some("TooLate"));
+        assert_eq!(i.state, State::Accepted);
+        assert_eq!(i.resume_state, None);
+        // The 2xx of the same Cancel changes nothing more; Loomis carries on.
+        let t = apply(&mut i, Event::CancelDelivered { status: 200 }, now());
+        assert!(t.updates.is_empty());
+        assert_eq!(i.state, State::Accepted);
+        let t = apply(&mut i, close("INC1"), now());
+        assert_eq!(kinds(&t), vec![UpdateKind::Close]);
+        assert_eq!(i.state, State::Closed);
+        // Without a cancel pending, a NAK after the ACK is still ignored.
+        let mut j = incident();
+        apply(&mut j, ack("INC2"), now());
+        let t = apply(&mut j, nak("DeviceNotFound"), now());
+        assert!(t.updates.is_empty());
+        assert_eq!(j.state, State::Acknowledged);
     }
 
     #[test]
