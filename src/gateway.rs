@@ -283,9 +283,16 @@ impl Gateway {
                     o => Ok((o, inc)),
                 })
             })
-            .await??;
+            .await?;
+        let label = match &res {
+            Ok((outcome, _)) => outcome_label(outcome),
+            Err(MessageError::Unknown { .. }) => "orphan",
+            Err(MessageError::Conflict(_)) => "conflict",
+            Err(MessageError::Store(_)) => "store_error",
+        };
+        metrics::counter!("gateway_loomis_messages_total", "kind" => kind.as_str(), "outcome" => label, "via" => via_label(via)).increment(1);
+        let res = res?;
         let (outcome, inc) = &res;
-        metrics::counter!("gateway_loomis_messages_total", "kind" => kind.as_str(), "outcome" => outcome_label(outcome)).increment(1);
         tracing::info!(integration = %inc.integration, reference = %inc.reference, incident_id = inc.incident_id.as_deref().unwrap_or(""),
             kind = kind.as_str(), outcome = outcome_label(outcome), state = %inc.state, "Loomis message");
         Ok(res)
@@ -309,13 +316,30 @@ impl Gateway {
                 let Some(mut inc) = tx.incident(&key)? else {
                     return Ok(None);
                 };
+                let mut counted = Vec::new();
                 for ev in events.iter().cloned() {
+                    let from_loomis = match &ev {
+                        Event::Loomis { msg, via } => Some((msg.kind, *via)),
+                        _ => None,
+                    };
                     let t = machine::apply(&mut inc, ev, now);
                     persist(tx, &mut inc, &t, delivers, now)?;
+                    if let Some((kind, via)) = from_loomis {
+                        counted.push((kind, via, outcome_label(&t.outcome)));
+                    }
                 }
-                Ok(Some(inc))
+                Ok(Some((inc, counted)))
             })
             .await
+            .map(|settled| {
+                settled.map(|(inc, counted)| {
+                    // Messages in answers' bodies count like callbacks (once durable).
+                    for (kind, via, outcome) in counted {
+                        metrics::counter!("gateway_loomis_messages_total", "kind" => kind.as_str(), "outcome" => outcome, "via" => via_label(via)).increment(1);
+                    }
+                    inc
+                })
+            })
     }
 
     /// Moves a dead letter back into the outbox. Returns false if there is no such id.
@@ -433,6 +457,14 @@ pub fn differing_fields(a: &Dispatch, b: &Dispatch) -> Vec<String> {
 }
 
 /// A short label for metrics and logs.
+/// How a Loomis message arrived, as a metric label.
+fn via_label(via: Via) -> &'static str {
+    match via {
+        Via::Callback => "callback",
+        Via::ResponseBody => "response_body",
+    }
+}
+
 pub fn outcome_label(o: &Outcome) -> &'static str {
     match o {
         Outcome::Applied => "applied",

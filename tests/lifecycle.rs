@@ -43,6 +43,25 @@ async fn ack_in_body_then_accept_then_close() {
     // Sequences are gap-free per integration.
     let seqs: Vec<u64> = h.updates("servicenow").iter().map(|u| u.sequence).collect();
     assert_eq!(seqs, [1, 2, 3]);
+    // The ACK from the answer's body is counted like a callback.
+    let metrics = h
+        .client
+        .get(format!("{}/metrics", h.base()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("gateway_loomis_messages_total{")
+                && l.contains("kind=\"ACK\"")
+                && l.contains("outcome=\"applied\"")
+                && l.contains("via=\"response_body\"")),
+        "{metrics}"
+    );
     h.stop().await;
 }
 
@@ -362,6 +381,25 @@ async fn retry_classes_408_429_5xx_3xx_then_success_and_4xx_rejects() {
     h.create(&sn_xml("INC5003", "UG1234", "AC12")).await;
     let inc = h.wait_state("INC5003", State::Rejected).await;
     assert_eq!(inc.response_code.as_deref(), Some("DeviceNotFound"));
+
+    // A 2xx whose body is no usable Loomis message (an ACK without IncidentId, a page of
+    // HTML): delivered, and the timeline says why the body was not used.
+    for (reference, body) in [
+        ("INC5004", json!({"MessageType":"ACK","CustomerNumber":"A123456","IncidentReference":"INC5004","Status":"Open"}).to_string()),
+        ("INC5005", "<html><body>Service Unavailable</body></html>".to_string()),
+    ] {
+        script.answers.lock().unwrap().push_back((200, body, None));
+        h.create(&sn_xml(reference, "UG1234", "AC12")).await;
+        let inc = h
+            .wait_for(reference, "a note on the answer", |i| {
+                i.timeline.iter().any(|e| e.detail.contains("the answer's body was not used"))
+            })
+            .await;
+        assert_eq!(inc.state, State::Sent, "{reference}");
+        let note = inc.timeline.iter().find(|e| e.detail.contains("not used")).unwrap();
+        let why = if reference == "INC5004" { "IncidentId" } else { "not valid JSON" };
+        assert!(note.detail.contains(why), "{reference}: {}", note.detail);
+    }
     assert!(
         script.invalid.lock().unwrap().is_empty(),
         "{:?}",
@@ -609,5 +647,27 @@ async fn callbacks_auth_validation_orphans_conflicts_and_duplicates() {
         .unwrap();
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["orphans"][0]["message"]["IncidentReference"], "NOPE");
+
+    // Every message is counted, orphans and conflicts too, by how it came.
+    let metrics = h
+        .client
+        .get(format!("{}/metrics", h.base()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let counted = |kind: &str, outcome: &str, via: &str| {
+        metrics.lines().any(|l| {
+            l.starts_with("gateway_loomis_messages_total{")
+                && l.contains(&format!("kind=\"{kind}\""))
+                && l.contains(&format!("outcome=\"{outcome}\""))
+                && l.contains(&format!("via=\"{via}\""))
+        })
+    };
+    assert!(counted("ACK", "orphan", "callback"), "{metrics}");
+    assert!(counted("Close", "conflict", "callback"), "{metrics}");
+    assert!(counted("Close", "duplicate", "callback"), "{metrics}");
     h.stop().await;
 }

@@ -85,23 +85,52 @@ struct Attempt {
 }
 
 /// Whether a message in a response body is about this incident.
-fn body_message(body: &[u8], inc: &Incident) -> Option<InboundMessage> {
+fn body_message(body: &[u8], inc: &Incident) -> Result<Option<InboundMessage>, String> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return None;
+        return Ok(None);
     }
     match InboundMessage::parse(body) {
         Ok(m)
             if m.incident_reference == inc.reference
                 && m.customer_number == inc.customer_number =>
         {
-            Some(m)
+            Ok(Some(m))
         }
-        Ok(m) => {
-            tracing::warn!(integration = %inc.integration, reference = %inc.reference, other = %m.incident_reference,
-                "response body names another incident; ignored");
-            None
+        Ok(m) => Err(format!(
+            "it is a {} for incident {:?} of customer {:?}",
+            m.kind.as_str(),
+            m.incident_reference,
+            m.customer_number
+        )),
+        Err(e) => Err(format!(
+            "{}: {}",
+            crate::delivery::snippet(&body[..body.len().min(120)]),
+            e
+        )),
+    }
+}
+
+/// The events for a 2xx answer's body: the Loomis message it carries (only ACK and NAK
+/// for a Dispatch), or a note on why it was not used.
+fn answer_events(body: &[u8], inc: &Incident, is_dispatch: bool) -> Vec<Event> {
+    let message = if is_dispatch { "Dispatch" } else { "Cancel" };
+    let unusable = |detail: String| {
+        tracing::warn!(detail = %detail, "the body of Loomis's answer was not used");
+        vec![Event::UnusableAnswer { message, detail }]
+    };
+    match body_message(body, inc) {
+        Ok(None) => vec![],
+        Ok(Some(m)) if is_dispatch && !matches!(m.kind, InboundKind::Ack | InboundKind::Nak) => {
+            unusable(format!(
+                "a {} answering a Dispatch; only ACK and NAK are applied from it",
+                m.kind.as_str()
+            ))
         }
-        Err(_) => None,
+        Ok(Some(msg)) => vec![Event::Loomis {
+            msg,
+            via: Via::ResponseBody,
+        }],
+        Err(detail) => unusable(detail),
     }
 }
 
@@ -184,26 +213,15 @@ impl Attempt {
         match result {
             Ok(answer) => {
                 metrics::counter!("gateway_loomis_requests_total", "kind" => kind, "result" => "ok").increment(1);
-                let msg = body_message(&answer.body, &inc);
+                let from_body = answer_events(&answer.body, &inc, is_dispatch);
                 if is_dispatch {
                     events.push(Event::DispatchDelivered {
                         status: answer.status,
                     });
-                    if let Some(m) =
-                        msg.filter(|m| matches!(m.kind, InboundKind::Ack | InboundKind::Nak))
-                    {
-                        events.push(Event::Loomis {
-                            msg: m,
-                            via: Via::ResponseBody,
-                        });
-                    }
+                    events.extend(from_body);
                 } else {
-                    if let Some(m) = msg {
-                        events.push(Event::Loomis {
-                            msg: m,
-                            via: Via::ResponseBody,
-                        });
-                    }
+                    // A NAK in the body refuses the cancel before its 2xx is settled.
+                    events.extend(from_body);
                     events.push(Event::CancelDelivered {
                         status: answer.status,
                     });
@@ -216,8 +234,8 @@ impl Attempt {
                 tracing::warn!(status, body = %body, "Loomis refused the message; not retried");
                 // A NAK may come as the body of a 4xx: apply it as the NAK it is (for a
                 // Cancel, a refusal of the cancel).
-                if let Some(m) =
-                    body_message(body.as_bytes(), &inc).filter(|m| m.kind == InboundKind::Nak)
+                if let Ok(Some(m)) = body_message(body.as_bytes(), &inc)
+                    .map(|m| m.filter(|m| m.kind == InboundKind::Nak))
                 {
                     events.push(Event::Loomis {
                         msg: m,

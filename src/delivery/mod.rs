@@ -280,10 +280,14 @@ pub async fn post(
         // refusal of the message, so retried until the operator fixes the URL or the age
         // limit is reached.
         300..=399 => Err(AttemptError::Retryable {
-            detail: format!(
-                "HTTP {status} redirect to {:?} not followed: check the configured URL",
-                location.as_deref().unwrap_or("")
-            ),
+            detail: match location.as_deref() {
+                Some(to) => format!(
+                    "HTTP {status} redirect to {to:?} not followed: check the configured URL"
+                ),
+                None => format!(
+                    "HTTP {status} (a redirect status, without Location) not followed: check the configured URL"
+                ),
+            },
             retry_after,
             uncertain: false,
         }),

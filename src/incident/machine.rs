@@ -48,6 +48,12 @@ pub enum Event {
     CancelRejected { status: u16, body: String },
     /// Delivery of our Cancel gave up.
     CancelExpired { detail: String },
+    /// Loomis's 2xx answer to our `message` ("Dispatch" or "Cancel") had a body that
+    /// is not a Loomis message for this incident: noted, nothing changes.
+    UnusableAnswer {
+        message: &'static str,
+        detail: String,
+    },
 }
 
 /// What became of an event.
@@ -119,7 +125,7 @@ pub fn apply(inc: &mut Incident, event: Event, now: Timestamp) -> Transition {
                     Direction::ToLoomis,
                     "Dispatch",
                     EntryOutcome::Note,
-                    format!("outcome unknown ({detail}); will retry"),
+                    format!("outcome unknown ({detail}); sent again unless Loomis answers first"),
                     None,
                 );
                 Transition::new(Outcome::Applied)
@@ -198,6 +204,17 @@ pub fn apply(inc: &mut Incident, event: Event, now: Timestamp) -> Transition {
             }
         }
         Event::CustomerCancel { reason } => customer_cancel(inc, reason, now),
+        Event::UnusableAnswer { message, detail } => {
+            inc.record(
+                now,
+                Direction::FromLoomis,
+                message,
+                EntryOutcome::Note,
+                format!("the answer's body was not used ({detail}); waiting for Loomis's messages"),
+                None,
+            );
+            Transition::new(Outcome::Applied)
+        }
         Event::CancelDelivered { status } => {
             if inc.state == State::CancelRequested {
                 inc.record(
