@@ -44,23 +44,9 @@ async fn ack_in_body_then_accept_then_close() {
     let seqs: Vec<u64> = h.updates("servicenow").iter().map(|u| u.sequence).collect();
     assert_eq!(seqs, [1, 2, 3]);
     // The ACK from the answer's body is counted like a callback.
-    let metrics = h
-        .client
-        .get(format!("{}/metrics", h.base()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
     assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("gateway_loomis_messages_total{")
-                && l.contains("kind=\"ACK\"")
-                && l.contains("outcome=\"applied\"")
-                && l.contains("via=\"response_body\"")),
-        "{metrics}"
+        h.loomis_message_counted("ACK", "applied", "response_body")
+            .await
     );
     h.stop().await;
 }
@@ -286,6 +272,24 @@ struct Script {
     invalid: Arc<Mutex<Vec<String>>>,
 }
 
+impl Script {
+    /// A gateway whose Loomis is this script.
+    async fn gateway(&self) -> Harness {
+        let url = scripted(self.clone()).await;
+        Harness::start(Options {
+            loomis_url: Some(url),
+            ..Options::default()
+        })
+        .await
+    }
+
+    /// Every message the gateway sent was valid by the spec.
+    fn assert_all_valid(&self) {
+        let invalid = self.invalid.lock().unwrap();
+        assert!(invalid.is_empty(), "{invalid:?}");
+    }
+}
+
 async fn scripted(script: Script) -> String {
     use axum::routing::post;
     let app = axum::Router::new().route(
@@ -334,12 +338,7 @@ async fn retry_classes_408_429_5xx_3xx_then_success_and_4xx_rejects() {
         (307, String::new(), Some("0")),
         (200, String::new(), None),
     ]);
-    let url = scripted(script.clone()).await;
-    let h = Harness::start(Options {
-        loomis_url: Some(url),
-        ..Options::default()
-    })
-    .await;
+    let h = script.gateway().await;
     h.create(&sn_xml("INC5001", "UG1234", "AC12")).await;
     let inc = h.wait_state("INC5001", State::Sent).await;
     assert_eq!(script.seen.lock().unwrap().len(), 6);
@@ -400,11 +399,7 @@ async fn retry_classes_408_429_5xx_3xx_then_success_and_4xx_rejects() {
         let why = if reference == "INC5004" { "IncidentId" } else { "not valid JSON" };
         assert!(note.detail.contains(why), "{reference}: {}", note.detail);
     }
-    assert!(
-        script.invalid.lock().unwrap().is_empty(),
-        "{:?}",
-        script.invalid.lock().unwrap()
-    );
+    script.assert_all_valid();
     h.stop().await;
 }
 
@@ -414,12 +409,7 @@ async fn a_nak_answering_a_customer_cancel_refuses_it() {
     // 4xx): the cancel is refused, the incident goes back to where it was, and Loomis's
     // later Close still applies.
     let script = Script::default();
-    let url = scripted(script.clone()).await;
-    let h = Harness::start(Options {
-        loomis_url: Some(url),
-        ..Options::default()
-    })
-    .await;
+    let h = script.gateway().await;
     let ack = |r: &str, id: &str| {
         json!({"MessageType":"ACK","CustomerNumber":"A123456","IncidentId":id,"IncidentReference":r,"Status":"Open"}).to_string()
     };
@@ -466,11 +456,7 @@ async fn a_nak_answering_a_customer_cancel_refuses_it() {
         assert_eq!((s, b["result"].as_str()), (200, Some("applied")));
         assert_eq!(kinds(&h.updates_of(reference)), ["ACK", "NAK", "CLOSE"]);
     }
-    assert!(
-        script.invalid.lock().unwrap().is_empty(),
-        "{:?}",
-        script.invalid.lock().unwrap()
-    );
+    script.assert_all_valid();
     h.stop().await;
 }
 
@@ -649,25 +635,15 @@ async fn callbacks_auth_validation_orphans_conflicts_and_duplicates() {
     assert_eq!(v["orphans"][0]["message"]["IncidentReference"], "NOPE");
 
     // Every message is counted, orphans and conflicts too, by how it came.
-    let metrics = h
-        .client
-        .get(format!("{}/metrics", h.base()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let counted = |kind: &str, outcome: &str, via: &str| {
-        metrics.lines().any(|l| {
-            l.starts_with("gateway_loomis_messages_total{")
-                && l.contains(&format!("kind=\"{kind}\""))
-                && l.contains(&format!("outcome=\"{outcome}\""))
-                && l.contains(&format!("via=\"{via}\""))
-        })
-    };
-    assert!(counted("ACK", "orphan", "callback"), "{metrics}");
-    assert!(counted("Close", "conflict", "callback"), "{metrics}");
-    assert!(counted("Close", "duplicate", "callback"), "{metrics}");
+    for (kind, outcome) in [
+        ("ACK", "orphan"),
+        ("Close", "conflict"),
+        ("Close", "duplicate"),
+    ] {
+        assert!(
+            h.loomis_message_counted(kind, outcome, "callback").await,
+            "{kind} {outcome}"
+        );
+    }
     h.stop().await;
 }

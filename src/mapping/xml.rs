@@ -404,10 +404,13 @@ impl Document {
                 limit: max_bytes,
             });
         }
-        // UTF-16, which every XML processor must read (XML 1.0, 4.3.3): recognised by its
-        // byte order mark, or by `<` as its first character, and decoded to UTF-8 first
-        // (at most 1.5 times the size, so the limits still hold).
-        if let Some((encoding, bom)) = utf16(bytes) {
+        // UTF-16, which every XML processor must read (XML 1.0, 4.3.3), recognised by its
+        // byte order mark or by `<` as its first character, and a document declaring
+        // another ASCII-compatible encoding (ISO-8859-1, windows-1252, Shift_JIS, ...)
+        // are decoded to UTF-8 first (UTF-16 grows at most 1.5 times, so the limits
+        // still hold); positions then count in the decoded text (lines are the same).
+        let decode = utf16(bytes).or_else(|| declared_encoding(bytes).map(|e| (e, 0)));
+        if let Some((encoding, bom)) = decode {
             let Some(text) =
                 encoding.decode_without_bom_handling_and_without_replacement(&bytes[bom..])
             else {
@@ -419,22 +422,7 @@ impl Document {
             parser.decoded = true;
             return parser.run();
         }
-        // A document declaring another ASCII-compatible encoding (ISO-8859-1,
-        // windows-1252, Shift_JIS, ...) is decoded to UTF-8 first; positions then count
-        // in the decoded text (lines are the same).
-        if let Some(encoding) = declared_encoding(bytes) {
-            let Some(text) = encoding.decode_without_bom_handling_and_without_replacement(bytes)
-            else {
-                return Err(XmlError::InvalidEncoding {
-                    encoding: encoding.name().to_string(),
-                });
-            };
-            let mut parser = Parser::new(&text, text.as_bytes(), 0, limits);
-            parser.decoded = true;
-            return parser.run();
-        }
-        // A UTF-8 byte order mark is allowed and skipped; UTF-16 ones are refused
-        // through the UTF-8 check below (0xFF/0xFE never start a UTF-8 sequence).
+        // A UTF-8 byte order mark is allowed and skipped.
         let body = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
         let bom = bytes.len() - body.len();
         let text = match std::str::from_utf8(body) {

@@ -229,6 +229,25 @@ impl Harness {
         (status, r.json().await.unwrap_or(serde_json::Value::Null))
     }
 
+    /// Whether `/metrics` has a `gateway_loomis_messages_total` series with these labels.
+    pub async fn loomis_message_counted(&self, kind: &str, outcome: &str, via: &str) -> bool {
+        let metrics = self
+            .client
+            .get(format!("{}/metrics", self.base()))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metrics.lines().any(|l| {
+            l.starts_with("gateway_loomis_messages_total{")
+                && l.contains(&format!("kind=\"{kind}\""))
+                && l.contains(&format!("outcome=\"{outcome}\""))
+                && l.contains(&format!("via=\"{via}\""))
+        })
+    }
+
     pub fn incident(&self, reference: &str) -> Option<Incident> {
         self.running().gateway.get("servicenow", reference).unwrap()
     }
