@@ -189,13 +189,8 @@ impl Gateway {
         reason: String,
     ) -> Result<Incident, CancelError> {
         // Every front door's reason is cut the same way (a mapped one already is).
-        let reason = match reason
-            .char_indices()
-            .nth(crate::mapping::CANCEL_REASON_LIMIT)
-        {
-            Some((cut, _)) => reason[..cut].to_string(),
-            None => reason,
-        };
+        let reason = crate::mapping::truncate(reason.into(), crate::mapping::CANCEL_REASON_LIMIT)
+            .into_owned();
         let key = IncidentKey::new(integration, reference);
         let delivers = self.delivers(integration);
         self.store
@@ -456,7 +451,6 @@ pub fn differing_fields(a: &Dispatch, b: &Dispatch) -> Vec<String> {
         .collect()
 }
 
-/// A short label for metrics and logs.
 /// How a Loomis message arrived, as a metric label.
 fn via_label(via: Via) -> &'static str {
     match via {
@@ -465,6 +459,7 @@ fn via_label(via: Via) -> &'static str {
     }
 }
 
+/// A short label for metrics and logs.
 pub fn outcome_label(o: &Outcome) -> &'static str {
     match o {
         Outcome::Applied => "applied",

@@ -221,13 +221,8 @@ fn admin(a: &AdminArgs, method: reqwest::Method, path: &str) -> ExitCode {
                 } else {
                     ""
                 };
-                let mut text = e.to_string();
-                let mut cause = std::error::Error::source(&e);
-                while let Some(inner) = cause {
-                    text = format!("{text}: {inner}");
-                    cause = inner.source();
-                }
-                anyhow::anyhow!("{text}{hint}")
+                // `{:#}` writes the error with all its causes.
+                anyhow::anyhow!("{:#}{hint}", anyhow::Error::new(e))
             })?;
         let status = resp.status();
         let text = resp.text().await?;

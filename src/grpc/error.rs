@@ -20,9 +20,11 @@ const MESSAGE_LIMIT: usize = 1200;
 
 /// `s` cut to `max` characters, marked with `…` when cut.
 pub(crate) fn clip(s: &str, max: usize) -> Cow<'_, str> {
-    match s.char_indices().nth(max) {
-        Some((cut, _)) => Cow::Owned(format!("{}…", &s[..cut])),
-        None => Cow::Borrowed(s),
+    let kept = crate::mapping::truncate(Cow::Borrowed(s), max);
+    if kept.len() == s.len() {
+        kept
+    } else {
+        Cow::Owned(format!("{kept}…"))
     }
 }
 

@@ -25,6 +25,7 @@ use std::path::Path;
 pub mod check;
 mod compile;
 pub use compile::CANCEL_REASON_LIMIT;
+pub(crate) use transform::truncate;
 mod outbound;
 mod path;
 mod plan;
