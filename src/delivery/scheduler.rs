@@ -83,7 +83,13 @@ impl Scheduler {
             return;
         }
         let lane = job.lane();
-        let q = self.lanes.entry(lane.clone()).or_default();
+        // Most lanes hold one job (an incident's Dispatch) at a time: room for one, not
+        // the default four, keeps a large backlog (Loomis down, or slower than intake)
+        // at about half the memory per queued job.
+        let q = self
+            .lanes
+            .entry(lane.clone())
+            .or_insert_with(|| VecDeque::with_capacity(1));
         // Jobs of a lane run in id order; a job recovered at start-up may arrive after a
         // newer one, so insert in place.
         let pos = q.iter().position(|j| j.id > job.id).unwrap_or(q.len());
