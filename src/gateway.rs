@@ -297,7 +297,7 @@ impl Gateway {
     pub async fn settle(
         &self,
         key: IncidentKey,
-        events: Vec<Event>,
+        events: std::sync::Arc<[Event]>,
         job: JobAction,
     ) -> Result<Option<Incident>, StoreError> {
         let delivers = self.delivers(&key.integration);

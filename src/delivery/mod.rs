@@ -103,6 +103,8 @@ pub async fn settle(
         crate::gateway::JobAction::Reschedule(j) => Some(j.clone()),
         _ => None,
     };
+    // Shared, not copied, by each write of the outcome (most outcomes are written once).
+    let events: std::sync::Arc<[crate::incident::machine::Event]> = events.into();
     let mut wait = Duration::from_secs(1);
     let mut failures = 0u32;
     loop {
@@ -364,19 +366,7 @@ mod tests {
             }],
         )
         .stopping_with(tokio_util::sync::CancellationToken::new());
-        let dispatch = crate::loomis::message::Dispatch {
-            message_type: "Dispatch".into(),
-            customer_number: "A123456".into(),
-            incident_reference: "INC1".into(),
-            device_id: "UG1234".into(),
-            contact_name: "John Smith".into(),
-            contact_number: "123-123-1234".into(),
-            contact_email: None,
-            subject: "Safe Door Issue".into(),
-            description: "Cannot open the door".into(),
-            fault_code: None,
-            fault_date_time: "2021-01-16T15:17:48Z".into(),
-        };
+        let dispatch = crate::loomis::message::Dispatch::sample("INC1");
         gw.submit("servicenow", dispatch).await.unwrap();
         let job = jobs.recv().await.expect("the Dispatch job");
         Refused {

@@ -106,6 +106,27 @@ pub struct Dispatch {
     pub fault_date_time: String,
 }
 
+#[cfg(test)]
+impl Dispatch {
+    /// The spec's example Dispatch (without the optional ContactEmail and FaultCode),
+    /// for `reference`.
+    pub(crate) fn sample(reference: &str) -> Dispatch {
+        Dispatch {
+            message_type: "Dispatch".into(),
+            customer_number: "A123456".into(),
+            incident_reference: reference.into(),
+            device_id: "UG1234".into(),
+            contact_name: "John Smith".into(),
+            contact_number: "123-123-1234".into(),
+            contact_email: None,
+            subject: "Safe Door Issue".into(),
+            description: "Cannot open the door".into(),
+            fault_code: None,
+            fault_date_time: "2021-01-16T15:17:48Z".into(),
+        }
+    }
+}
+
 impl Dispatch {
     /// Applies the Loomis rules for a Dispatch, reporting every violation.
     pub fn validate(&self) -> Result<(), ValidationErrors> {
@@ -505,19 +526,7 @@ mod tests {
 
     #[test]
     fn dispatch_serializes_with_spec_names_and_omits_absent_optionals() {
-        let d = Dispatch {
-            message_type: "Dispatch".into(),
-            customer_number: "A123456".into(),
-            incident_reference: "100001".into(),
-            device_id: "UG1234".into(),
-            contact_name: "John Smith".into(),
-            contact_number: "123-123-1234".into(),
-            contact_email: None,
-            subject: "Safe Door Issue".into(),
-            description: "Cannot open the door".into(),
-            fault_code: None,
-            fault_date_time: "2021-01-16T15:17:48Z".into(),
-        };
+        let d = Dispatch::sample("100001");
         d.validate().unwrap();
         let v = serde_json::to_value(&d).unwrap();
         assert_eq!(

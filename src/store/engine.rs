@@ -328,22 +328,16 @@ mod tests {
 
     #[test]
     fn a_second_gateway_cannot_open_a_store_in_use() {
-        let dir = tempfile::tempdir().unwrap();
-        let first = open(EngineKind::Fjall, dir.path(), 1 << 20).unwrap();
-        let err = open(EngineKind::Fjall, dir.path(), 1 << 20)
-            .err()
-            .expect("two writers on one fjall directory")
-            .to_string();
-        assert!(err.contains("in use by another process"), "{err}");
-        drop(first);
-        let dir = tempfile::tempdir().unwrap();
-        let first = open(EngineKind::Sled, dir.path(), 1 << 20).unwrap();
-        let err = open(EngineKind::Sled, dir.path(), 1 << 20)
-            .err()
-            .expect("two writers on one sled directory")
-            .to_string();
-        assert!(err.contains("in use by another process"), "{err}");
-        drop(first);
+        for kind in [EngineKind::Fjall, EngineKind::Sled] {
+            let dir = tempfile::tempdir().unwrap();
+            let first = open(kind, dir.path(), 1 << 20).unwrap();
+            let err = open(kind, dir.path(), 1 << 20)
+                .err()
+                .unwrap_or_else(|| panic!("two writers on one {} directory", kind.name()))
+                .to_string();
+            assert!(err.contains("in use by another process"), "{err}");
+            drop(first);
+        }
     }
 
     #[test]

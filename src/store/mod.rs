@@ -228,22 +228,19 @@ pub struct Store {
     pruned: Arc<RwLock<HashMap<String, u64>>>,
 }
 
-/// Whether the writer's flushes succeed.
+/// Whether the writer's flushes succeed: since when they have been failing, if they are.
 struct Health {
-    ok: AtomicBool,
     failing_since: Mutex<Option<std::time::Instant>>,
 }
 
 impl Health {
     fn new() -> Self {
         Health {
-            ok: AtomicBool::new(true),
             failing_since: Mutex::new(None),
         }
     }
 
     fn record(&self, ok: bool) {
-        self.ok.store(ok, Ordering::Relaxed);
         let mut since = self.failing_since.lock().expect("health lock");
         match (ok, *since) {
             (true, _) => *since = None,
@@ -443,7 +440,7 @@ impl Store {
     /// False once a flush has failed, until one succeeds again: readiness reports it and
     /// gRPC health says NOT_SERVING.
     pub fn is_healthy(&self) -> bool {
-        self.health.ok.load(Ordering::Relaxed)
+        self.failing_for().is_none()
     }
 
     /// How long flushes have been failing (`None` while they succeed).
@@ -555,95 +552,60 @@ fn writer_loop(
     let _ = backend.flush();
 }
 
-/// A backend whose group commits can be made to fail, for tests of what the gateway does
-/// while the disk refuses writes.
+/// A store whose writes can be made to fail, for tests of what the gateway does while
+/// the disk refuses writes.
 #[cfg(test)]
 pub mod testing {
+    use super::engine::{Engine, Entry, FjallEngine, Writes};
     use super::*;
 
+    /// A fjall engine whose commits and syncs fail while `fail` is set, as on a full disk
+    /// (reads still work). The gateway's tables sit on it unchanged.
     pub struct Flaky {
-        inner: Arc<dyn Backend>,
-        pub fail: Arc<AtomicBool>,
+        inner: FjallEngine,
+        fail: Arc<AtomicBool>,
     }
 
     impl Flaky {
-        /// A fjall store in `dir` that fails while `fail` is set.
-        pub fn open(dir: &std::path::Path) -> (Arc<Flaky>, Arc<AtomicBool>) {
+        /// A store in `dir` that refuses writes while the returned flag is set.
+        pub fn open(dir: &std::path::Path) -> (Arc<dyn Backend>, Arc<AtomicBool>) {
             let fail = Arc::new(AtomicBool::new(false));
-            let inner = engine::open(engine::EngineKind::Fjall, dir, 1 << 20).unwrap();
-            (
-                Arc::new(Flaky {
-                    inner,
-                    fail: fail.clone(),
-                }),
-                fail,
-            )
+            let engine = Flaky {
+                inner: FjallEngine::open(dir, 1 << 20).unwrap(),
+                fail: fail.clone(),
+            };
+            (Arc::new(kv::KvBackend::new(engine).unwrap()), fail)
         }
-    }
 
-    struct FlakyGroup<'a> {
-        inner: Box<dyn Group + 'a>,
-        fail: bool,
-    }
-
-    impl Group for FlakyGroup<'_> {
-        fn run(
-            &mut self,
-            f: &dyn Fn(&dyn Txn) -> Result<(), StoreError>,
-        ) -> Result<(), StoreError> {
-            self.inner.run(f)
-        }
-        fn commit(self: Box<Self>) -> Result<(), StoreError> {
-            if self.fail {
+        fn refuse(&self) -> Result<(), StoreError> {
+            if self.fail.load(Ordering::SeqCst) {
                 return Err(StoreError::Database("No space left on device".into()));
             }
-            self.inner.commit()
+            Ok(())
         }
     }
 
-    impl Backend for Flaky {
-        fn group(&self) -> Box<dyn Group + '_> {
-            Box::new(FlakyGroup {
-                inner: self.inner.group(),
-                fail: self.fail.load(Ordering::SeqCst),
-            })
+    impl Engine for Flaky {
+        type Bytes = <FjallEngine as Engine>::Bytes;
+
+        fn get(&self, key: &[u8]) -> Result<Option<Self::Bytes>, StoreError> {
+            self.inner.get(key)
         }
-        fn flush(&self) -> Result<(), StoreError> {
-            self.inner.flush()
+        fn commit(&self, writes: Writes) -> Result<(), StoreError> {
+            self.refuse()?;
+            self.inner.commit(writes)
         }
-        fn incident(&self, key: &IncidentKey) -> Result<Option<Incident>, StoreError> {
-            self.inner.incident(key)
+        fn sync(&self) -> Result<(), StoreError> {
+            self.refuse()?;
+            self.inner.sync()
         }
-        fn updates_between(
+        fn range(
             &self,
-            integration: &str,
-            after: u64,
-            upto: u64,
+            start: &[u8],
+            end: &[u8],
             limit: usize,
-        ) -> Result<Vec<Update>, StoreError> {
-            self.inner.updates_between(integration, after, upto, limit)
-        }
-        fn last_sequences(&self) -> Result<HashMap<String, u64>, StoreError> {
-            self.inner.last_sequences()
-        }
-        fn jobs(&self) -> Result<Vec<Job>, StoreError> {
-            self.inner.jobs()
-        }
-        fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
-            self.inner.dead_letters(limit)
-        }
-        fn orphans(&self, limit: usize) -> Result<Vec<Orphan>, StoreError> {
-            self.inner.orphans(limit)
-        }
-        fn incidents_after(
-            &self,
-            after: Option<&IncidentKey>,
-            limit: usize,
-        ) -> Result<Vec<Incident>, StoreError> {
-            self.inner.incidents_after(after, limit)
-        }
-        fn pruned_sequences(&self) -> Result<HashMap<String, u64>, StoreError> {
-            self.inner.pruned_sequences()
+        ) -> Result<Vec<Entry<Self::Bytes>>, StoreError> {
+            self.inner.range(start, end, limit)
         }
     }
 
