@@ -20,7 +20,7 @@ use tracing::Instrument;
 /// Sends jobs of target Loomis.
 pub struct LoomisRunner {
     pub gateway: Gateway,
-    pub client: reqwest::Client,
+    pub client: super::http::Client,
     pub url: Arc<Mutex<reqwest::Url>>,
     pub auth: Auth,
     pub timeout: Duration,
@@ -35,16 +35,8 @@ pub struct LoomisRunner {
 /// for less than common server keep-alives, and bounded connect time. It neither follows
 /// redirects nor retries on its own: every attempt is the delivery layer's, counted,
 /// persisted and classified (a 3xx answer is retried as a configuration error).
-pub fn client(connect_timeout: Duration, pool_idle: Duration) -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .retry(reqwest::retry::never())
-        .connect_timeout(connect_timeout)
-        .pool_idle_timeout(pool_idle)
-        .pool_max_idle_per_host(256)
-        .user_agent(concat!("safepoint-gateway/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .expect("reqwest client with rustls")
+pub fn client(connect_timeout: Duration, pool_idle: Duration) -> super::http::Client {
+    super::http::Client::new(connect_timeout, pool_idle)
 }
 
 impl Runner for LoomisRunner {
@@ -76,7 +68,7 @@ impl Runner for LoomisRunner {
 
 struct Attempt {
     gateway: Gateway,
-    client: reqwest::Client,
+    client: super::http::Client,
     url: reqwest::Url,
     auth: Auth,
     timeout: Duration,

@@ -7,11 +7,13 @@
 //! hands due jobs to a [`scheduler::Runner`] ([`loomis::LoomisRunner`],
 //! [`tool::ToolRunner`]) that makes one attempt and settles the outcome in the store.
 
+pub mod http;
 pub mod loomis;
 pub mod scheduler;
 pub mod tool;
 
 use crate::config::{Auth, RetrySpec};
+use ::http::header::{HeaderName, HeaderValue};
 use jiff::{SignedDuration, Timestamp};
 use rand::Rng;
 use std::time::Duration;
@@ -184,14 +186,29 @@ pub fn parse_retry_after(value: &str, now: Timestamp) -> Option<Duration> {
     Some(Duration::try_from(d).unwrap_or(Duration::ZERO))
 }
 
-/// Adds the configured credentials to a request.
-pub fn with_auth(req: reqwest::RequestBuilder, auth: &Auth) -> reqwest::RequestBuilder {
-    match auth {
-        Auth::None => req,
-        Auth::Bearer(t) => req.bearer_auth(t.expose()),
-        Auth::Basic { username, password } => req.basic_auth(username, Some(password.expose())),
-        Auth::Header { name, value } => req.header(name.clone(), value.expose()),
-    }
+/// The header carrying the configured credentials, if any.
+pub fn auth_header(auth: &Auth) -> Result<Option<(HeaderName, HeaderValue)>, String> {
+    use base64::Engine as _;
+    let (name, value) = match auth {
+        Auth::None => return Ok(None),
+        Auth::Bearer(t) => (
+            ::http::header::AUTHORIZATION,
+            format!("Bearer {}", t.expose()),
+        ),
+        Auth::Basic { username, password } => (
+            ::http::header::AUTHORIZATION,
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD
+                    .encode(format!("{username}:{}", password.expose()))
+            ),
+        ),
+        Auth::Header { name, value } => (name.clone(), value.expose().to_string()),
+    };
+    let mut value = HeaderValue::try_from(value)
+        .map_err(|_| format!("the credentials for {name} are not a valid header value"))?;
+    value.set_sensitive(true);
+    Ok(Some((name, value)))
 }
 
 /// The most of a response body we read (Loomis answers are small JSON).
@@ -207,72 +224,73 @@ pub struct Answer {
 
 /// POSTs `body` and classifies the result by the retry rules of the contract.
 pub async fn post(
-    client: &reqwest::Client,
+    client: &http::Client,
     url: &reqwest::Url,
     auth: &Auth,
     headers: &[(&'static str, &'static str)],
     body: Vec<u8>,
     timeout: Duration,
 ) -> Result<Answer, AttemptError> {
-    let mut req = with_auth(client.post(url.clone()), auth);
-    for (name, value) in headers {
-        req = req.header(*name, *value);
+    let mut all = Vec::with_capacity(headers.len() + 1);
+    match auth_header(auth) {
+        Ok(h) => all.extend(h),
+        Err(detail) => {
+            return Err(AttemptError::Retryable {
+                detail,
+                retry_after: None,
+                uncertain: false,
+            })
+        }
     }
-    let req = req.timeout(timeout).body(body);
-    let mut resp = match req.send().await {
+    for (name, value) in headers {
+        all.push((
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        ));
+    }
+    let resp = match client
+        .post(url.as_str(), &all, body, timeout, MAX_RESPONSE_BYTES)
+        .await
+    {
         Ok(r) => r,
         Err(e) => {
             // A connect failure means the request never left; anything later may have
             // been processed.
-            let uncertain = !e.is_connect();
             return Err(AttemptError::Retryable {
-                detail: describe(&e),
+                uncertain: !e.is_connect(),
+                detail: e.to_string(),
                 retry_after: None,
-                uncertain,
             });
         }
     };
-    let status = resp.status().as_u16();
+    let status = resp.status;
     // Only a redirect's answer needs where it points.
     let location = (300..400)
         .contains(&status)
-        .then(|| resp.headers().get(http::header::LOCATION))
+        .then(|| resp.headers.get(::http::header::LOCATION))
         .flatten()
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let retry_after = resp
-        .headers()
-        .get(http::header::RETRY_AFTER)
+        .headers
+        .get(::http::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| parse_retry_after(v, Timestamp::now()));
-    let mut body = Vec::new();
-    loop {
-        match resp.chunk().await {
-            Ok(Some(chunk)) => {
-                let room = MAX_RESPONSE_BYTES.saturating_sub(body.len());
-                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-                if body.len() >= MAX_RESPONSE_BYTES {
-                    break;
-                }
-            }
-            Ok(None) => break,
-            Err(e) if (200..300).contains(&status) => {
-                // The receiver answered 2xx: it has the message even if the body broke.
-                tracing::warn!(error = %describe(&e), "response body cut short after 2xx");
-                break;
-            }
-            Err(e) => {
-                return Err(AttemptError::Retryable {
-                    detail: describe(&e),
-                    retry_after,
-                    uncertain: true,
-                });
-            }
+    if let Some(why) = resp.cut_short {
+        if (200..300).contains(&status) {
+            // The receiver answered 2xx: it has the message even if the body broke.
+            tracing::warn!(error = %why, "response body cut short after 2xx");
+        } else {
+            return Err(AttemptError::Retryable {
+                detail: why,
+                retry_after,
+                uncertain: true,
+            });
         }
     }
     let answer = Answer {
         status,
-        body,
+        body: resp.body,
         retry_after,
     };
     match status {
@@ -303,23 +321,6 @@ pub async fn post(
             status,
             body: snippet(&answer.body),
         }),
-    }
-}
-
-fn describe(e: &reqwest::Error) -> String {
-    if e.is_timeout() {
-        "timed out".into()
-    } else if e.is_connect() {
-        "connection failed".into()
-    } else {
-        let mut s = e.to_string();
-        let mut src = std::error::Error::source(e);
-        while let Some(inner) = src {
-            s.push_str(": ");
-            s.push_str(&inner.to_string());
-            src = inner.source();
-        }
-        s
     }
 }
 

@@ -30,7 +30,7 @@ pub struct ToolTarget {
 /// Sends jobs of target Tool.
 pub struct ToolRunner {
     pub gateway: Gateway,
-    pub client: reqwest::Client,
+    pub client: super::http::Client,
     pub targets: Arc<HashMap<String, ToolTarget>>,
 }
 
@@ -69,7 +69,7 @@ async fn settle(gateway: &Gateway, job: &Job, action: JobAction) -> Verdict {
 
 async fn attempt(
     gateway: Gateway,
-    client: reqwest::Client,
+    client: super::http::Client,
     target: Option<ToolTarget>,
     job: Job,
 ) -> Verdict {
@@ -83,7 +83,7 @@ async fn attempt(
 /// Posts the job's update to the tool and settles the outcome.
 async fn post_update(
     gateway: Gateway,
-    client: reqwest::Client,
+    client: super::http::Client,
     target: Option<ToolTarget>,
     job: Job,
 ) -> Verdict {

@@ -25,6 +25,7 @@ use crate::incident::{Incident, IncidentKey, Update};
 use serde::de::DeserializeOwned;
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 const INCIDENTS: u8 = b'i';
 const REFERENCES: u8 = b'r';
@@ -38,6 +39,55 @@ const ORPHANS: u8 = b'p';
 pub struct KvBackend<E: Engine> {
     engine: E,
     ids: std::sync::Mutex<Ids>,
+    recent: std::sync::RwLock<Recent>,
+}
+
+/// The incident records of the latest commits, as committed: a Dispatch attempt reads its
+/// incident just after intake wrote it, and Loomis's answer reads it again to settle, so
+/// most reads of an incident follow a write of it closely. Only the writer thread changes
+/// it, after its commit is durable (and it is emptied when a commit fails, since the
+/// engine may then hold writes it does not); readers never fill it, so it never holds a
+/// value older than the engine's. Two generations of [`RECENT_GENERATION`] records
+/// each bound it; a miss reads the engine.
+#[derive(Default)]
+struct Recent {
+    current: HashMap<Vec<u8>, Record>,
+    previous: HashMap<Vec<u8>, Record>,
+}
+
+/// A stored record's bytes, shared.
+type Record = Arc<[u8]>;
+
+/// Records per generation of [`Recent`] (about 0.5 KiB each).
+const RECENT_GENERATION: usize = 4096;
+
+impl Recent {
+    fn get(&self, k: &[u8]) -> Option<Record> {
+        self.current
+            .get(k)
+            .or_else(|| self.previous.get(k))
+            .cloned()
+    }
+
+    fn put(&mut self, k: Vec<u8>, v: Option<Record>) {
+        self.previous.remove(&k);
+        match v {
+            Some(v) => {
+                if self.current.len() >= RECENT_GENERATION && !self.current.contains_key(&k) {
+                    self.previous = std::mem::take(&mut self.current);
+                }
+                self.current.insert(k, v);
+            }
+            None => {
+                self.current.remove(&k);
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.current.clear();
+        self.previous.clear();
+    }
 }
 
 /// Ids are handed out from memory and reserved on disk in blocks: a group that used an
@@ -117,6 +167,7 @@ impl<E: Engine> KvBackend<E> {
                 last: reserved,
                 reserved,
             }),
+            recent: Default::default(),
         })
     }
 
@@ -145,6 +196,7 @@ struct KvGroup<'a, E: Engine> {
 /// One operation of a group: reads see its own writes, then the group's, then the engine.
 struct KvTxn<'a, E: Engine> {
     engine: &'a E,
+    recent: &'a std::sync::RwLock<Recent>,
     ids: &'a std::sync::Mutex<Ids>,
     group: &'a Writes,
     writes: RefCell<Writes>,
@@ -163,6 +215,12 @@ impl<E: Engine> KvTxn<'_, E> {
         }
         if let Some(v) = self.group.get(k) {
             return f(v.as_deref());
+        }
+        if k.first() == Some(&INCIDENTS) {
+            let recent = self.recent.read().expect("recent lock").get(k);
+            if let Some(v) = recent {
+                return f(Some(&v));
+            }
         }
         let v = self.engine.get(k)?;
         f(v.as_ref().map(|b| b.as_ref()))
@@ -295,6 +353,7 @@ impl<E: Engine> Group for KvGroup<'_, E> {
     fn run(&mut self, f: &dyn Fn(&dyn Txn) -> Result<(), StoreError>) -> Result<(), StoreError> {
         let txn = KvTxn {
             engine: &self.backend.engine,
+            recent: &self.backend.recent,
             ids: &self.backend.ids,
             group: &self.pending,
             writes: RefCell::new(Writes::new()),
@@ -315,7 +374,21 @@ impl<E: Engine> Group for KvGroup<'_, E> {
             self.pending
                 .insert(key(META, &[b"id"]), Some(r.to_be_bytes().to_vec()));
         }
-        self.backend.engine.commit(self.pending)?;
+        let incidents: Vec<(Vec<u8>, Option<Record>)> = self
+            .pending
+            .range(vec![INCIDENTS]..vec![INCIDENTS + 1])
+            .map(|(k, v)| (k.clone(), v.as_deref().map(Arc::from)))
+            .collect();
+        if let Err(e) = self.backend.engine.commit(self.pending) {
+            self.backend.recent.write().expect("recent lock").clear();
+            return Err(e);
+        }
+        {
+            let mut recent = self.backend.recent.write().expect("recent lock");
+            for (k, v) in incidents {
+                recent.put(k, v);
+            }
+        }
         if let Some(r) = reserve {
             self.backend.ids.lock().expect("id lock").reserved = r;
         }
@@ -336,10 +409,12 @@ impl<E: Engine> Backend for KvBackend<E> {
     }
 
     fn incident(&self, k: &IncidentKey) -> Result<Option<Incident>, StoreError> {
-        self.engine
-            .get(&incident_key(k))?
-            .map(|v| decode(v.as_ref()))
-            .transpose()
+        let k = incident_key(k);
+        let recent = self.recent.read().expect("recent lock").get(&k);
+        if let Some(v) = recent {
+            return decode(&v).map(Some);
+        }
+        self.engine.get(&k)?.map(|v| decode(v.as_ref())).transpose()
     }
 
     fn updates_between(
@@ -542,5 +617,116 @@ mod tests {
             let last = backend.last_sequences().unwrap();
             assert_eq!((last["a"], last["ab"]), (5, 5), "{kind:?}");
         }
+    }
+
+    /// A fjall engine whose commit applies the writes and then fails, like a sync that
+    /// fails after the batch became visible.
+    struct FailsAfterApply {
+        inner: engine::FjallEngine,
+        fail: std::sync::atomic::AtomicBool,
+    }
+
+    impl Engine for FailsAfterApply {
+        type Bytes = fjall::Slice;
+        fn get(&self, key: &[u8]) -> Result<Option<Self::Bytes>, StoreError> {
+            self.inner.get(key)
+        }
+        fn commit(&self, writes: Writes) -> Result<(), StoreError> {
+            self.inner.commit(writes)?;
+            if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(StoreError::Database("sync failed".into()));
+            }
+            Ok(())
+        }
+        fn sync(&self) -> Result<(), StoreError> {
+            self.inner.sync()
+        }
+        fn range(
+            &self,
+            start: &[u8],
+            end: &[u8],
+            limit: usize,
+        ) -> Result<Vec<Entry<Self::Bytes>>, StoreError> {
+            self.inner.range(start, end, limit)
+        }
+    }
+
+    fn incident(reference: &str, subject: &str) -> Incident {
+        let mut d = crate::loomis::message::Dispatch::sample(reference);
+        d.subject = subject.into();
+        Incident::new("servicenow", d, jiff::Timestamp::UNIX_EPOCH)
+    }
+
+    fn put(backend: &dyn Backend, inc: &Incident) -> Result<(), StoreError> {
+        let mut group = backend.group();
+        group.run(&|txn| txn.put_incident(inc))?;
+        group.commit()
+    }
+
+    /// What a read sees through the writer's transaction and through the backend.
+    fn subjects(backend: &dyn Backend, reference: &str) -> (Option<String>, Option<String>) {
+        let k = IncidentKey::new("servicenow", reference);
+        let in_txn = RefCell::new(None);
+        let mut group = backend.group();
+        group
+            .run(&|txn| {
+                *in_txn.borrow_mut() = txn.incident(&k)?.map(|i| i.dispatch.subject);
+                Ok(())
+            })
+            .unwrap();
+        let direct = backend.incident(&k).unwrap().map(|i| i.dispatch.subject);
+        (in_txn.into_inner(), direct)
+    }
+
+    #[test]
+    fn reads_see_the_latest_commit_across_the_recent_generations() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = engine::open(EngineKind::Fjall, dir.path(), 1 << 20).unwrap();
+        // More incidents than both generations hold, each written twice, the second time
+        // after the generations have turned over.
+        let n = 2 * RECENT_GENERATION + 100;
+        for round in ["first", "second"] {
+            for i in (0..n).step_by(97) {
+                put(&*backend, &incident(&format!("INC{i}"), round)).unwrap();
+            }
+            for i in 0..n {
+                put(&*backend, &incident(&format!("FILL{i}"), round)).unwrap();
+            }
+        }
+        for i in (0..n).step_by(97) {
+            let want = Some("second".to_string());
+            assert_eq!(
+                subjects(&*backend, &format!("INC{i}")),
+                (want.clone(), want)
+            );
+        }
+        // A removed incident is gone for both kinds of read.
+        let mut group = backend.group();
+        group
+            .run(&|txn| txn.remove_incident(&IncidentKey::new("servicenow", "FILL1")))
+            .unwrap();
+        group.commit().unwrap();
+        assert_eq!(subjects(&*backend, "FILL1"), (None, None));
+        assert_eq!(subjects(&*backend, "FILL2").1.as_deref(), Some("second"));
+    }
+
+    #[test]
+    fn a_failed_commit_leaves_no_older_value_than_the_engines() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = FailsAfterApply {
+            inner: engine::FjallEngine::open(dir.path(), 1 << 20).unwrap(),
+            fail: false.into(),
+        };
+        let backend = KvBackend::new(engine).unwrap();
+        put(&backend, &incident("INC1", "old")).unwrap();
+        assert_eq!(subjects(&backend, "INC1").1.as_deref(), Some("old"));
+        backend
+            .engine
+            .fail
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(put(&backend, &incident("INC1", "new")).is_err());
+        // The engine shows the applied batch; so must every read.
+        let new = Some("new".to_string());
+        assert_eq!(subjects(&backend, "INC1"), (new.clone(), new));
     }
 }

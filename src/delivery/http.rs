@@ -1,0 +1,321 @@
+//! The HTTP client of deliveries to Loomis and to the tools: hyper's pooled client over
+//! TCP or TLS (rustls, with the system's trusted roots and the Mozilla roots), and nothing
+//! between the delivery layer and the wire. It neither follows redirects nor retries on
+//! its own: every attempt is the delivery layer's, counted, persisted and classified.
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use http_body_util::Full;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::sync::Arc;
+use std::time::Duration;
+
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// A pooled HTTP/1.1 and HTTP/2 (by ALPN over TLS) client; cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    inner: hyper_util::client::legacy::Client<Connector, Full<Bytes>>,
+}
+
+/// Why an exchange produced no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// The request never reached the receiver (no connection, refused, TLS failed).
+    #[error("connection failed: {0}")]
+    Connect(String),
+    /// The request may have reached the receiver.
+    #[error("{0}")]
+    Exchange(String),
+    #[error("timed out")]
+    Timeout,
+    #[error("invalid URL: {0}")]
+    Url(String),
+}
+
+impl HttpError {
+    /// Whether the receiver cannot have seen the request.
+    pub fn is_connect(&self) -> bool {
+        matches!(self, HttpError::Connect(_) | HttpError::Url(_))
+    }
+}
+
+/// The error and its sources, joined by ": ".
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        let next = inner.to_string();
+        if !s.ends_with(&next) {
+            s.push_str(": ");
+            s.push_str(&next);
+        }
+        src = inner.source();
+    }
+    s
+}
+
+fn tls_config() -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let native = rustls_native_certs::load_native_certs();
+    for e in &native.errors {
+        tracing::debug!(error = %e, "a system certificate could not be loaded");
+    }
+    let (_added, _ignored) = roots.add_parsable_certificates(native.certs);
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
+impl Client {
+    /// Pooled connections, closed when idle for `pool_idle`; connecting bounded by
+    /// `connect_timeout`.
+    pub fn new(connect_timeout: Duration, pool_idle: Duration) -> Client {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(connect_timeout));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls_config())
+            .https_or_http()
+            .enable_all_versions()
+            .wrap_connector(http);
+        let inner = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(pool_idle)
+            .pool_max_idle_per_host(256)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector);
+        Client { inner }
+    }
+
+    /// POSTs `body` to `url` with `headers`, and reads at most `max_body` bytes of the
+    /// answer, all within `timeout`. A body that breaks off after the status line keeps
+    /// what arrived, and says why in `cut_short`.
+    pub async fn post(
+        &self,
+        url: &str,
+        headers: &[(HeaderName, HeaderValue)],
+        body: Vec<u8>,
+        timeout: Duration,
+        max_body: usize,
+    ) -> Result<Response, HttpError> {
+        let uri: http::Uri = url.parse().map_err(|e| HttpError::Url(format!("{e}")))?;
+        let mut req = http::Request::post(uri);
+        {
+            let h = req.headers_mut().expect("a request under construction");
+            h.insert(
+                http::header::USER_AGENT,
+                HeaderValue::from_static(USER_AGENT),
+            );
+            for (name, value) in headers {
+                h.insert(name.clone(), value.clone());
+            }
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| HttpError::Url(e.to_string()))?;
+        let exchange = async {
+            let resp = self.inner.request(req).await.map_err(|e| {
+                if e.is_connect() {
+                    HttpError::Connect(chain(&e))
+                } else {
+                    HttpError::Exchange(chain(&e))
+                }
+            })?;
+            let (parts, mut incoming) = resp.into_parts();
+            let mut body = Vec::new();
+            let mut cut_short = None;
+            while body.len() < max_body {
+                match http_body_util::BodyExt::frame(&mut incoming).await {
+                    Some(Ok(frame)) => {
+                        if let Ok(data) = frame.into_data() {
+                            let room = max_body - body.len();
+                            body.extend_from_slice(&data[..data.len().min(room)]);
+                        }
+                    }
+                    Some(Err(e)) => {
+                        cut_short = Some(chain(&e));
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            Ok(Response {
+                status: parts.status.as_u16(),
+                headers: parts.headers,
+                body,
+                cut_short,
+            })
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(r) => r,
+            Err(_) => Err(HttpError::Timeout),
+        }
+    }
+}
+
+const USER_AGENT: &str = concat!("safepoint-gateway/", env!("CARGO_PKG_VERSION"));
+
+/// An answer, its body cut at the reader's limit.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Vec<u8>,
+    /// Why the body ended before its end, if it did.
+    pub cut_short: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn client() -> Client {
+        Client::new(Duration::from_secs(2), Duration::from_secs(30))
+    }
+
+    /// A server that answers each connection with `answer` once it read the request head.
+    async fn server(answer: &'static [u8]) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let mut seen = Vec::new();
+                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let _ = s.write_all(answer).await;
+                    // Hold the connection open: the client decides when it is done.
+                    let _ = s.read(&mut buf).await;
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn nothing_listening_is_a_connect_error() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let e = client()
+            .post(
+                &format!("http://127.0.0.1:{port}/x"),
+                &[],
+                vec![],
+                Duration::from_secs(2),
+                10,
+            )
+            .await
+            .unwrap_err();
+        assert!(e.is_connect(), "{e:?}");
+        assert!(e.to_string().starts_with("connection failed"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn https_to_a_server_that_speaks_no_tls_never_sends_the_request() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                .await;
+        });
+        let e = client()
+            .post(
+                &format!("https://{addr}/x"),
+                &[],
+                b"{}".to_vec(),
+                Duration::from_secs(5),
+                10,
+            )
+            .await
+            .unwrap_err();
+        assert!(e.is_connect(), "a failed TLS handshake sent nothing: {e:?}");
+    }
+
+    #[tokio::test]
+    async fn an_answer_that_never_comes_times_out_as_uncertain() {
+        let addr = server(b"").await;
+        let e = client()
+            .post(
+                &format!("http://{addr}/x"),
+                &[],
+                b"{}".to_vec(),
+                Duration::from_millis(300),
+                10,
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(e, HttpError::Timeout), "{e:?}");
+        assert!(!e.is_connect());
+    }
+
+    #[tokio::test]
+    async fn the_body_is_read_up_to_the_limit_and_headers_are_sent() {
+        let addr = server(
+            b"HTTP/1.1 202 Accepted\r\ncontent-length: 10\r\nretry-after: 3\r\n\r\n0123456789",
+        )
+        .await;
+        let headers = [(
+            HeaderName::from_static("x-test"),
+            HeaderValue::from_static("yes"),
+        )];
+        let r = client()
+            .post(
+                &format!("http://{addr}/x"),
+                &headers,
+                b"{}".to_vec(),
+                Duration::from_secs(5),
+                4,
+            )
+            .await
+            .unwrap();
+        assert_eq!((r.status, r.body.as_slice()), (202, &b"0123"[..]));
+        assert_eq!(r.headers["retry-after"], "3");
+        assert!(r.cut_short.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_body_that_breaks_off_keeps_what_arrived_and_says_why() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhalf")
+                .await;
+            // Dropped: the connection closes 96 bytes early.
+        });
+        let r = client()
+            .post(
+                &format!("http://{addr}/x"),
+                &[],
+                b"{}".to_vec(),
+                Duration::from_secs(5),
+                1000,
+            )
+            .await
+            .unwrap();
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"half"[..]));
+        assert!(r.cut_short.is_some());
+    }
+}
