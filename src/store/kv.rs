@@ -43,23 +43,25 @@ pub struct KvBackend<E: Engine> {
 }
 
 /// The incident records of the latest commits, as committed: a Dispatch attempt reads its
-/// incident just after intake wrote it, and Loomis's answer reads it again to settle, so
-/// most reads of an incident follow a write of it closely. Only the writer thread changes
-/// it, after its commit is durable (and it is emptied when a commit fails, since the
-/// engine may then hold writes it does not); readers never fill it, so it never holds a
-/// value older than the engine's. Two generations of [`RECENT_GENERATION`] records
-/// each bound it; a miss reads the engine.
+/// incident soon after intake wrote it, and Loomis's answer reads it again to settle, so
+/// most reads of an incident follow a write of it by less than a delivery backlog. Only
+/// the writer thread changes it, after its commit is durable (and it is emptied when a
+/// commit fails, since the engine may then hold writes it does not); readers never fill
+/// it, so it never holds a value older than the engine's. Two generations of at most
+/// [`RECENT_GENERATION_BYTES`] of records each bound it; a miss reads the engine.
 #[derive(Default)]
 struct Recent {
     current: HashMap<Vec<u8>, Record>,
+    current_bytes: usize,
     previous: HashMap<Vec<u8>, Record>,
 }
 
 /// A stored record's bytes, shared.
 type Record = Arc<[u8]>;
 
-/// Records per generation of [`Recent`] (about 0.5 KiB each).
-const RECENT_GENERATION: usize = 4096;
+/// Bytes of keys and records per generation of [`Recent`]: with incident records of
+/// about 0.5 KiB, the last 8,000 to 16,000 incidents written.
+const RECENT_GENERATION_BYTES: usize = 4 << 20;
 
 impl Recent {
     fn get(&self, k: &[u8]) -> Option<Record> {
@@ -71,21 +73,23 @@ impl Recent {
 
     fn put(&mut self, k: Vec<u8>, v: Option<Record>) {
         self.previous.remove(&k);
-        match v {
-            Some(v) => {
-                if self.current.len() >= RECENT_GENERATION && !self.current.contains_key(&k) {
-                    self.previous = std::mem::take(&mut self.current);
-                }
-                self.current.insert(k, v);
+        if let Some(old) = self.current.remove(&k) {
+            self.current_bytes -= k.len() + old.len();
+        }
+        if let Some(v) = v {
+            let size = k.len() + v.len();
+            if self.current_bytes + size > RECENT_GENERATION_BYTES {
+                self.previous = std::mem::take(&mut self.current);
+                self.current_bytes = 0;
             }
-            None => {
-                self.current.remove(&k);
-            }
+            self.current_bytes += size;
+            self.current.insert(k, v);
         }
     }
 
     fn clear(&mut self) {
         self.current.clear();
+        self.current_bytes = 0;
         self.previous.clear();
     }
 }
@@ -679,19 +683,47 @@ mod tests {
     }
 
     #[test]
+    fn recent_keeps_at_most_two_generations_of_bytes() {
+        let mut r = Recent::default();
+        let record: Record = vec![7u8; 1000].into();
+        let per_generation = RECENT_GENERATION_BYTES / 1004;
+        for i in 0..5 * per_generation {
+            r.put(format!("k{i:06}").into_bytes(), Some(record.clone()));
+            assert!(r.current_bytes <= RECENT_GENERATION_BYTES);
+            assert!(r.current.len() + r.previous.len() <= 2 * per_generation + 2);
+        }
+        let last = format!("k{:06}", 5 * per_generation - 1).into_bytes();
+        assert!(r.get(&last).is_some());
+        assert!(r.get(b"k000000").is_none(), "the oldest generation is gone");
+        // A replaced record counts once; a removed one is gone from both generations.
+        let before = r.current_bytes;
+        r.put(last.clone(), Some(vec![1u8; 10].into()));
+        assert_eq!(r.current_bytes, before - 1000 + 10);
+        assert_eq!(r.get(&last).as_deref(), Some(&[1u8; 10][..]));
+        let older = format!("k{:06}", 5 * per_generation - per_generation - 10).into_bytes();
+        assert!(r.previous.contains_key(&older));
+        r.put(older.clone(), None);
+        assert!(r.get(&older).is_none());
+    }
+
+    #[test]
     fn reads_see_the_latest_commit_across_the_recent_generations() {
         let dir = tempfile::tempdir().unwrap();
         let backend = engine::open(EngineKind::Fjall, dir.path(), 1 << 20).unwrap();
-        // More incidents than both generations hold, each written twice, the second time
-        // after the generations have turned over.
-        let n = 2 * RECENT_GENERATION + 100;
+        // More incident bytes than both generations hold (records are well over 200
+        // bytes), each incident written twice, the second time after the generations
+        // have turned over.
+        let n = 2 * RECENT_GENERATION_BYTES / 200;
         for round in ["first", "second"] {
             for i in (0..n).step_by(97) {
                 put(&*backend, &incident(&format!("INC{i}"), round)).unwrap();
             }
+            let mut group = backend.group();
             for i in 0..n {
-                put(&*backend, &incident(&format!("FILL{i}"), round)).unwrap();
+                let inc = incident(&format!("FILL{i}"), round);
+                group.run(&|txn| txn.put_incident(&inc)).unwrap();
             }
+            group.commit().unwrap();
         }
         for i in (0..n).step_by(97) {
             let want = Some("second".to_string());
