@@ -56,9 +56,12 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-fn tls_config() -> rustls::ClientConfig {
+/// TLS with the Mozilla roots, the system's trusted roots (`SSL_CERT_FILE` and
+/// `SSL_CERT_DIR` are honoured, for a private CA) and `extra` roots.
+fn tls_config(extra: Vec<rustls::pki_types::CertificateDer<'static>>) -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let (_added, _ignored) = roots.add_parsable_certificates(extra);
     let native = rustls_native_certs::load_native_certs();
     for e in &native.errors {
         tracing::debug!(error = %e, "a system certificate could not be loaded");
@@ -75,12 +78,21 @@ impl Client {
     /// Pooled connections, closed when idle for `pool_idle`; connecting bounded by
     /// `connect_timeout`.
     pub fn new(connect_timeout: Duration, pool_idle: Duration) -> Client {
+        Self::with_roots(connect_timeout, pool_idle, Vec::new())
+    }
+
+    /// [`Client::new`] that also trusts the `extra` root certificates.
+    pub fn with_roots(
+        connect_timeout: Duration,
+        pool_idle: Duration,
+        extra: Vec<rustls::pki_types::CertificateDer<'static>>,
+    ) -> Client {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(connect_timeout));
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls_config())
+            .with_tls_config(tls_config(extra))
             .https_or_http()
             .enable_all_versions()
             .wrap_connector(http);
@@ -248,6 +260,104 @@ mod tests {
             .await
             .unwrap_err();
         assert!(e.is_connect(), "a failed TLS handshake sent nothing: {e:?}");
+    }
+
+    /// A TLS server for `localhost` whose certificate a private CA signed; returns its
+    /// port and the CA's certificate.
+    async fn tls_server() -> (u16, rustls::pki_types::CertificateDer<'static>) {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut s) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut buf = vec![0u8; 4096];
+                    let mut seen = Vec::new();
+                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nsecure")
+                        .await;
+                    let _ = s.flush().await;
+                    let _ = s.read(&mut buf).await;
+                });
+            }
+        });
+        (port, ca.der().clone())
+    }
+
+    #[tokio::test]
+    async fn https_delivers_to_a_trusted_server_and_refuses_a_wrong_name() {
+        let (port, ca) = tls_server().await;
+        let trusting =
+            Client::with_roots(Duration::from_secs(2), Duration::from_secs(30), vec![ca]);
+        let r = trusting
+            .post(
+                &format!("https://localhost:{port}/x"),
+                &[],
+                b"{}".to_vec(),
+                Duration::from_secs(5),
+                100,
+            )
+            .await
+            .unwrap();
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"secure"[..]));
+        // The certificate names localhost, not 127.0.0.1.
+        let e = trusting
+            .post(
+                &format!("https://127.0.0.1:{port}/x"),
+                &[],
+                b"{}".to_vec(),
+                Duration::from_secs(5),
+                100,
+            )
+            .await
+            .unwrap_err();
+        assert!(e.is_connect(), "{e:?}");
+        assert!(e.to_string().contains("certificate"), "{e}");
+        // Without the private CA the server is not trusted.
+        let e = client()
+            .post(
+                &format!("https://localhost:{port}/x"),
+                &[],
+                b"{}".to_vec(),
+                Duration::from_secs(5),
+                100,
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            e.is_connect() && e.to_string().contains("certificate"),
+            "{e}"
+        );
     }
 
     #[tokio::test]
