@@ -197,6 +197,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         );
     }
     let ls = &config.loomis_section;
+    // Installs the recorder before the runners take their metric handles.
+    let metrics = crate::http::metrics_handle();
     let loomis_runner = LoomisRunner {
         gateway: gateway.clone(),
         client: crate::delivery::loomis::client(
@@ -215,6 +217,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 .map(|j| j.id)
                 .collect(),
         ),
+        metrics: Arc::new(crate::delivery::loomis::AttemptMetrics::new()),
     };
     workers.push(tokio::spawn(
         Scheduler::new("loomis", Arc::new(loomis_runner)).run(
@@ -277,7 +280,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         callback_auth: config.callback_auth.clone(),
         admin_token: config.admin_token.clone(),
         ready: ready.clone(),
-        metrics: crate::http::metrics_handle(),
+        metrics,
     };
     let legacy = crate::legacy::routes(crate::legacy::LegacyState {
         gateway: gateway.clone(),

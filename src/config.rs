@@ -469,6 +469,19 @@ impl Validator<'_> {
     }
 
     fn auth(&mut self, key: &str, spec: &AuthSpec) -> Auth {
+        let auth = self.auth_unchecked(key, spec);
+        if let Err(why) = crate::delivery::auth_header(&auth) {
+            self.problem(
+                key,
+                format!(
+                    "{why}: the secret holds a character a header cannot carry (a line break?)"
+                ),
+            );
+        }
+        auth
+    }
+
+    fn auth_unchecked(&mut self, key: &str, spec: &AuthSpec) -> Auth {
         match spec {
             AuthSpec::None => Auth::None,
             AuthSpec::Bearer { token_env } => {
@@ -740,6 +753,19 @@ auth = { type = "header", name = "x-api-key", value_env = "KEY" }
             !format!("{c:?}").contains("s3cret"),
             "secrets must not show in Debug"
         );
+    }
+
+    #[test]
+    fn a_secret_no_header_can_carry_is_refused_without_showing_it() {
+        let env = |k: &str| match k {
+            "KEY" => Some("line\r\nX-Injected: yes".to_string()),
+            other => env(other),
+        };
+        let e = Config::parse(GOOD, "gateway.toml", false, &env).unwrap_err();
+        let all = e.problems.join("\n");
+        assert!(all.contains("integrations[0].delivery.auth: "), "{all}");
+        assert!(all.contains("line break"), "{all}");
+        assert!(!all.contains("Injected"), "the secret must not show: {all}");
     }
 
     #[test]

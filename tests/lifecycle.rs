@@ -48,6 +48,15 @@ async fn ack_in_body_then_accept_then_close() {
         h.loomis_message_counted("ACK", "applied", "response_body")
             .await
     );
+    let ok = [("kind", "dispatch"), ("result", "ok")];
+    assert!(h.counted("gateway_loomis_requests_total", &ok).await);
+    assert!(
+        h.counted(
+            "gateway_loomis_request_seconds_count",
+            &[("kind", "dispatch")]
+        )
+        .await
+    );
     h.stop().await;
 }
 
@@ -342,12 +351,28 @@ async fn retry_classes_408_429_5xx_3xx_then_success_and_4xx_rejects() {
     h.create(&sn_xml("INC5001", "UG1234", "AC12")).await;
     let inc = h.wait_state("INC5001", State::Sent).await;
     assert_eq!(script.seen.lock().unwrap().len(), 6);
+    // The timeline says why it waited, once per cause.
+    let notes: Vec<&str> = inc.timeline.iter().map(|e| e.detail.as_str()).collect();
+    for want in [
+        "not delivered yet (HTTP 503: busy); retrying",
+        "not delivered yet (HTTP 429: slow down); retrying",
+        "outcome unknown (HTTP 408: )",
+        "not delivered yet (HTTP 500: oops); retrying",
+        "check the configured URL",
+    ] {
+        assert!(
+            notes.iter().any(|n| n.contains(want)),
+            "{want:?} in {notes:#?}"
+        );
+    }
     // The ACK then comes by callback.
     let (s, b) = h
         .callback(json!({"MessageType":"ACK","CustomerNumber":"A123456","IncidentId":"INC9","IncidentReference":"INC5001","Status":"Open"}))
         .await;
     assert_eq!((s, b["result"].as_str()), (200, Some("applied")));
     assert!(inc.dispatch_uncertain, "a 500/408 may have been processed");
+    let retried = [("kind", "dispatch"), ("result", "retry")];
+    assert!(h.counted("gateway_loomis_requests_total", &retried).await);
 
     // Non-retryable 4xx: rejected with Loomis's answer, never retried.
     script
@@ -358,6 +383,8 @@ async fn retry_classes_408_429_5xx_3xx_then_success_and_4xx_rejects() {
     h.create(&sn_xml("INC5002", "UG1234", "AC12")).await;
     let inc = h.wait_state("INC5002", State::Rejected).await;
     assert_eq!(inc.response_code.as_deref(), Some("HTTP 400"));
+    let refused = [("kind", "dispatch"), ("result", "refused")];
+    assert!(h.counted("gateway_loomis_requests_total", &refused).await);
     let ups = h.updates_of("INC5002");
     assert_eq!(kinds(&ups), ["REJECTED"]);
     assert!(ups[0]

@@ -12,11 +12,51 @@ use std::sync::Arc;
 use std::time::Duration;
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A pooled HTTP/1.1 and HTTP/2 (by ALPN over TLS) client; cheap to clone.
 #[derive(Clone)]
 pub struct Client {
-    inner: hyper_util::client::legacy::Client<Connector, Full<Bytes>>,
+    inner: hyper_util::client::legacy::Client<TimedConnector, Full<Bytes>>,
+}
+
+/// Bounds the whole of connecting (TCP, then the TLS handshake) by the connect timeout:
+/// a server that accepts the connection but stalls the handshake has seen no request,
+/// so its attempt must end as a connect failure, not as an uncertain timeout.
+#[derive(Clone)]
+struct TimedConnector {
+    inner: Connector,
+    timeout: Duration,
+}
+
+impl tower::Service<http::Uri> for TimedConnector {
+    type Response = <Connector as tower::Service<http::Uri>>::Response;
+    type Error = BoxError;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, BoxError>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, dst: http::Uri) -> Self::Future {
+        let connecting = self.inner.call(dst);
+        let limit = self.timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(limit, connecting).await {
+                Ok(connected) => connected,
+                Err(_) => Err(format!(
+                    "connecting (TCP and TLS handshake) took longer than {} ms",
+                    limit.as_millis()
+                )
+                .into()),
+            }
+        })
+    }
 }
 
 /// Why an exchange produced no answer.
@@ -90,12 +130,14 @@ impl Client {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
-        http.set_connect_timeout(Some(connect_timeout));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls_config(extra))
-            .https_or_http()
-            .enable_all_versions()
-            .wrap_connector(http);
+        let connector = TimedConnector {
+            inner: hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(tls_config(extra))
+                .https_or_http()
+                .enable_all_versions()
+                .wrap_connector(http),
+            timeout: connect_timeout,
+        };
         let inner = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
             .pool_idle_timeout(pool_idle)
             .pool_max_idle_per_host(256)
@@ -117,20 +159,18 @@ impl Client {
         max_body: usize,
     ) -> Result<Response, HttpError> {
         let uri: http::Uri = url.parse().map_err(|e| HttpError::Url(format!("{e}")))?;
-        let mut req = http::Request::post(uri);
-        {
-            let h = req.headers_mut().expect("a request under construction");
-            h.insert(
-                http::header::USER_AGENT,
-                HeaderValue::from_static(USER_AGENT),
-            );
-            for (name, value) in headers {
-                h.insert(name.clone(), value.clone());
-            }
+        let mut req = http::Request::new(Full::new(Bytes::from(body)));
+        *req.method_mut() = http::Method::POST;
+        *req.uri_mut() = uri;
+        let h = req.headers_mut();
+        h.insert(
+            http::header::USER_AGENT,
+            HeaderValue::from_static(USER_AGENT),
+        );
+        h.insert(http::header::ACCEPT, HeaderValue::from_static("*/*"));
+        for (name, value) in headers {
+            h.insert(name.clone(), value.clone());
         }
-        let req = req
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| HttpError::Url(e.to_string()))?;
         let exchange = async {
             let resp = self.inner.request(req).await.map_err(|e| {
                 if e.is_connect() {
@@ -192,12 +232,20 @@ mod tests {
         Client::new(Duration::from_secs(2), Duration::from_secs(30))
     }
 
-    /// A server that answers each connection with `answer` once it read the request head.
-    async fn server(answer: &'static [u8]) -> std::net::SocketAddr {
+    /// A server that answers each connection with `answer` once it read the request head,
+    /// and hands over each request head it read.
+    async fn server(
+        answer: &'static [u8],
+    ) -> (
+        std::net::SocketAddr,
+        tokio::sync::mpsc::UnboundedReceiver<String>,
+    ) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let (heads, received) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
             while let Ok((mut s, _)) = listener.accept().await {
+                let heads = heads.clone();
                 tokio::spawn(async move {
                     let mut buf = vec![0u8; 4096];
                     let mut seen = Vec::new();
@@ -207,13 +255,14 @@ mod tests {
                             Ok(n) => seen.extend_from_slice(&buf[..n]),
                         }
                     }
+                    let _ = heads.send(String::from_utf8_lossy(&seen).to_lowercase());
                     let _ = s.write_all(answer).await;
                     // Hold the connection open: the client decides when it is done.
                     let _ = s.read(&mut buf).await;
                 });
             }
         });
-        addr
+        (addr, received)
     }
 
     #[tokio::test]
@@ -361,8 +410,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_stalled_tls_handshake_is_a_connect_failure_within_the_connect_timeout() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            // Accepts, reads the ClientHello, never answers.
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        });
+        let c = Client::new(Duration::from_millis(300), Duration::from_secs(30));
+        // The exchange's own limit is far longer: a timeout there would be uncertain.
+        let e = c
+            .post(
+                &format!("https://localhost:{}/x", addr.port()),
+                &[],
+                b"{}".to_vec(),
+                Duration::from_secs(10),
+                10,
+            )
+            .await
+            .unwrap_err();
+        assert!(e.is_connect(), "nothing was sent: {e:?}");
+        assert!(e.to_string().contains("TLS handshake"), "{e}");
+    }
+
+    #[tokio::test]
     async fn an_answer_that_never_comes_times_out_as_uncertain() {
-        let addr = server(b"").await;
+        let (addr, _) = server(b"").await;
         let e = client()
             .post(
                 &format!("http://{addr}/x"),
@@ -379,7 +455,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_body_is_read_up_to_the_limit_and_headers_are_sent() {
-        let addr = server(
+        let (addr, mut heads) = server(
             b"HTTP/1.1 202 Accepted\r\ncontent-length: 10\r\nretry-after: 3\r\n\r\n0123456789",
         )
         .await;
@@ -400,6 +476,17 @@ mod tests {
         assert_eq!((r.status, r.body.as_slice()), (202, &b"0123"[..]));
         assert_eq!(r.headers["retry-after"], "3");
         assert!(r.cut_short.is_none());
+        let head = heads.recv().await.unwrap();
+        assert!(head.starts_with("post /x http/1.1\r\n"), "{head}");
+        for line in [
+            "x-test: yes",
+            "accept: */*",
+            "content-length: 2",
+            &format!("host: {addr}"),
+            "user-agent: safepoint-gateway/",
+        ] {
+            assert!(head.contains(line), "{line:?} in {head}");
+        }
     }
 
     #[tokio::test]

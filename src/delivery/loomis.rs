@@ -29,6 +29,37 @@ pub struct LoomisRunner {
     /// Dispatch jobs found in the outbox at start-up: an attempt may have been in flight
     /// when the gateway stopped, so Loomis may already have them.
     pub recovered: Mutex<HashSet<u64>>,
+    pub metrics: Arc<AttemptMetrics>,
+}
+
+/// The metrics of Loomis requests, registered once: a metrics macro per attempt would
+/// hash its name and labels and look them up in the registry every time. Create it
+/// after the recorder is installed (before, its handles record nothing).
+pub struct AttemptMetrics {
+    /// By kind: dispatch, cancel.
+    seconds: [metrics::Histogram; 2],
+    /// By kind, then result: ok, refused, retry.
+    requests: [[metrics::Counter; 3]; 2],
+}
+
+impl AttemptMetrics {
+    pub fn new() -> AttemptMetrics {
+        let kinds = ["dispatch", "cancel"];
+        AttemptMetrics {
+            seconds: kinds.map(|kind| metrics::histogram!("gateway_loomis_request_seconds", "kind" => kind)),
+            requests: kinds.map(|kind| {
+                ["ok", "refused", "retry"].map(|result| {
+                    metrics::counter!("gateway_loomis_requests_total", "kind" => kind, "result" => result)
+                })
+            }),
+        }
+    }
+}
+
+impl Default for AttemptMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Builds the HTTP client for Loomis and the tools: pooled connections, closed when idle
@@ -53,6 +84,7 @@ impl Runner for LoomisRunner {
                 .lock()
                 .expect("recovered lock")
                 .remove(&job.id),
+            metrics: self.metrics.clone(),
         };
         Box::pin(this.run(job))
     }
@@ -74,6 +106,7 @@ struct Attempt {
     timeout: Duration,
     policy: RetryPolicy,
     recovered: bool,
+    metrics: Arc<AttemptMetrics>,
 }
 
 /// Whether a message in a response body is about this incident.
@@ -194,17 +227,19 @@ impl Attempt {
             &self.client,
             &self.url,
             &self.auth,
-            &[("content-type", "application/json")],
+            &[
+                ("content-type", "application/json"),
+                ("accept", "application/json"),
+            ],
             body,
             self.timeout,
         )
         .await;
-        let kind = if is_dispatch { "dispatch" } else { "cancel" };
-        metrics::histogram!("gateway_loomis_request_seconds", "kind" => kind)
-            .record(started.elapsed().as_secs_f64());
+        let kind = usize::from(!is_dispatch);
+        self.metrics.seconds[kind].record(started.elapsed().as_secs_f64());
         match result {
             Ok(answer) => {
-                metrics::counter!("gateway_loomis_requests_total", "kind" => kind, "result" => "ok").increment(1);
+                self.metrics.requests[kind][0].increment(1);
                 let from_body = answer_events(&answer.body, &inc, is_dispatch);
                 if is_dispatch {
                     events.push(Event::DispatchDelivered {
@@ -222,7 +257,7 @@ impl Attempt {
                 settle(&self.gateway, &job, events, JobAction::Remove(job.id)).await
             }
             Err(AttemptError::Permanent { status, body }) => {
-                metrics::counter!("gateway_loomis_requests_total", "kind" => kind, "result" => "refused").increment(1);
+                self.metrics.requests[kind][1].increment(1);
                 tracing::warn!(status, body = %body, "Loomis refused the message; not retried");
                 // A NAK may come as the body of a 4xx: apply it as the NAK it is (for a
                 // Cancel, a refusal of the cancel).
@@ -245,7 +280,7 @@ impl Attempt {
                 retry_after,
                 uncertain,
             }) => {
-                metrics::counter!("gateway_loomis_requests_total", "kind" => kind, "result" => "retry").increment(1);
+                self.metrics.requests[kind][2].increment(1);
                 let now = Timestamp::now();
                 let attempts = job.attempts + 1;
                 if self.policy.exhausted(job.created_at, attempts, now) {
@@ -260,6 +295,12 @@ impl Attempt {
                 }
                 if is_dispatch && uncertain && !inc.dispatch_uncertain {
                     events.push(Event::DispatchUncertain {
+                        detail: detail.clone(),
+                    });
+                } else {
+                    // A poller sees why its incident waits (Loomis down, a wrong URL).
+                    events.push(Event::AttemptFailed {
+                        message: if is_dispatch { "Dispatch" } else { "Cancel" },
                         detail: detail.clone(),
                     });
                 }

@@ -54,6 +54,12 @@ pub enum Event {
         message: &'static str,
         detail: String,
     },
+    /// An attempt to send our `message` ("Dispatch" or "Cancel") failed and will be
+    /// retried: noted once per distinct cause, nothing changes.
+    AttemptFailed {
+        message: &'static str,
+        detail: String,
+    },
 }
 
 /// What became of an event.
@@ -98,6 +104,12 @@ impl Transition {
         }
     }
 }
+
+/// How a failed attempt's timeline note begins.
+const NOT_DELIVERED: &str = "not delivered yet (";
+
+/// At most this many failed-attempt notes per incident.
+pub const ATTEMPT_NOTES: usize = 5;
 
 /// Applies `event` to `inc` at time `now`.
 pub fn apply(inc: &mut Incident, event: Event, now: Timestamp) -> Transition {
@@ -214,6 +226,35 @@ pub fn apply(inc: &mut Incident, event: Event, now: Timestamp) -> Transition {
                 None,
             );
             Transition::new(Outcome::Applied)
+        }
+        Event::AttemptFailed { message, detail } => {
+            let note = format!("{NOT_DELIVERED}{detail}); retrying");
+            // The same cause again adds nothing (the note says when it began), and a few
+            // causes tell the story: the timeline keeps its room for Loomis's messages.
+            let repeated = inc
+                .timeline
+                .iter()
+                .rev()
+                .find(|e| e.direction == Direction::ToLoomis && e.kind == message)
+                .is_some_and(|e| e.outcome == EntryOutcome::Note && e.detail == note);
+            let noted = inc
+                .timeline
+                .iter()
+                .filter(|e| e.outcome == EntryOutcome::Note && e.detail.starts_with(NOT_DELIVERED))
+                .count();
+            if repeated || noted >= ATTEMPT_NOTES {
+                Transition::unchanged(Outcome::Applied)
+            } else {
+                inc.record(
+                    now,
+                    Direction::ToLoomis,
+                    message,
+                    EntryOutcome::Note,
+                    note,
+                    None,
+                );
+                Transition::new(Outcome::Applied)
+            }
         }
         Event::CancelDelivered { status } => {
             if inc.state == State::CancelRequested {
@@ -891,7 +932,37 @@ mod tests {
             Just(Event::CancelExpired {
                 detail: "24h".into()
             }),
+            Just(Event::AttemptFailed {
+                message: "Dispatch",
+                detail: "HTTP 503".into()
+            }),
         ]
+    }
+
+    #[test]
+    fn failed_attempts_are_noted_once_per_cause_and_a_few_in_all() {
+        let mut i = incident();
+        let fail = |detail: &str| Event::AttemptFailed {
+            message: "Dispatch",
+            detail: detail.into(),
+        };
+        let before = i.timeline.len();
+        let t = apply(&mut i, fail("connection failed: refused"), now());
+        assert!(t.changed && t.updates.is_empty());
+        assert_eq!(i.state, State::Queued);
+        let t = apply(&mut i, fail("connection failed: refused"), now());
+        assert!(!t.changed, "the same cause again is not noted again");
+        apply(&mut i, fail("HTTP 503: busy"), now());
+        apply(&mut i, fail("connection failed: refused"), now());
+        assert_eq!(i.timeline.len(), before + 3);
+        assert!(i.timeline.last().unwrap().detail.contains("refused"));
+        for n in 0..10 {
+            apply(&mut i, fail(&format!("HTTP 50{n}")), now());
+        }
+        assert_eq!(i.timeline.len(), before + ATTEMPT_NOTES);
+        // Loomis's answer still goes in and applies.
+        apply(&mut i, ack("INC1"), now());
+        assert_eq!(i.state, State::Acknowledged);
     }
 
     proptest! {

@@ -354,8 +354,10 @@ impl InboundMessage {
 
     /// Validates a JSON value as one of the five inbound messages, naming every bad field.
     pub fn from_value(value: Value) -> Result<Self, ValidationErrors> {
-        let obj = as_object(&value)?;
-        let mut r = Reader::new(obj);
+        let Value::Object(raw) = value else {
+            return Err(not_an_object());
+        };
+        let mut r = Reader::new(&raw);
         let mt = r.required("MessageType");
         let kind = match InboundKind::parse(&mt) {
             Some(k) => k,
@@ -409,24 +411,40 @@ impl InboundMessage {
         if !r.problems.is_empty() {
             return Err(ValidationErrors(r.problems));
         }
-        msg.raw = obj.clone();
+        msg.raw = raw;
         Ok(msg)
     }
 
     /// A stable fingerprint of what the message *says* (not how it was spelled), used
     /// to recognise exact duplicates: the same kind with the same content.
     pub fn fingerprint(&self) -> String {
-        let mut canon = self.raw.clone();
-        canon.remove("MessageType");
-        // serde_json::Map is ordered by key (no preserve_order feature), so this is canonical.
-        format!("{}|{}", self.kind.as_str(), Value::Object(canon))
+        // `kind|{...}`: the message without MessageType as compact JSON, written field by
+        // field rather than by copying the map. serde_json::Map is ordered by key (no
+        // preserve_order feature), so this is canonical; stored fingerprints keep this form.
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(self.kind.as_str().as_bytes());
+        out.extend_from_slice(b"|{");
+        let mut first = true;
+        for (k, v) in self.raw.iter().filter(|(k, _)| *k != "MessageType") {
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            serde_json::to_writer(&mut out, k).expect("a string serializes");
+            out.push(b':');
+            serde_json::to_writer(&mut out, v).expect("a JSON value serializes");
+        }
+        out.push(b'}');
+        String::from_utf8(out).expect("serde_json writes UTF-8")
     }
 }
 
 fn as_object(value: &Value) -> Result<&Map<String, Value>, ValidationErrors> {
-    value
-        .as_object()
-        .ok_or_else(|| ValidationErrors(vec![FieldProblem::new("(body)", "must be a JSON object")]))
+    value.as_object().ok_or_else(not_an_object)
+}
+
+fn not_an_object() -> ValidationErrors {
+    ValidationErrors(vec![FieldProblem::new("(body)", "must be a JSON object")])
 }
 
 /// Reads fields out of a JSON object while collecting every problem.
@@ -610,6 +628,24 @@ mod tests {
             "IncidentId":"I","CustomerNumber":"A","MessageType":"Ack"}))
         .unwrap();
         assert_eq!(a.fingerprint(), b.fingerprint());
+    }
+
+    #[test]
+    fn fingerprint_keeps_the_stored_form() {
+        // Incidents store fingerprints of the messages they have seen; a new form would
+        // let a duplicate from before an upgrade through.
+        let m = InboundMessage::from_value(json!({"MessageType":"Close","CustomerNumber":"A",
+            "IncidentId":"I","IncidentReference":"1","ResponseCode":"FIXED",
+            "ResponseText":"Door \"fixed\" ✓\n","DateTime":"2021-01-16T15:17:48Z",
+            "Extra":{"n":[1,2.5,null,true]}}))
+        .unwrap();
+        let mut canon = m.raw.clone();
+        canon.remove("MessageType");
+        assert_eq!(m.fingerprint(), format!("Close|{}", Value::Object(canon)));
+        assert_eq!(
+            m.fingerprint(),
+            r#"Close|{"CustomerNumber":"A","DateTime":"2021-01-16T15:17:48Z","Extra":{"n":[1,2.5,null,true]},"IncidentId":"I","IncidentReference":"1","ResponseCode":"FIXED","ResponseText":"Door \"fixed\" ✓\n"}"#
+        );
     }
 
     #[test]

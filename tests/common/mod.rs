@@ -231,6 +231,15 @@ impl Harness {
 
     /// Whether `/metrics` has a `gateway_loomis_messages_total` series with these labels.
     pub async fn loomis_message_counted(&self, kind: &str, outcome: &str, via: &str) -> bool {
+        self.counted(
+            "gateway_loomis_messages_total",
+            &[("kind", kind), ("outcome", outcome), ("via", via)],
+        )
+        .await
+    }
+
+    /// Whether `/metrics` has a non-zero `series` with these labels.
+    pub async fn counted(&self, series: &str, labels: &[(&str, &str)]) -> bool {
         let metrics = self
             .client
             .get(format!("{}/metrics", self.base()))
@@ -241,10 +250,11 @@ impl Harness {
             .await
             .unwrap();
         metrics.lines().any(|l| {
-            l.starts_with("gateway_loomis_messages_total{")
-                && l.contains(&format!("kind=\"{kind}\""))
-                && l.contains(&format!("outcome=\"{outcome}\""))
-                && l.contains(&format!("via=\"{via}\""))
+            l.starts_with(&format!("{series}{{"))
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+                && l.rsplit(' ').next().is_some_and(|n| n != "0")
         })
     }
 
