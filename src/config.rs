@@ -533,10 +533,40 @@ impl Validator<'_> {
 
     fn url(&mut self, key: &str, s: &str) -> Option<reqwest::Url> {
         match reqwest::Url::parse(s) {
+            Ok(u) if !u.username().is_empty() || u.password().is_some() => {
+                self.problem(
+                    key,
+                    "credentials in the URL are not sent: remove them and set the auth next to it (secrets come from the environment)",
+                );
+                None
+            }
             Ok(u) if matches!(u.scheme(), "http" | "https") => Some(u),
             _ => {
                 self.problem(key, format!("{s:?} is not an http(s) URL"));
                 None
+            }
+        }
+    }
+
+    /// The outbound proxy variables: a proxy reached over TLS is not supported (the
+    /// tunnel to it is plain HTTP; TLS to Loomis runs end to end inside it). The value is
+    /// never shown: it may hold the proxy's password.
+    fn proxies(&mut self) {
+        for var in [
+            "HTTPS_PROXY",
+            "https_proxy",
+            "HTTP_PROXY",
+            "http_proxy",
+            "ALL_PROXY",
+            "all_proxy",
+        ] {
+            if (self.env)(var)
+                .is_some_and(|v| v.trim().to_ascii_lowercase().starts_with("https://"))
+            {
+                self.problem(
+                    var,
+                    "a proxy reached over TLS (https://) is not supported: give it as http://host:port (TLS to Loomis still runs end to end through it)",
+                );
             }
         }
     }
@@ -573,6 +603,7 @@ impl Validator<'_> {
         if f.loomis.concurrency == 0 {
             self.problem("loomis.concurrency", "must be positive");
         }
+        self.proxies();
         let loomis_retry = f.loomis.retry.resolve(&RetrySpec::LOOMIS);
         self.retry("loomis.retry", &loomis_retry);
         let callback_auth = if self.embedded {
@@ -655,6 +686,7 @@ impl Validator<'_> {
                 if d.concurrency == 0 {
                     self.problem(&format!("{dkey}.concurrency"), "must be positive");
                 }
+
                 url.map(|url| Delivery {
                     url,
                     auth,
@@ -766,6 +798,32 @@ auth = { type = "header", name = "x-api-key", value_env = "KEY" }
         assert!(all.contains("integrations[0].delivery.auth: "), "{all}");
         assert!(all.contains("line break"), "{all}");
         assert!(!all.contains("Injected"), "the secret must not show: {all}");
+    }
+
+    #[test]
+    fn deliveries_that_could_not_work_as_configured_are_refused() {
+        let env = |k: &str| match k {
+            "HTTPS_PROXY" => Some("https://user:pw@proxy.example:3128".to_string()),
+            other => env(other),
+        };
+        let text = GOOD.replace(
+            "https://itsm.example/api",
+            "https://svc:hunter2@itsm.example/api",
+        );
+        let e = Config::parse(&text, "gateway.toml", false, &env).unwrap_err();
+        let all = e.problems.join("\n");
+        assert!(
+            all.contains("integrations[0].delivery.url: credentials in the URL"),
+            "{all}"
+        );
+        assert!(
+            all.contains("HTTPS_PROXY: a proxy reached over TLS"),
+            "{all}"
+        );
+        assert!(
+            !all.contains("hunter2") && !all.contains("pw@"),
+            "no secret shown: {all}"
+        );
     }
 
     #[test]

@@ -1,12 +1,16 @@
 //! The HTTP client of deliveries to Loomis and to the tools: hyper's pooled client over
 //! TCP or TLS (rustls, with the system's trusted roots and the Mozilla roots), and nothing
-//! between the delivery layer and the wire. It neither follows redirects nor retries on
-//! its own: every attempt is the delivery layer's, counted, persisted and classified.
+//! between the delivery layer and the wire. It never follows redirects and retries on its
+//! own only a request it had not begun to send (a pooled connection the server had
+//! closed): every attempt is the delivery layer's, counted, persisted and classified.
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http_body_util::Full;
+use hyper_util::client::legacy::connect::capture_connection;
+use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,13 +24,35 @@ pub struct Client {
     inner: hyper_util::client::legacy::Client<TimedConnector, Full<Bytes>>,
 }
 
-/// Bounds the whole of connecting (TCP, then the TLS handshake) by the connect timeout:
-/// a server that accepts the connection but stalls the handshake has seen no request,
-/// so its attempt must end as a connect failure, not as an uncertain timeout.
+/// Connects directly or through the proxy the environment names for the destination
+/// (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`, as curl reads them; never for
+/// loopback), by an HTTP CONNECT tunnel (with `Proxy-Authorization` from the proxy URL's
+/// user and password), then TLS end to end for `https`. The whole of connecting (TCP,
+/// tunnel, TLS handshake) is bounded by the connect timeout: a server that accepts the
+/// connection but stalls the handshake has seen no request, so its attempt must end as a
+/// connect failure, not as an uncertain timeout.
 #[derive(Clone)]
 struct TimedConnector {
-    inner: Connector,
+    direct: Connector,
+    http: HttpConnector,
+    tls: Arc<rustls::ClientConfig>,
+    proxies: Arc<Matcher>,
     timeout: Duration,
+}
+
+impl TimedConnector {
+    /// The proxy for `dst`, if one is configured and `dst` is not loopback.
+    fn proxy_for(&self, dst: &http::Uri) -> Option<hyper_util::client::proxy::matcher::Intercept> {
+        let host = dst.host()?.trim_start_matches('[').trim_end_matches(']');
+        let loopback = host.eq_ignore_ascii_case("localhost")
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if loopback {
+            return None;
+        }
+        self.proxies.intercept(dst)
+    }
 }
 
 impl tower::Service<http::Uri> for TimedConnector {
@@ -40,11 +66,25 @@ impl tower::Service<http::Uri> for TimedConnector {
         &mut self,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx)
+        self.direct.poll_ready(cx)
     }
 
     fn call(&mut self, dst: http::Uri) -> Self::Future {
-        let connecting = self.inner.call(dst);
+        let connecting: Self::Future = match self.proxy_for(&dst) {
+            None => Box::pin(self.direct.call(dst)),
+            Some(proxy) => {
+                let mut tunnel = Tunnel::new(proxy.uri().clone(), self.http.clone());
+                if let Some(auth) = proxy.basic_auth() {
+                    tunnel = tunnel.with_auth(auth.clone());
+                }
+                let mut through = hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config((*self.tls).clone())
+                    .https_or_http()
+                    .enable_all_versions()
+                    .wrap_connector(tunnel);
+                Box::pin(through.call(dst))
+            }
+        };
         let limit = self.timeout;
         Box::pin(async move {
             match tokio::time::timeout(limit, connecting).await {
@@ -127,15 +167,28 @@ impl Client {
         pool_idle: Duration,
         extra: Vec<rustls::pki_types::CertificateDer<'static>>,
     ) -> Client {
+        Self::build(connect_timeout, pool_idle, extra, Matcher::from_env())
+    }
+
+    fn build(
+        connect_timeout: Duration,
+        pool_idle: Duration,
+        extra: Vec<rustls::pki_types::CertificateDer<'static>>,
+        proxies: Matcher,
+    ) -> Client {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
+        let tls = tls_config(extra);
         let connector = TimedConnector {
-            inner: hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config(tls_config(extra))
+            direct: hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(tls.clone())
                 .https_or_http()
                 .enable_all_versions()
-                .wrap_connector(http),
+                .wrap_connector(http.clone()),
+            http,
+            tls: Arc::new(tls),
+            proxies: Arc::new(proxies),
             timeout: connect_timeout,
         };
         let inner = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
@@ -174,7 +227,16 @@ impl Client {
         // One deadline for the whole exchange. Once the status line is in, the answer is
         // known: a body that stalls past the deadline is cut short, not a timeout.
         let deadline = tokio::time::Instant::now() + timeout;
+        // Which connection the request went to: none when the deadline came while still
+        // connecting (or waiting for a pooled connection), so nothing was sent.
+        let assigned = capture_connection(&mut req);
         let resp = match tokio::time::timeout_at(deadline, self.inner.request(req)).await {
+            Err(_) if assigned.connection_metadata().is_none() => {
+                return Err(HttpError::Connect(format!(
+                    "no connection within the request's {} ms",
+                    timeout.as_millis()
+                )))
+            }
             Err(_) => return Err(HttpError::Timeout),
             Ok(Err(e)) if e.is_connect() => return Err(HttpError::Connect(chain(&e))),
             Ok(Err(e)) => return Err(HttpError::Exchange(chain(&e))),
@@ -315,18 +377,19 @@ mod tests {
         assert!(e.is_connect(), "a failed TLS handshake sent nothing: {e:?}");
     }
 
-    /// A TLS server for `localhost` whose certificate a private CA signed; returns its
-    /// port and the CA's certificate.
+    /// A TLS server for `localhost` and `loomis.test` whose certificate a private CA
+    /// signed; returns its port and the CA's certificate.
     async fn tls_server() -> (u16, rustls::pki_types::CertificateDer<'static>) {
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
         let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-            .unwrap()
-            .signed_by(&key, &ca)
-            .unwrap();
+        let cert =
+            rcgen::CertificateParams::new(vec!["localhost".to_string(), "loomis.test".to_string()])
+                .unwrap()
+                .signed_by(&key, &ca)
+                .unwrap();
         let config = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
@@ -438,6 +501,117 @@ mod tests {
             .unwrap_err();
         assert!(e.is_connect(), "nothing was sent: {e:?}");
         assert!(e.to_string().contains("TLS handshake"), "{e}");
+    }
+
+    /// An HTTP CONNECT proxy that tunnels every destination to `to` (so names need no
+    /// DNS), and hands over each CONNECT request head it read.
+    async fn connect_proxy(to: u16) -> (u16, tokio::sync::mpsc::UnboundedReceiver<String>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (heads, received) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let heads = heads.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if s.read_exact(&mut byte).await.is_err() {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let _ = heads.send(String::from_utf8_lossy(&head).to_lowercase());
+                    let mut upstream = tokio::net::TcpStream::connect(("127.0.0.1", to))
+                        .await
+                        .unwrap();
+                    s.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                        .await
+                        .unwrap();
+                    let _ = tokio::io::copy_bidirectional(&mut s, &mut upstream).await;
+                });
+            }
+        });
+        (port, received)
+    }
+
+    #[tokio::test]
+    async fn a_configured_proxy_tunnels_https_and_loopback_goes_direct() {
+        let (port, ca) = tls_server().await;
+        let (proxy, mut connects) = connect_proxy(port).await;
+        let proxies = Matcher::builder()
+            .all(format!("http://gw:s3cret@127.0.0.1:{proxy}"))
+            .build();
+        let c = Client::build(
+            Duration::from_secs(2),
+            Duration::from_secs(30),
+            vec![ca],
+            proxies,
+        );
+        // loomis.test resolves nowhere: only the proxy's tunnel reaches the server.
+        let r = c
+            .post(
+                "https://loomis.test/x",
+                &[],
+                b"{}".to_vec(),
+                Duration::from_secs(5),
+                100,
+            )
+            .await
+            .unwrap();
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"secure"[..]));
+        let head = connects.recv().await.unwrap();
+        assert!(
+            head.starts_with("connect loomis.test:443 http/1.1\r\n"),
+            "{head}"
+        );
+        // Basic base64("gw:s3cret")
+        assert!(
+            head.contains("proxy-authorization: basic z3c6cznjcmv0"),
+            "{head}"
+        );
+        // A loopback destination never goes through the proxy.
+        let r = c
+            .post(
+                &format!("https://localhost:{port}/x"),
+                &[],
+                b"{}".to_vec(),
+                Duration::from_secs(5),
+                100,
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+        assert!(
+            connects.try_recv().is_err(),
+            "loopback went through the proxy"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_timeout_shorter_than_connecting_is_still_a_connect_failure() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        });
+        // Connecting may take 10 s, the request only 300 ms: the handshake stalls.
+        let c = Client::new(Duration::from_secs(10), Duration::from_secs(30));
+        let e = c
+            .post(
+                &format!("https://localhost:{}/x", addr.port()),
+                &[],
+                b"{}".to_vec(),
+                Duration::from_millis(300),
+                10,
+            )
+            .await
+            .unwrap_err();
+        assert!(e.is_connect(), "nothing was sent: {e:?}");
+        assert!(e.to_string().contains("no connection within"), "{e}");
     }
 
     #[tokio::test]
