@@ -357,7 +357,7 @@ async fn retry_classes_408_429_5xx_3xx_then_success_and_4xx_rejects() {
         "not delivered yet (HTTP 503: busy); retrying",
         "not delivered yet (HTTP 429: slow down); retrying",
         "outcome unknown (HTTP 408: )",
-        "not delivered yet (HTTP 500: oops); retrying",
+        "outcome unknown (HTTP 500: oops); sending again unless Loomis answers first",
         "check the configured URL",
     ] {
         assert!(

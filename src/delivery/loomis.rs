@@ -63,9 +63,9 @@ impl Default for AttemptMetrics {
 }
 
 /// Builds the HTTP client for Loomis and the tools: pooled connections, closed when idle
-/// for less than common server keep-alives, and bounded connect time. It neither follows
-/// redirects nor retries on its own: every attempt is the delivery layer's, counted,
-/// persisted and classified (a 3xx answer is retried as a configuration error).
+/// for less than common server keep-alives, and bounded connect time (see
+/// [`super::http`]: redirects are never followed, and a 3xx answer is retried as a
+/// configuration error).
 pub fn client(connect_timeout: Duration, pool_idle: Duration) -> super::http::Client {
     super::http::Client::new(connect_timeout, pool_idle)
 }
@@ -302,6 +302,7 @@ impl Attempt {
                     events.push(Event::AttemptFailed {
                         message: if is_dispatch { "Dispatch" } else { "Cancel" },
                         detail: detail.clone(),
+                        uncertain,
                     });
                 }
                 let (next, delay) = after_failure(&job, &self.policy, retry_after, &detail);

@@ -55,10 +55,12 @@ pub enum Event {
         detail: String,
     },
     /// An attempt to send our `message` ("Dispatch" or "Cancel") failed and will be
-    /// retried: noted once per distinct cause, nothing changes.
+    /// retried; `uncertain` if Loomis may have it. Noted once per distinct cause while the
+    /// message is still to be sent; nothing changes.
     AttemptFailed {
         message: &'static str,
         detail: String,
+        uncertain: bool,
     },
 }
 
@@ -105,8 +107,9 @@ impl Transition {
     }
 }
 
-/// How a failed attempt's timeline note begins.
+/// How a failed attempt's timeline note begins: certainly not delivered, or maybe.
 const NOT_DELIVERED: &str = "not delivered yet (";
+const OUTCOME_UNKNOWN: &str = "outcome unknown (";
 
 /// At most this many failed-attempt notes per incident.
 pub const ATTEMPT_NOTES: usize = 5;
@@ -137,7 +140,7 @@ pub fn apply(inc: &mut Incident, event: Event, now: Timestamp) -> Transition {
                     Direction::ToLoomis,
                     "Dispatch",
                     EntryOutcome::Note,
-                    format!("outcome unknown ({detail}); sent again unless Loomis answers first"),
+                    format!("{OUTCOME_UNKNOWN}{detail}); sent again unless Loomis answers first"),
                     None,
                 );
                 Transition::new(Outcome::Applied)
@@ -227,8 +230,22 @@ pub fn apply(inc: &mut Incident, event: Event, now: Timestamp) -> Transition {
             );
             Transition::new(Outcome::Applied)
         }
-        Event::AttemptFailed { message, detail } => {
-            let note = format!("{NOT_DELIVERED}{detail}); retrying");
+        Event::AttemptFailed {
+            message,
+            detail,
+            uncertain,
+        } => {
+            let note = if uncertain {
+                format!("{OUTCOME_UNKNOWN}{detail}); sending again unless Loomis answers first")
+            } else {
+                format!("{NOT_DELIVERED}{detail}); retrying")
+            };
+            // Only while the message is still to be sent: an answer that came meanwhile
+            // (an ACK by callback, a Close) settled it.
+            let pending = match message {
+                "Dispatch" => dispatch_pending(inc),
+                _ => inc.state == State::CancelRequested,
+            };
             // The same cause again adds nothing (the note says when it began), and a few
             // causes tell the story: the timeline keeps its room for Loomis's messages.
             let repeated = inc
@@ -240,9 +257,13 @@ pub fn apply(inc: &mut Incident, event: Event, now: Timestamp) -> Transition {
             let noted = inc
                 .timeline
                 .iter()
-                .filter(|e| e.outcome == EntryOutcome::Note && e.detail.starts_with(NOT_DELIVERED))
+                .filter(|e| {
+                    e.outcome == EntryOutcome::Note
+                        && (e.detail.starts_with(NOT_DELIVERED)
+                            || e.detail.starts_with(OUTCOME_UNKNOWN))
+                })
                 .count();
-            if repeated || noted >= ATTEMPT_NOTES {
+            if !pending || repeated || noted >= ATTEMPT_NOTES {
                 Transition::unchanged(Outcome::Applied)
             } else {
                 inc.record(
@@ -932,10 +953,20 @@ mod tests {
             Just(Event::CancelExpired {
                 detail: "24h".into()
             }),
-            Just(Event::AttemptFailed {
-                message: "Dispatch",
-                detail: "HTTP 503".into()
-            }),
+            (
+                prop_oneof![Just("Dispatch"), Just("Cancel")],
+                prop_oneof![
+                    Just("HTTP 503"),
+                    Just("timed out"),
+                    Just("connection failed")
+                ],
+                any::<bool>()
+            )
+                .prop_map(|(message, detail, uncertain)| Event::AttemptFailed {
+                    message,
+                    detail: detail.into(),
+                    uncertain
+                }),
         ]
     }
 
@@ -945,6 +976,7 @@ mod tests {
         let fail = |detail: &str| Event::AttemptFailed {
             message: "Dispatch",
             detail: detail.into(),
+            uncertain: false,
         };
         let before = i.timeline.len();
         let t = apply(&mut i, fail("connection failed: refused"), now());
@@ -963,6 +995,32 @@ mod tests {
         // Loomis's answer still goes in and applies.
         apply(&mut i, ack("INC1"), now());
         assert_eq!(i.state, State::Acknowledged);
+
+        // Once answered (an ACK came by callback while an attempt failed), a failed
+        // attempt is not noted: nothing waits for it any more.
+        let mut i = incident();
+        apply(&mut i, ack("INC1"), now());
+        let before = i.timeline.len();
+        let t = apply(&mut i, fail("timed out"), now());
+        assert!(!t.changed);
+        assert_eq!(i.timeline.len(), before);
+        // A maybe-delivered attempt says so.
+        let mut i = incident();
+        apply(
+            &mut i,
+            Event::AttemptFailed {
+                message: "Dispatch",
+                detail: "HTTP 502".into(),
+                uncertain: true,
+            },
+            now(),
+        );
+        assert!(i
+            .timeline
+            .last()
+            .unwrap()
+            .detail
+            .starts_with("outcome unknown (HTTP 502)"));
     }
 
     proptest! {
@@ -977,7 +1035,20 @@ mod tests {
             let mut terminal_updates = 0;
             for ev in events {
                 let before = i.clone();
+                let attempt_note = matches!(ev, Event::AttemptFailed { .. });
                 let t = apply(&mut i, ev, now());
+                if attempt_note {
+                    // A failed attempt only ever adds a note.
+                    prop_assert!(t.updates.is_empty() && !t.send_cancel);
+                    prop_assert_eq!(i.state, before.state);
+                    prop_assert_eq!(&i.incident_id, &before.incident_id);
+                    prop_assert!(i.timeline.len() <= before.timeline.len() + 1);
+                    let notes = i.timeline.iter().filter(|e| {
+                        e.outcome == crate::incident::EntryOutcome::Note
+                            && (e.detail.starts_with(NOT_DELIVERED) || e.detail.starts_with(OUTCOME_UNKNOWN))
+                    }).count();
+                    prop_assert!(notes <= ATTEMPT_NOTES + 1, "{} notes", notes);
+                }
                 if before.state.is_terminal() {
                     prop_assert_eq!(i.state, before.state);
                     prop_assert!(t.updates.is_empty());

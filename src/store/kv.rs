@@ -47,8 +47,11 @@ pub struct KvBackend<E: Engine> {
 /// most reads of an incident follow a write of it by less than a delivery backlog. Only
 /// the writer thread changes it, after its commit is durable (and it is emptied when a
 /// commit fails, since the engine may then hold writes it does not); readers never fill
-/// it, so it never holds a value older than the engine's. Two generations of at most
-/// [`RECENT_GENERATION_BYTES`] of records each bound it; a miss reads the engine.
+/// it, so it holds the last durable value of a record. (While a batch is being synced,
+/// the engine may already show it and this the value before: nothing has acknowledged
+/// the batch yet, so no reader can know to expect it.) Two generations of at most
+/// [`RECENT_GENERATION_BYTES`] of keys and records each bound it, plus the maps'
+/// own overhead; a miss reads the engine.
 #[derive(Default)]
 struct Recent {
     current: HashMap<Vec<u8>, Record>,
@@ -709,37 +712,54 @@ mod tests {
     #[test]
     fn reads_see_the_latest_commit_across_the_recent_generations() {
         let dir = tempfile::tempdir().unwrap();
-        let backend = engine::open(EngineKind::Fjall, dir.path(), 1 << 20).unwrap();
-        // More incident bytes than both generations hold (records are well over 200
-        // bytes), each incident written twice, the second time after the generations
-        // have turned over.
-        let n = 2 * RECENT_GENERATION_BYTES / 200;
+        let backend =
+            KvBackend::new(engine::FjallEngine::open(dir.path(), 1 << 20).unwrap()).unwrap();
+        // Incidents written twice, then about one and a half generations of other
+        // records: the generations turn over once, so the incidents' latest values are
+        // in the older one, and the first fill records in the newer.
+        let size = incident_key(&IncidentKey::new("servicenow", "FILL00000")).len()
+            + encode_binary(&incident("FILL00000", "x")).unwrap().len();
+        let fill = RECENT_GENERATION_BYTES / size * 3 / 2;
         for round in ["first", "second"] {
-            for i in (0..n).step_by(97) {
-                put(&*backend, &incident(&format!("INC{i}"), round)).unwrap();
+            for i in 0..10 {
+                put(&backend, &incident(&format!("INC{i}"), round)).unwrap();
             }
-            let mut group = backend.group();
-            for i in 0..n {
-                let inc = incident(&format!("FILL{i}"), round);
-                group.run(&|txn| txn.put_incident(&inc)).unwrap();
-            }
-            group.commit().unwrap();
         }
-        for i in (0..n).step_by(97) {
-            let want = Some("second".to_string());
+        let mut group = backend.group();
+        for i in 0..fill {
+            let inc = incident(&format!("FILL{i:05}"), "fill");
+            group.run(&|txn| txn.put_incident(&inc)).unwrap();
+        }
+        group.commit().unwrap();
+        let held = |reference: &str| {
+            let k = incident_key(&IncidentKey::new("servicenow", reference));
+            let r = backend.recent.read().unwrap();
+            (r.previous.contains_key(&k), r.current.contains_key(&k))
+        };
+        let second = Some("second".to_string());
+        for i in 0..10 {
+            let reference = format!("INC{i}");
+            assert_eq!(held(&reference), (true, false), "in the older generation");
             assert_eq!(
-                subjects(&*backend, &format!("INC{i}")),
-                (want.clone(), want)
+                subjects(&backend, &reference),
+                (second.clone(), second.clone())
             );
         }
-        // A removed incident is gone for both kinds of read.
+        // A removed incident is gone for both kinds of read, from either generation.
+        let last = format!("FILL{:05}", fill - 1);
+        assert_eq!(held(&last), (false, true));
         let mut group = backend.group();
-        group
-            .run(&|txn| txn.remove_incident(&IncidentKey::new("servicenow", "FILL1")))
-            .unwrap();
+        for reference in ["INC3", last.as_str()] {
+            group
+                .run(&|txn| txn.remove_incident(&IncidentKey::new("servicenow", reference)))
+                .unwrap();
+        }
         group.commit().unwrap();
-        assert_eq!(subjects(&*backend, "FILL1"), (None, None));
-        assert_eq!(subjects(&*backend, "FILL2").1.as_deref(), Some("second"));
+        for reference in ["INC3", last.as_str()] {
+            assert_eq!(held(reference), (false, false));
+            assert_eq!(subjects(&backend, reference), (None, None));
+        }
+        assert_eq!(subjects(&backend, "INC4").1, second);
     }
 
     #[test]
