@@ -6,7 +6,7 @@ use crate::config::{Auth, Config, LoomisTarget};
 use crate::delivery::loomis::LoomisRunner;
 use crate::delivery::scheduler::Scheduler;
 use crate::delivery::tool::{ToolRunner, ToolTarget};
-use crate::delivery::RetryPolicy;
+use crate::delivery::{Destination, RetryPolicy};
 use crate::gateway::{Gateway, IntegrationInfo};
 use crate::http::HttpState;
 use crate::intake::{IntegrationRuntime, Integrations};
@@ -197,16 +197,17 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         );
     }
     let ls = &config.loomis_section;
+    // One pool of connections for Loomis and the tools.
+    let client = crate::delivery::http::Client::new(
+        Duration::from_millis(ls.connect_timeout_ms),
+        Duration::from_millis(ls.pool_idle_timeout_ms),
+    );
     // Installs the recorder before the runners take their metric handles.
     let metrics = crate::http::metrics_handle();
     let loomis_runner = LoomisRunner {
         gateway: gateway.clone(),
-        client: crate::delivery::loomis::client(
-            Duration::from_millis(ls.connect_timeout_ms),
-            Duration::from_millis(ls.pool_idle_timeout_ms),
-        ),
-        url: Arc::new(Mutex::new(loomis_url)),
-        auth: config.loomis_auth.clone(),
+        client: client.clone(),
+        to: Destination::new(&loomis_url, &config.loomis_auth).map_err(anyhow::Error::msg)?,
         timeout: Duration::from_millis(ls.timeout_ms),
         policy: RetryPolicy::from(&config.loomis_retry),
         concurrency: ls.concurrency,
@@ -217,7 +218,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 .map(|j| j.id)
                 .collect(),
         ),
-        metrics: Arc::new(crate::delivery::loomis::AttemptMetrics::new()),
+        metrics: Arc::new(crate::delivery::loomis::AttemptMetrics::default()),
     };
     workers.push(tokio::spawn(
         Scheduler::new("loomis", Arc::new(loomis_runner)).run(
@@ -237,6 +238,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             targets.insert(
                 it.name.clone(),
                 ToolTarget {
+                    to: Destination::new(&d.url, &d.auth).map_err(anyhow::Error::msg)?,
                     delivery: d.clone(),
                     policy: RetryPolicy::from(&d.retry),
                     render,
@@ -247,10 +249,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     }
     let tool_runner = ToolRunner {
         gateway: gateway.clone(),
-        client: crate::delivery::loomis::client(
-            Duration::from_millis(ls.connect_timeout_ms),
-            Duration::from_millis(ls.pool_idle_timeout_ms),
-        ),
+        client,
         targets: Arc::new(targets),
     };
     workers.push(tokio::spawn(

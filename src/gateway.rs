@@ -285,7 +285,7 @@ impl Gateway {
             Err(MessageError::Conflict(_)) => "conflict",
             Err(MessageError::Store(_)) => "store_error",
         };
-        metrics::counter!("gateway_loomis_messages_total", "kind" => kind.as_str(), "outcome" => label, "via" => via_label(via)).increment(1);
+        count_message(kind, label, via);
         let res = res?;
         let (outcome, inc) = &res;
         tracing::info!(integration = %inc.integration, reference = %inc.reference, incident_id = inc.incident_id.as_deref().unwrap_or(""),
@@ -330,7 +330,7 @@ impl Gateway {
                 settled.map(|(inc, counted)| {
                     // Messages in answers' bodies count like callbacks (once durable).
                     for (kind, via, outcome) in counted {
-                        metrics::counter!("gateway_loomis_messages_total", "kind" => kind.as_str(), "outcome" => outcome, "via" => via_label(via)).increment(1);
+                        count_message(kind, outcome, via);
                     }
                     inc
                 })
@@ -451,12 +451,13 @@ pub fn differing_fields(a: &Dispatch, b: &Dispatch) -> Vec<String> {
         .collect()
 }
 
-/// How a Loomis message arrived, as a metric label.
-fn via_label(via: Via) -> &'static str {
-    match via {
+/// Counts a Loomis message by kind, what became of it, and how it arrived.
+fn count_message(kind: crate::loomis::message::InboundKind, outcome: &'static str, via: Via) {
+    let via = match via {
         Via::Callback => "callback",
         Via::ResponseBody => "response_body",
-    }
+    };
+    metrics::counter!("gateway_loomis_messages_total", "kind" => kind.as_str(), "outcome" => outcome, "via" => via).increment(1);
 }
 
 /// A short label for metrics and logs.

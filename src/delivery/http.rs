@@ -110,14 +110,12 @@ pub enum HttpError {
     Exchange(String),
     #[error("timed out")]
     Timeout,
-    #[error("invalid URL: {0}")]
-    Url(String),
 }
 
 impl HttpError {
     /// Whether the receiver cannot have seen the request.
     pub fn is_connect(&self) -> bool {
-        matches!(self, HttpError::Connect(_) | HttpError::Url(_))
+        matches!(self, HttpError::Connect(_))
     }
 }
 
@@ -200,21 +198,20 @@ impl Client {
         Client { inner }
     }
 
-    /// POSTs `body` to `url` with `headers`, and reads at most `max_body` bytes of the
+    /// POSTs `body` to `uri` with `headers`, and reads at most `max_body` bytes of the
     /// answer, all within `timeout`. A body that breaks off after the status line keeps
     /// what arrived, and says why in `cut_short`.
     pub async fn post(
         &self,
-        url: &str,
+        uri: &http::Uri,
         headers: &[(HeaderName, HeaderValue)],
         body: Vec<u8>,
         timeout: Duration,
         max_body: usize,
     ) -> Result<Response, HttpError> {
-        let uri: http::Uri = url.parse().map_err(|e| HttpError::Url(format!("{e}")))?;
         let mut req = http::Request::new(Full::new(Bytes::from(body)));
         *req.method_mut() = http::Method::POST;
-        *req.uri_mut() = uri;
+        *req.uri_mut() = uri.clone();
         let h = req.headers_mut();
         h.insert(
             http::header::USER_AGENT,
@@ -298,6 +295,44 @@ mod tests {
         Client::new(Duration::from_secs(2), Duration::from_secs(30))
     }
 
+    /// POSTs `{}` without extra headers.
+    async fn send(
+        c: &Client,
+        url: &str,
+        timeout: Duration,
+        max_body: usize,
+    ) -> Result<Response, HttpError> {
+        let uri = url.parse().unwrap();
+        c.post(&uri, &[], b"{}".to_vec(), timeout, max_body).await
+    }
+
+    /// Reads up to the end of a request head; None if the connection ends first.
+    async fn read_head(s: &mut (impl tokio::io::AsyncRead + Unpin)) -> Option<String> {
+        let mut buf = vec![0u8; 4096];
+        let mut seen = Vec::new();
+        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+        Some(String::from_utf8_lossy(&seen).to_lowercase())
+    }
+
+    /// A server for one connection: whatever the client sends first is answered with
+    /// `answer`, and the connection is closed.
+    async fn answer_and_close(answer: &'static [u8]) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(answer).await;
+        });
+        addr
+    }
+
     /// A server that answers each connection with `answer` once it read the request head,
     /// and hands over each request head it read.
     async fn server(
@@ -313,18 +348,13 @@ mod tests {
             while let Ok((mut s, _)) = listener.accept().await {
                 let heads = heads.clone();
                 tokio::spawn(async move {
-                    let mut buf = vec![0u8; 4096];
-                    let mut seen = Vec::new();
-                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => seen.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let _ = heads.send(String::from_utf8_lossy(&seen).to_lowercase());
+                    let Some(head) = read_head(&mut s).await else {
+                        return;
+                    };
+                    let _ = heads.send(head);
                     let _ = s.write_all(answer).await;
                     // Hold the connection open: the client decides when it is done.
-                    let _ = s.read(&mut buf).await;
+                    let _ = s.read(&mut [0u8; 1]).await;
                 });
             }
         });
@@ -338,14 +368,8 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
-        let e = client()
-            .post(
-                &format!("http://127.0.0.1:{port}/x"),
-                &[],
-                vec![],
-                Duration::from_secs(2),
-                10,
-            )
+        let url = format!("http://127.0.0.1:{port}/x");
+        let e = send(&client(), &url, Duration::from_secs(2), 10)
             .await
             .unwrap_err();
         assert!(e.is_connect(), "{e:?}");
@@ -354,26 +378,15 @@ mod tests {
 
     #[tokio::test]
     async fn https_to_a_server_that_speaks_no_tls_never_sends_the_request() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            let (mut s, _) = listener.accept().await.unwrap();
-            let mut buf = vec![0u8; 4096];
-            let _ = s.read(&mut buf).await;
-            let _ = s
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
-                .await;
-        });
-        let e = client()
-            .post(
-                &format!("https://{addr}/x"),
-                &[],
-                b"{}".to_vec(),
-                Duration::from_secs(5),
-                10,
-            )
-            .await
-            .unwrap_err();
+        let addr = answer_and_close(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await;
+        let e = send(
+            &client(),
+            &format!("https://{addr}/x"),
+            Duration::from_secs(5),
+            10,
+        )
+        .await
+        .unwrap_err();
         assert!(e.is_connect(), "a failed TLS handshake sent nothing: {e:?}");
     }
 
@@ -411,19 +424,14 @@ mod tests {
                     let Ok(mut s) = acceptor.accept(tcp).await else {
                         return;
                     };
-                    let mut buf = vec![0u8; 4096];
-                    let mut seen = Vec::new();
-                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => seen.extend_from_slice(&buf[..n]),
-                        }
+                    if read_head(&mut s).await.is_none() {
+                        return;
                     }
                     let _ = s
                         .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nsecure")
                         .await;
                     let _ = s.flush().await;
-                    let _ = s.read(&mut buf).await;
+                    let _ = s.read(&mut [0u8; 1]).await;
                 });
             }
         });
@@ -435,41 +443,18 @@ mod tests {
         let (port, ca) = tls_server().await;
         let trusting =
             Client::with_roots(Duration::from_secs(2), Duration::from_secs(30), vec![ca]);
-        let r = trusting
-            .post(
-                &format!("https://localhost:{port}/x"),
-                &[],
-                b"{}".to_vec(),
-                Duration::from_secs(5),
-                100,
-            )
-            .await
-            .unwrap();
+        let localhost = format!("https://localhost:{port}/x");
+        let five = Duration::from_secs(5);
+        let r = send(&trusting, &localhost, five, 100).await.unwrap();
         assert_eq!((r.status, r.body.as_slice()), (200, &b"secure"[..]));
         // The certificate names localhost, not 127.0.0.1.
-        let e = trusting
-            .post(
-                &format!("https://127.0.0.1:{port}/x"),
-                &[],
-                b"{}".to_vec(),
-                Duration::from_secs(5),
-                100,
-            )
+        let e = send(&trusting, &format!("https://127.0.0.1:{port}/x"), five, 100)
             .await
             .unwrap_err();
         assert!(e.is_connect(), "{e:?}");
         assert!(e.to_string().contains("certificate"), "{e}");
         // Without the private CA the server is not trusted.
-        let e = client()
-            .post(
-                &format!("https://localhost:{port}/x"),
-                &[],
-                b"{}".to_vec(),
-                Duration::from_secs(5),
-                100,
-            )
-            .await
-            .unwrap_err();
+        let e = send(&client(), &localhost, five, 100).await.unwrap_err();
         assert!(
             e.is_connect() && e.to_string().contains("certificate"),
             "{e}"
@@ -478,25 +463,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_stalled_tls_handshake_is_a_connect_failure_within_the_connect_timeout() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            // Accepts, reads the ClientHello, never answers.
-            let (mut s, _) = listener.accept().await.unwrap();
-            let mut buf = vec![0u8; 4096];
-            let _ = s.read(&mut buf).await;
-            tokio::time::sleep(Duration::from_secs(30)).await;
-        });
+        // Accepts, waits for a request head the ClientHello never completes.
+        let (addr, _) = server(b"").await;
         let c = Client::new(Duration::from_millis(300), Duration::from_secs(30));
         // The exchange's own limit is far longer: a timeout there would be uncertain.
-        let e = c
-            .post(
-                &format!("https://localhost:{}/x", addr.port()),
-                &[],
-                b"{}".to_vec(),
-                Duration::from_secs(10),
-                10,
-            )
+        let url = format!("https://localhost:{}/x", addr.port());
+        let e = send(&c, &url, Duration::from_secs(10), 10)
             .await
             .unwrap_err();
         assert!(e.is_connect(), "nothing was sent: {e:?}");
@@ -513,15 +485,11 @@ mod tests {
             while let Ok((mut s, _)) = listener.accept().await {
                 let heads = heads.clone();
                 tokio::spawn(async move {
-                    let mut head = Vec::new();
-                    let mut byte = [0u8; 1];
-                    while !head.ends_with(b"\r\n\r\n") {
-                        if s.read_exact(&mut byte).await.is_err() {
-                            return;
-                        }
-                        head.push(byte[0]);
-                    }
-                    let _ = heads.send(String::from_utf8_lossy(&head).to_lowercase());
+                    // The client sends nothing more before the proxy's answer.
+                    let Some(head) = read_head(&mut s).await else {
+                        return;
+                    };
+                    let _ = heads.send(head);
                     let mut upstream = tokio::net::TcpStream::connect(("127.0.0.1", to))
                         .await
                         .unwrap();
@@ -549,16 +517,8 @@ mod tests {
             proxies,
         );
         // loomis.test resolves nowhere: only the proxy's tunnel reaches the server.
-        let r = c
-            .post(
-                "https://loomis.test/x",
-                &[],
-                b"{}".to_vec(),
-                Duration::from_secs(5),
-                100,
-            )
-            .await
-            .unwrap();
+        let five = Duration::from_secs(5);
+        let r = send(&c, "https://loomis.test/x", five, 100).await.unwrap();
         assert_eq!((r.status, r.body.as_slice()), (200, &b"secure"[..]));
         let head = connects.recv().await.unwrap();
         assert!(
@@ -571,14 +531,7 @@ mod tests {
             "{head}"
         );
         // A loopback destination never goes through the proxy.
-        let r = c
-            .post(
-                &format!("https://localhost:{port}/x"),
-                &[],
-                b"{}".to_vec(),
-                Duration::from_secs(5),
-                100,
-            )
+        let r = send(&c, &format!("https://localhost:{port}/x"), five, 100)
             .await
             .unwrap();
         assert_eq!(r.status, 200);
@@ -590,24 +543,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_timeout_shorter_than_connecting_is_still_a_connect_failure() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            let (mut s, _) = listener.accept().await.unwrap();
-            let mut buf = vec![0u8; 4096];
-            let _ = s.read(&mut buf).await;
-            tokio::time::sleep(Duration::from_secs(30)).await;
-        });
+        let (addr, _) = server(b"").await;
         // Connecting may take 10 s, the request only 300 ms: the handshake stalls.
         let c = Client::new(Duration::from_secs(10), Duration::from_secs(30));
-        let e = c
-            .post(
-                &format!("https://localhost:{}/x", addr.port()),
-                &[],
-                b"{}".to_vec(),
-                Duration::from_millis(300),
-                10,
-            )
+        let url = format!("https://localhost:{}/x", addr.port());
+        let e = send(&c, &url, Duration::from_millis(300), 10)
             .await
             .unwrap_err();
         assert!(e.is_connect(), "nothing was sent: {e:?}");
@@ -617,16 +557,14 @@ mod tests {
     #[tokio::test]
     async fn an_answer_that_never_comes_times_out_as_uncertain() {
         let (addr, _) = server(b"").await;
-        let e = client()
-            .post(
-                &format!("http://{addr}/x"),
-                &[],
-                b"{}".to_vec(),
-                Duration::from_millis(300),
-                10,
-            )
-            .await
-            .unwrap_err();
+        let e = send(
+            &client(),
+            &format!("http://{addr}/x"),
+            Duration::from_millis(300),
+            10,
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(e, HttpError::Timeout), "{e:?}");
         assert!(!e.is_connect());
     }
@@ -643,7 +581,7 @@ mod tests {
         )];
         let r = client()
             .post(
-                &format!("http://{addr}/x"),
+                &format!("http://{addr}/x").parse().unwrap(),
                 &headers,
                 b"{}".to_vec(),
                 Duration::from_secs(5),
@@ -670,14 +608,8 @@ mod tests {
     #[tokio::test]
     async fn a_body_that_stalls_past_the_deadline_keeps_the_status() {
         let (addr, _) = server(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nstart").await;
-        let r = client()
-            .post(
-                &format!("http://{addr}/x"),
-                &[],
-                b"{}".to_vec(),
-                Duration::from_millis(300),
-                1000,
-            )
+        let url = format!("http://{addr}/x");
+        let r = send(&client(), &url, Duration::from_millis(300), 1000)
             .await
             .unwrap();
         assert_eq!((r.status, r.body.as_slice()), (200, &b"start"[..]));
@@ -686,27 +618,16 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_that_breaks_off_keeps_what_arrived_and_says_why() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            let (mut s, _) = listener.accept().await.unwrap();
-            let mut buf = vec![0u8; 4096];
-            let _ = s.read(&mut buf).await;
-            let _ = s
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhalf")
-                .await;
-            // Dropped: the connection closes 96 bytes early.
-        });
-        let r = client()
-            .post(
-                &format!("http://{addr}/x"),
-                &[],
-                b"{}".to_vec(),
-                Duration::from_secs(5),
-                1000,
-            )
-            .await
-            .unwrap();
+        // The connection closes 96 bytes early.
+        let addr = answer_and_close(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhalf").await;
+        let r = send(
+            &client(),
+            &format!("http://{addr}/x"),
+            Duration::from_secs(5),
+            1000,
+        )
+        .await
+        .unwrap();
         assert_eq!((r.status, r.body.as_slice()), (200, &b"half"[..]));
         assert!(r.cut_short.is_some());
     }

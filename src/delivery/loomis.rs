@@ -3,8 +3,7 @@
 //! come by callback.
 
 use super::scheduler::{Runner, Verdict};
-use super::{after_failure, post, retry_soon, settle, AttemptError, RetryPolicy};
-use crate::config::Auth;
+use super::{after_failure, post, retry_soon, settle, AttemptError, Destination, RetryPolicy};
 use crate::gateway::{Gateway, JobAction};
 use crate::incident::machine::{self, Event, Via};
 use crate::incident::{Incident, State};
@@ -21,8 +20,7 @@ use tracing::Instrument;
 pub struct LoomisRunner {
     pub gateway: Gateway,
     pub client: super::http::Client,
-    pub url: Arc<Mutex<reqwest::Url>>,
-    pub auth: Auth,
+    pub to: Destination,
     pub timeout: Duration,
     pub policy: RetryPolicy,
     pub concurrency: usize,
@@ -42,8 +40,8 @@ pub struct AttemptMetrics {
     requests: [[metrics::Counter; 3]; 2],
 }
 
-impl AttemptMetrics {
-    pub fn new() -> AttemptMetrics {
+impl Default for AttemptMetrics {
+    fn default() -> Self {
         let kinds = ["dispatch", "cancel"];
         AttemptMetrics {
             seconds: kinds.map(|kind| metrics::histogram!("gateway_loomis_request_seconds", "kind" => kind)),
@@ -56,27 +54,17 @@ impl AttemptMetrics {
     }
 }
 
-impl Default for AttemptMetrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// Builds the HTTP client for Loomis and the tools: pooled connections, closed when idle
-/// for less than common server keep-alives, and bounded connect time (see
-/// [`super::http`]: redirects are never followed, and a 3xx answer is retried as a
-/// configuration error).
-pub fn client(connect_timeout: Duration, pool_idle: Duration) -> super::http::Client {
-    super::http::Client::new(connect_timeout, pool_idle)
-}
+/// Indexes of [`AttemptMetrics::requests`]' results.
+const OK: usize = 0;
+const REFUSED: usize = 1;
+const RETRY: usize = 2;
 
 impl Runner for LoomisRunner {
     fn run(&self, job: Job) -> BoxFuture<'static, Verdict> {
         let this = Attempt {
             gateway: self.gateway.clone(),
             client: self.client.clone(),
-            url: self.url.lock().expect("url lock").clone(),
-            auth: self.auth.clone(),
+            to: self.to.clone(),
             timeout: self.timeout,
             policy: self.policy.clone(),
             recovered: self
@@ -101,8 +89,7 @@ impl Runner for LoomisRunner {
 struct Attempt {
     gateway: Gateway,
     client: super::http::Client,
-    url: reqwest::Url,
-    auth: Auth,
+    to: Destination,
     timeout: Duration,
     policy: RetryPolicy,
     recovered: bool,
@@ -225,8 +212,7 @@ impl Attempt {
         let started = std::time::Instant::now();
         let result = post(
             &self.client,
-            &self.url,
-            &self.auth,
+            &self.to,
             &[
                 ("content-type", "application/json"),
                 ("accept", "application/json"),
@@ -239,7 +225,7 @@ impl Attempt {
         self.metrics.seconds[kind].record(started.elapsed().as_secs_f64());
         match result {
             Ok(answer) => {
-                self.metrics.requests[kind][0].increment(1);
+                self.metrics.requests[kind][OK].increment(1);
                 let from_body = answer_events(&answer.body, &inc, is_dispatch);
                 if is_dispatch {
                     events.push(Event::DispatchDelivered {
@@ -257,7 +243,7 @@ impl Attempt {
                 settle(&self.gateway, &job, events, JobAction::Remove(job.id)).await
             }
             Err(AttemptError::Permanent { status, body }) => {
-                self.metrics.requests[kind][1].increment(1);
+                self.metrics.requests[kind][REFUSED].increment(1);
                 tracing::warn!(status, body = %body, "Loomis refused the message; not retried");
                 // A NAK may come as the body of a 4xx: apply it as the NAK it is (for a
                 // Cancel, a refusal of the cancel).
@@ -280,7 +266,7 @@ impl Attempt {
                 retry_after,
                 uncertain,
             }) => {
-                self.metrics.requests[kind][2].increment(1);
+                self.metrics.requests[kind][RETRY].increment(1);
                 let now = Timestamp::now();
                 let attempts = job.attempts + 1;
                 if self.policy.exhausted(job.created_at, attempts, now) {

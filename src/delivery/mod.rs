@@ -222,26 +222,34 @@ pub struct Answer {
     pub retry_after: Option<Duration>,
 }
 
+/// Where a delivery goes, prepared once: the URI and the credentials header.
+#[derive(Clone)]
+pub struct Destination {
+    pub uri: ::http::Uri,
+    pub auth: Option<(HeaderName, HeaderValue)>,
+}
+
+impl Destination {
+    /// Fails for credentials no header can carry (configuration validation refuses them
+    /// first) and for a URL hyper cannot take.
+    pub fn new(url: &reqwest::Url, auth: &Auth) -> Result<Destination, String> {
+        Ok(Destination {
+            uri: url.as_str().parse().map_err(|e| format!("{url}: {e}"))?,
+            auth: auth_header(auth)?,
+        })
+    }
+}
+
 /// POSTs `body` and classifies the result by the retry rules of the contract.
 pub async fn post(
     client: &http::Client,
-    url: &reqwest::Url,
-    auth: &Auth,
+    to: &Destination,
     headers: &[(&'static str, &'static str)],
     body: Vec<u8>,
     timeout: Duration,
 ) -> Result<Answer, AttemptError> {
     let mut all = Vec::with_capacity(headers.len() + 1);
-    match auth_header(auth) {
-        Ok(h) => all.extend(h),
-        Err(detail) => {
-            return Err(AttemptError::Retryable {
-                detail,
-                retry_after: None,
-                uncertain: false,
-            })
-        }
-    }
+    all.extend(to.auth.clone());
     for (name, value) in headers {
         all.push((
             HeaderName::from_static(name),
@@ -249,7 +257,7 @@ pub async fn post(
         ));
     }
     let resp = match client
-        .post(url.as_str(), &all, body, timeout, MAX_RESPONSE_BYTES)
+        .post(&to.uri, &all, body, timeout, MAX_RESPONSE_BYTES)
         .await
     {
         Ok(r) => r,

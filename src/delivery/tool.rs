@@ -21,6 +21,8 @@ pub type Renderer = Arc<dyn Fn(&Update) -> Result<Vec<u8>, String> + Send + Sync
 #[derive(Clone)]
 pub struct ToolTarget {
     pub delivery: Delivery,
+    /// The delivery's URL and credentials, prepared once.
+    pub to: super::Destination,
     pub policy: RetryPolicy,
     pub render: Renderer,
     /// Content type (and SOAPAction for SOAP 1.1) of the posts, from the outbound mapping.
@@ -116,7 +118,7 @@ async fn post_update(
         }
     };
     let d = &target.delivery;
-    match post(&client, &d.url, &d.auth, target.headers, body, d.timeout).await {
+    match post(&client, &target.to, target.headers, body, d.timeout).await {
         Ok(answer) => {
             metrics::counter!("gateway_tool_posts_total", "integration" => integration.clone(), "result" => "ok").increment(1);
             tracing::debug!(status = answer.status, sequence, "update posted");

@@ -28,6 +28,14 @@ pub(crate) fn clip(s: &str, max: usize) -> Cow<'_, str> {
     }
 }
 
+/// NOT_FOUND for an incident reference unknown in `integration`.
+pub(crate) fn no_incident(integration: &str, reference: &str) -> Status {
+    Status::not_found(format!(
+        "no incident {} in integration {integration:?}",
+        quoted(reference)
+    ))
+}
+
 /// A caller-supplied name or reference, quoted for an error message.
 pub(crate) fn quoted(s: &str) -> String {
     format!("{:?}", clip(s, QUOTE_LIMIT))
@@ -87,10 +95,7 @@ pub(crate) fn submit(e: SubmitError) -> Status {
 /// Why `CancelIncident` refused.
 pub(crate) fn cancel(integration: &str, e: CancelError) -> Status {
     match e {
-        CancelError::NotFound(reference) => Status::not_found(format!(
-            "no incident {} in integration {integration:?}",
-            quoted(&reference)
-        )),
+        CancelError::NotFound(reference) => no_incident(integration, &reference),
         CancelError::AlreadyTerminal(state, inc) => Status::failed_precondition(format!(
             "incident {} is already {state}; it can no longer be cancelled",
             quoted(&inc.reference)

@@ -211,11 +211,7 @@ impl IncidentGateway for GatewayService {
         reference_required(&req.incident_reference)?;
         match self.gateway.get(&rt.name, &req.incident_reference) {
             Ok(Some(inc)) => Ok(Response::new(convert::incident(&inc))),
-            Ok(None) => Err(Status::not_found(format!(
-                "no incident {} in integration {:?}",
-                error::quoted(&req.incident_reference),
-                rt.name
-            ))),
+            Ok(None) => Err(error::no_incident(&rt.name, &req.incident_reference)),
             Err(e) => Err(error::store(e)),
         }
     }

@@ -626,38 +626,6 @@ mod tests {
         }
     }
 
-    /// A fjall engine whose commit applies the writes and then fails, like a sync that
-    /// fails after the batch became visible.
-    struct FailsAfterApply {
-        inner: engine::FjallEngine,
-        fail: std::sync::atomic::AtomicBool,
-    }
-
-    impl Engine for FailsAfterApply {
-        type Bytes = fjall::Slice;
-        fn get(&self, key: &[u8]) -> Result<Option<Self::Bytes>, StoreError> {
-            self.inner.get(key)
-        }
-        fn commit(&self, writes: Writes) -> Result<(), StoreError> {
-            self.inner.commit(writes)?;
-            if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
-                return Err(StoreError::Database("sync failed".into()));
-            }
-            Ok(())
-        }
-        fn sync(&self) -> Result<(), StoreError> {
-            self.inner.sync()
-        }
-        fn range(
-            &self,
-            start: &[u8],
-            end: &[u8],
-            limit: usize,
-        ) -> Result<Vec<Entry<Self::Bytes>>, StoreError> {
-            self.inner.range(start, end, limit)
-        }
-    }
-
     fn incident(reference: &str, subject: &str) -> Incident {
         let mut d = crate::loomis::message::Dispatch::sample(reference);
         d.subject = subject.into();
@@ -765,20 +733,13 @@ mod tests {
     #[test]
     fn a_failed_commit_leaves_no_older_value_than_the_engines() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = FailsAfterApply {
-            inner: engine::FjallEngine::open(dir.path(), 1 << 20).unwrap(),
-            fail: false.into(),
-        };
-        let backend = KvBackend::new(engine).unwrap();
-        put(&backend, &incident("INC1", "old")).unwrap();
-        assert_eq!(subjects(&backend, "INC1").1.as_deref(), Some("old"));
-        backend
-            .engine
-            .fail
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-        assert!(put(&backend, &incident("INC1", "new")).is_err());
+        let (backend, fail) = crate::store::testing::Flaky::open_applying(dir.path());
+        put(&*backend, &incident("INC1", "old")).unwrap();
+        assert_eq!(subjects(&*backend, "INC1").1.as_deref(), Some("old"));
+        fail.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(put(&*backend, &incident("INC1", "new")).is_err());
         // The engine shows the applied batch; so must every read.
         let new = Some("new".to_string());
-        assert_eq!(subjects(&backend, "INC1"), (new.clone(), new));
+        assert_eq!(subjects(&*backend, "INC1"), (new.clone(), new));
     }
 }

@@ -564,15 +564,31 @@ pub mod testing {
     pub struct Flaky {
         inner: FjallEngine,
         fail: Arc<AtomicBool>,
+        /// A failing commit applies the batch first, like a sync that fails after the
+        /// batch became visible.
+        apply_first: bool,
     }
 
     impl Flaky {
         /// A store in `dir` that refuses writes while the returned flag is set.
         pub fn open(dir: &std::path::Path) -> (Arc<dyn Backend>, Arc<AtomicBool>) {
+            Self::open_with(dir, false)
+        }
+
+        /// [`Flaky::open`], whose failing commits apply their batch before failing.
+        pub fn open_applying(dir: &std::path::Path) -> (Arc<dyn Backend>, Arc<AtomicBool>) {
+            Self::open_with(dir, true)
+        }
+
+        fn open_with(
+            dir: &std::path::Path,
+            apply_first: bool,
+        ) -> (Arc<dyn Backend>, Arc<AtomicBool>) {
             let fail = Arc::new(AtomicBool::new(false));
             let engine = Flaky {
                 inner: FjallEngine::open(dir, 1 << 20).unwrap(),
                 fail: fail.clone(),
+                apply_first,
             };
             (Arc::new(kv::KvBackend::new(engine).unwrap()), fail)
         }
@@ -592,6 +608,10 @@ pub mod testing {
             self.inner.get(key)
         }
         fn commit(&self, writes: Writes) -> Result<(), StoreError> {
+            if self.apply_first {
+                self.inner.commit(writes)?;
+                return self.refuse();
+            }
             self.refuse()?;
             self.inner.commit(writes)
         }
