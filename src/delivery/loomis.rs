@@ -2,7 +2,7 @@
 //! contract's retry classes. An ACK or NAK in the response body is applied as if it had
 //! come by callback.
 
-use super::scheduler::{Runner, Verdict};
+use super::scheduler::{Runner, Slot, Verdict};
 use super::{after_failure, post, retry_soon, settle, AttemptError, Destination, RetryPolicy};
 use crate::gateway::{Gateway, JobAction};
 use crate::incident::machine::{self, Event, Via};
@@ -60,8 +60,9 @@ const REFUSED: usize = 1;
 const RETRY: usize = 2;
 
 impl Runner for LoomisRunner {
-    fn run(&self, job: Job) -> BoxFuture<'static, Verdict> {
+    fn run(&self, job: Job, slot: Slot) -> BoxFuture<'static, Verdict> {
         let this = Attempt {
+            slot,
             gateway: self.gateway.clone(),
             client: self.client.clone(),
             to: self.to.clone(),
@@ -87,6 +88,8 @@ impl Runner for LoomisRunner {
 }
 
 struct Attempt {
+    /// Given back once Loomis has answered (or not), before the outcome is settled.
+    slot: Slot,
     gateway: Gateway,
     client: super::http::Client,
     to: Destination,
@@ -221,6 +224,7 @@ impl Attempt {
             self.timeout,
         )
         .await;
+        drop(self.slot);
         let kind = usize::from(!is_dispatch);
         self.metrics.seconds[kind].record(started.elapsed().as_secs_f64());
         match result {

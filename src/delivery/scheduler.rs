@@ -4,6 +4,12 @@
 //! One task owns all scheduling state; attempts run as spawned tasks and report back
 //! over a channel. A job that keeps failing only holds its own lane (and one slot of its
 //! group while an attempt is in flight), so one poison incident never blocks the others.
+//!
+//! A group's limit bounds its requests in flight to the receiver: an attempt hands its
+//! [`Slot`] back when the exchange ends, before it waits for its outcome to reach the
+//! disk, so the receiver is not kept idle by our fsyncs. Attempts still settling are
+//! bounded too (twice the limit), so a store that refuses writes stops the sending
+//! instead of letting every queued job go out unrecorded.
 
 use crate::store::records::{Job, Lane};
 use futures::future::BoxFuture;
@@ -25,7 +31,9 @@ pub enum Verdict {
 
 /// Makes one attempt at a job and settles the outcome in the store.
 pub trait Runner: Send + Sync + 'static {
-    fn run(&self, job: Job) -> BoxFuture<'static, Verdict>;
+    /// Drops `slot` as soon as the exchange with the receiver is over (or it is clear
+    /// there will be none); it is dropped with the future at the latest.
+    fn run(&self, job: Job, slot: Slot) -> BoxFuture<'static, Verdict>;
     /// The concurrency group of a job (e.g. the integration whose tool it posts to).
     fn group(&self, job: &Job) -> String;
     /// How many attempts of `group` may be in flight at once.
@@ -34,6 +42,31 @@ pub trait Runner: Send + Sync + 'static {
 
 /// Feeds jobs to a [`Scheduler`].
 pub type JobSender = mpsc::UnboundedSender<Job>;
+
+/// How many attempts of a group may be launched and not yet settled, per slot.
+const UNSETTLED_PER_SLOT: usize = 2;
+
+/// What attempts report to the scheduler.
+enum Report {
+    /// An attempt's exchange with the receiver is over: its group has a slot again.
+    Freed(String),
+    /// An attempt is settled.
+    Done(Lane, String, Verdict),
+}
+
+/// One of a group's slots for a request in flight; dropping it gives it back.
+pub struct Slot {
+    group: Option<String>,
+    reports: mpsc::UnboundedSender<Report>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(group) = self.group.take() {
+            let _ = self.reports.send(Report::Freed(group));
+        }
+    }
+}
 
 /// Runs until `shutdown`; then waits for in-flight attempts up to the caller's deadline
 /// (the caller drops the returned future to abandon them: their jobs stay in the outbox).
@@ -48,7 +81,10 @@ pub struct Scheduler {
     timer_lanes: HashMap<u64, Lane>,
     /// Lanes whose head is due, waiting for a slot of their group.
     ready: HashMap<String, VecDeque<Lane>>,
+    /// Per group: attempts holding a slot (exchanging with the receiver).
     in_flight: HashMap<String, usize>,
+    /// Per group: attempts launched and not yet settled.
+    unsettled: HashMap<String, usize>,
     running: usize,
 }
 
@@ -69,6 +105,7 @@ impl Scheduler {
             timer_lanes: HashMap::new(),
             ready: HashMap::new(),
             in_flight: HashMap::new(),
+            unsettled: HashMap::new(),
             running: 0,
         }
     }
@@ -121,11 +158,16 @@ impl Scheduler {
         }
     }
 
+    fn report(&mut self, report: Report) {
+        match report {
+            Report::Freed(group) => decrement(&mut self.in_flight, &group),
+            Report::Done(lane, group, verdict) => self.complete(lane, group, verdict),
+        }
+    }
+
     fn complete(&mut self, lane: Lane, group: String, verdict: Verdict) {
         self.running -= 1;
-        if let Some(n) = self.in_flight.get_mut(&group) {
-            *n -= 1;
-        }
+        decrement(&mut self.unsettled, &group);
         match verdict {
             Verdict::Done => {
                 if let Some(q) = self.lanes.get_mut(&lane) {
@@ -166,13 +208,14 @@ impl Scheduler {
         }
     }
 
-    fn launch(&mut self, done: &mpsc::UnboundedSender<(Lane, String, Verdict)>) {
+    fn launch(&mut self, reports: &mpsc::UnboundedSender<Report>) {
         let groups: Vec<String> = self.ready.keys().cloned().collect();
         for group in groups {
             let limit = self.runner.limit(&group).max(1);
             loop {
                 let busy = self.in_flight.get(&group).copied().unwrap_or(0);
-                if busy >= limit {
+                let unsettled = self.unsettled.get(&group).copied().unwrap_or(0);
+                if busy >= limit || unsettled >= limit.saturating_mul(UNSETTLED_PER_SLOT) {
                     break;
                 }
                 let Some(lane) = self.ready.get_mut(&group).and_then(|r| r.pop_front()) else {
@@ -182,13 +225,18 @@ impl Scheduler {
                     continue;
                 };
                 *self.in_flight.entry(group.clone()).or_insert(0) += 1;
+                *self.unsettled.entry(group.clone()).or_insert(0) += 1;
                 self.running += 1;
-                let fut = self.runner.run(job);
-                let done = done.clone();
+                let slot = Slot {
+                    group: Some(group.clone()),
+                    reports: reports.clone(),
+                };
+                let fut = self.runner.run(job, slot);
+                let reports = reports.clone();
                 let group = group.clone();
                 tokio::spawn(async move {
                     let verdict = fut.await;
-                    let _ = done.send((lane, group, verdict));
+                    let _ = reports.send(Report::Done(lane, group, verdict));
                 });
             }
             if self.ready.get(&group).is_some_and(|r| r.is_empty()) {
@@ -208,27 +256,170 @@ impl Scheduler {
         for job in initial {
             self.add(job);
         }
-        let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+        let (report_tx, mut reports) = mpsc::unbounded_channel();
         loop {
             self.promote_due();
-            self.launch(&done_tx);
+            self.launch(&report_tx);
             metrics::gauge!("gateway_outbox_pending", "target" => self.name)
                 .set(self.pending() as f64);
             let next = self.timers.first().map(|(due, _)| *due);
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                Some((lane, group, verdict)) = done_rx.recv() => self.complete(lane, group, verdict),
+                Some(report) = reports.recv() => self.report(report),
                 Some(job) = jobs.recv() => self.add(job),
                 _ = async { match next { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {}
             }
         }
         // Shutdown: start nothing new; let attempts in flight settle.
         while self.running > 0 {
-            match done_rx.recv().await {
-                Some((lane, group, verdict)) => self.complete(lane, group, verdict),
+            match reports.recv().await {
+                Some(report) => self.report(report),
                 None => break,
             }
         }
+    }
+}
+
+fn decrement(counts: &mut HashMap<String, usize>, group: &str) {
+    if let Some(n) = counts.get_mut(group) {
+        *n = n.saturating_sub(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::incident::IncidentKey;
+    use crate::store::records::{JobKind, Target};
+    use std::sync::Mutex;
+    use std::time::Duration;
+    use tokio::sync::oneshot;
+
+    /// What the test runner does with its slot.
+    #[derive(Clone, Copy)]
+    enum Hold {
+        /// Keeps the slot until the job's gate opens (a request still in flight).
+        UntilSettled,
+        /// Gives the slot back at once and then waits for the gate (settling).
+        FreeFirst,
+    }
+
+    /// Records which jobs started and lets the test decide when each one settles.
+    struct Gated {
+        hold: Hold,
+        limit: usize,
+        started: mpsc::UnboundedSender<u64>,
+        gates: Mutex<HashMap<u64, oneshot::Receiver<()>>>,
+    }
+
+    impl Runner for Gated {
+        fn run(&self, job: Job, slot: Slot) -> BoxFuture<'static, Verdict> {
+            let gate = self.gates.lock().unwrap().remove(&job.id).expect("a gate per job");
+            let _ = self.started.send(job.id);
+            let hold = self.hold;
+            Box::pin(async move {
+                let slot = match hold {
+                    Hold::UntilSettled => Some(slot),
+                    Hold::FreeFirst => {
+                        drop(slot);
+                        None
+                    }
+                };
+                let _ = gate.await;
+                drop(slot);
+                Verdict::Done
+            })
+        }
+        fn group(&self, _job: &Job) -> String {
+            "receiver".into()
+        }
+        fn limit(&self, _group: &str) -> usize {
+            self.limit
+        }
+    }
+
+    fn job(id: u64, reference: &str) -> Job {
+        let now = Timestamp::now();
+        Job {
+            id,
+            target: Target::Loomis,
+            kind: JobKind::Dispatch,
+            incident: IncidentKey::new("tool", reference),
+            attempts: 0,
+            created_at: now,
+            next_attempt_at: now,
+            last_error: None,
+        }
+    }
+
+    /// Starts a scheduler over `jobs` (id, reference); returns the started ids' receiver
+    /// and each job's gate.
+    fn start(
+        hold: Hold,
+        limit: usize,
+        jobs: &[(u64, &str)],
+    ) -> (mpsc::UnboundedReceiver<u64>, HashMap<u64, oneshot::Sender<()>>, CancellationToken) {
+        let (started, started_rx) = mpsc::unbounded_channel();
+        let mut gates = HashMap::new();
+        let mut opens = HashMap::new();
+        for (id, _) in jobs {
+            let (tx, rx) = oneshot::channel();
+            gates.insert(*id, rx);
+            opens.insert(*id, tx);
+        }
+        let runner = Arc::new(Gated {
+            hold,
+            limit,
+            started,
+            gates: Mutex::new(gates),
+        });
+        let initial = jobs.iter().map(|(id, r)| job(*id, r)).collect();
+        let (_feed, rx) = mpsc::unbounded_channel();
+        let shutdown = CancellationToken::new();
+        tokio::spawn(Scheduler::new("test", runner).run(initial, rx, shutdown.clone()));
+        (started_rx, opens, shutdown)
+    }
+
+    /// The ids started so far once the scheduler has nothing left to do.
+    async fn started_now(rx: &mut mpsc::UnboundedReceiver<u64>) -> Vec<u64> {
+        // With the clock paused, this sleep ends only when every task is idle.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut ids = Vec::new();
+        while let Ok(id) = rx.try_recv() {
+            ids.push(id);
+        }
+        ids.sort();
+        ids
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_limit_bounds_requests_in_flight() {
+        let jobs = [(1, "A"), (2, "B"), (3, "C"), (4, "D")];
+        let (mut started, mut gates, _stop) = start(Hold::UntilSettled, 2, &jobs);
+        assert_eq!(started_now(&mut started).await, vec![1, 2]);
+        gates.remove(&1).unwrap().send(()).unwrap();
+        assert_eq!(started_now(&mut started).await, vec![3]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_given_back_lets_the_next_request_go_while_the_first_settles() {
+        let jobs = [(1, "A"), (2, "B"), (3, "C")];
+        let (mut started, mut gates, _stop) = start(Hold::FreeFirst, 1, &jobs);
+        // One slot, but two attempts settling at once (twice the limit), not three.
+        assert_eq!(started_now(&mut started).await, vec![1, 2]);
+        gates.remove(&2).unwrap().send(()).unwrap();
+        assert_eq!(started_now(&mut started).await, vec![3]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lane_waits_for_its_settled_outcome_not_for_the_slot() {
+        // Two jobs of one incident: the second waits for the first to settle even though
+        // the first gave its slot back long before.
+        let jobs = [(1, "A"), (2, "A")];
+        let (mut started, mut gates, _stop) = start(Hold::FreeFirst, 4, &jobs);
+        assert_eq!(started_now(&mut started).await, vec![1]);
+        gates.remove(&1).unwrap().send(()).unwrap();
+        assert_eq!(started_now(&mut started).await, vec![2]);
     }
 }

@@ -2,7 +2,7 @@
 //! like Loomis deliveries and dead-lettered after the limit (an operator can list and
 //! replay dead letters). A slow or failing tool holds only its own concurrency slots.
 
-use super::scheduler::{Runner, Verdict};
+use super::scheduler::{Runner, Slot, Verdict};
 use super::{post, AttemptError, RetryPolicy};
 use crate::config::Delivery;
 use crate::gateway::{Gateway, JobAction};
@@ -37,11 +37,11 @@ pub struct ToolRunner {
 }
 
 impl Runner for ToolRunner {
-    fn run(&self, job: Job) -> BoxFuture<'static, Verdict> {
+    fn run(&self, job: Job, slot: Slot) -> BoxFuture<'static, Verdict> {
         let gateway = self.gateway.clone();
         let client = self.client.clone();
         let target = self.targets.get(&job.incident.integration).cloned();
-        Box::pin(attempt(gateway, client, target, job))
+        Box::pin(attempt(gateway, client, target, job, slot))
     }
 
     fn group(&self, job: &Job) -> String {
@@ -74,20 +74,23 @@ async fn attempt(
     client: super::http::Client,
     target: Option<ToolTarget>,
     job: Job,
+    slot: Slot,
 ) -> Verdict {
     // Attached to the future, not entered on the thread: see the Loomis runner.
     let span = tracing::info_span!("post_update", integration = %job.incident.integration, reference = %job.incident.reference, attempt = job.attempts + 1);
-    post_update(gateway, client, target, job)
+    post_update(gateway, client, target, job, slot)
         .instrument(span)
         .await
 }
 
-/// Posts the job's update to the tool and settles the outcome.
+/// Posts the job's update to the tool and settles the outcome; `slot` is given back
+/// once the tool has answered (or not).
 async fn post_update(
     gateway: Gateway,
     client: super::http::Client,
     target: Option<ToolTarget>,
     job: Job,
+    slot: Slot,
 ) -> Verdict {
     let integration = job.incident.integration.clone();
     let JobKind::PostUpdate { sequence } = job.kind else {
@@ -118,7 +121,9 @@ async fn post_update(
         }
     };
     let d = &target.delivery;
-    match post(&client, &target.to, target.headers, body, d.timeout).await {
+    let result = post(&client, &target.to, target.headers, body, d.timeout).await;
+    drop(slot);
+    match result {
         Ok(answer) => {
             metrics::counter!("gateway_tool_posts_total", "integration" => integration.clone(), "result" => "ok").increment(1);
             tracing::debug!(status = answer.status, sequence, "update posted");
