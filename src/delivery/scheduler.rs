@@ -209,6 +209,9 @@ impl Scheduler {
     }
 
     fn launch(&mut self, reports: &mpsc::UnboundedSender<Report>) {
+        if self.ready.is_empty() {
+            return;
+        }
         let groups: Vec<String> = self.ready.keys().cloned().collect();
         for group in groups {
             let limit = self.runner.limit(&group).max(1);
@@ -257,11 +260,12 @@ impl Scheduler {
             self.add(job);
         }
         let (report_tx, mut reports) = mpsc::unbounded_channel();
+        // Registered once: the macro would look the series up on every turn of the loop.
+        let pending = metrics::gauge!("gateway_outbox_pending", "target" => self.name);
         loop {
             self.promote_due();
             self.launch(&report_tx);
-            metrics::gauge!("gateway_outbox_pending", "target" => self.name)
-                .set(self.pending() as f64);
+            pending.set(self.pending() as f64);
             let next = self.timers.first().map(|(due, _)| *due);
             tokio::select! {
                 biased;
@@ -315,7 +319,12 @@ mod tests {
 
     impl Runner for Gated {
         fn run(&self, job: Job, slot: Slot) -> BoxFuture<'static, Verdict> {
-            let gate = self.gates.lock().unwrap().remove(&job.id).expect("a gate per job");
+            let gate = self
+                .gates
+                .lock()
+                .unwrap()
+                .remove(&job.id)
+                .expect("a gate per job");
             let _ = self.started.send(job.id);
             let hold = self.hold;
             Box::pin(async move {
@@ -359,7 +368,11 @@ mod tests {
         hold: Hold,
         limit: usize,
         jobs: &[(u64, &str)],
-    ) -> (mpsc::UnboundedReceiver<u64>, HashMap<u64, oneshot::Sender<()>>, CancellationToken) {
+    ) -> (
+        mpsc::UnboundedReceiver<u64>,
+        HashMap<u64, oneshot::Sender<()>>,
+        CancellationToken,
+    ) {
         let (started, started_rx) = mpsc::unbounded_channel();
         let mut gates = HashMap::new();
         let mut opens = HashMap::new();

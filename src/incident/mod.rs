@@ -142,10 +142,13 @@ pub struct Update {
     pub state: State,
     pub response_code: Option<String>,
     pub response_text: Option<String>,
+    #[serde(default, with = "crate::store::codec::option_timestamp")]
     pub sla_time: Option<Timestamp>,
     /// When it happened according to Loomis (`DateTime`), or the gateway for its own kinds.
+    #[serde(default, with = "crate::store::codec::option_timestamp")]
     pub event_time: Option<Timestamp>,
     /// When the gateway received or decided it.
+    #[serde(with = "crate::store::codec::timestamp")]
     pub received_at: Timestamp,
 }
 
@@ -187,6 +190,7 @@ pub enum EntryOutcome {
 /// One line of an incident's audit trail: every message in and out, and why.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TimelineEntry {
+    #[serde(with = "crate::store::codec::timestamp")]
     pub at: Timestamp,
     pub direction: Direction,
     /// `Dispatch`, `ACK`, `Cancel`, `CustomerCancel`, ...
@@ -218,6 +222,7 @@ pub struct Incident {
     pub dispatch: Dispatch,
     /// ACK's `Status`.
     pub loomis_status: Option<String>,
+    #[serde(default, with = "crate::store::codec::option_timestamp")]
     pub sla_time: Option<Timestamp>,
     pub response_code: Option<String>,
     pub response_text: Option<String>,
@@ -228,7 +233,9 @@ pub struct Incident {
     /// Some Dispatch attempt ended without a known outcome (timeout, dropped connection):
     /// Loomis may have it, so a `Duplicate` NAK is the answer to our own retry.
     pub dispatch_uncertain: bool,
+    #[serde(with = "crate::store::codec::timestamp")]
     pub created_at: Timestamp,
+    #[serde(with = "crate::store::codec::timestamp")]
     pub updated_at: Timestamp,
     pub timeline: Vec<TimelineEntry>,
     pub timeline_dropped: u32,
