@@ -92,8 +92,9 @@ impl RetryPolicy {
 ///
 /// If the store itself fails, the same settlement is written again (after 1 s, doubling
 /// up to 30 s) until the store takes it: the message was sent and its answer is known,
-/// so sending it again would only make a duplicate. Until then the job keeps its
-/// delivery slot. If the gateway stops first, it stops waiting; the job is still in the
+/// so sending it again would only make a duplicate. Until then the job stays in flight
+/// (its lane waits; its slot was given back when the exchange ended, and at most twice
+/// a group's limit may be settling). If the gateway stops first, it stops waiting; the job is still in the
 /// outbox and is treated as possibly delivered at the next start (see `recovered`).
 pub async fn settle(
     gateway: &crate::gateway::Gateway,

@@ -31,8 +31,9 @@ pub enum Verdict {
 
 /// Makes one attempt at a job and settles the outcome in the store.
 pub trait Runner: Send + Sync + 'static {
-    /// Drops `slot` as soon as the exchange with the receiver is over (or it is clear
-    /// there will be none); it is dropped with the future at the latest.
+    /// Drops `slot` as soon as the exchange with the receiver is over. An attempt that
+    /// sends nothing (its message is no longer wanted) may keep it until it settles;
+    /// it is dropped with the future at the latest.
     fn run(&self, job: Job, slot: Slot) -> BoxFuture<'static, Verdict>;
     /// The concurrency group of a job (e.g. the integration whose tool it posts to).
     fn group(&self, job: &Job) -> String;
@@ -52,6 +53,30 @@ enum Report {
     Freed(String),
     /// An attempt is settled.
     Done(Lane, String, Verdict),
+    /// An attempt ended without a verdict (it panicked): its job stays in the outbox and
+    /// is tried again after [`LOST_RETRY`].
+    Lost(Lane, String),
+}
+
+/// When a job whose attempt panicked is tried again.
+const LOST_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Held by an attempt's task: if the attempt panics, dropping it tells the scheduler, so
+/// the job's lane, its group's counts and the shutdown wait are not left hanging.
+struct Settling {
+    lane: Option<Lane>,
+    group: String,
+    reports: mpsc::UnboundedSender<Report>,
+}
+
+impl Drop for Settling {
+    fn drop(&mut self) {
+        if let Some(lane) = self.lane.take() {
+            let _ = self
+                .reports
+                .send(Report::Lost(lane, std::mem::take(&mut self.group)));
+        }
+    }
 }
 
 /// One of a group's slots for a request in flight; dropping it gives it back.
@@ -162,6 +187,27 @@ impl Scheduler {
         match report {
             Report::Freed(group) => decrement(&mut self.in_flight, &group),
             Report::Done(lane, group, verdict) => self.complete(lane, group, verdict),
+            Report::Lost(lane, group) => {
+                let retry = self.lanes.get(&lane).and_then(|q| q.front()).map(|job| {
+                    let mut job = job.clone();
+                    job.next_attempt_at = Timestamp::now()
+                        .checked_add(LOST_RETRY)
+                        .unwrap_or(job.next_attempt_at);
+                    job
+                });
+                tracing::error!(
+                    integration = %lane.incident.integration,
+                    reference = %lane.incident.reference,
+                    "a delivery attempt failed unexpectedly; its job stays queued and is tried again in 30 s"
+                );
+                match retry {
+                    Some(job) => self.complete(lane, group, Verdict::Retry(job)),
+                    None => {
+                        self.running -= 1;
+                        decrement(&mut self.unsettled, &group);
+                    }
+                }
+            }
         }
     }
 
@@ -235,11 +281,17 @@ impl Scheduler {
                     reports: reports.clone(),
                 };
                 let fut = self.runner.run(job, slot);
-                let reports = reports.clone();
-                let group = group.clone();
+                let mut settling = Settling {
+                    lane: Some(lane),
+                    group: group.clone(),
+                    reports: reports.clone(),
+                };
                 tokio::spawn(async move {
                     let verdict = fut.await;
-                    let _ = reports.send(Report::Done(lane, group, verdict));
+                    if let Some(lane) = settling.lane.take() {
+                        let group = std::mem::take(&mut settling.group);
+                        let _ = settling.reports.send(Report::Done(lane, group, verdict));
+                    }
                 });
             }
             if self.ready.get(&group).is_some_and(|r| r.is_empty()) {
@@ -287,6 +339,7 @@ impl Scheduler {
 
 fn decrement(counts: &mut HashMap<String, usize>, group: &str) {
     if let Some(n) = counts.get_mut(group) {
+        debug_assert!(*n > 0, "group {group} counted down below zero");
         *n = n.saturating_sub(1);
     }
 }
@@ -319,15 +372,13 @@ mod tests {
 
     impl Runner for Gated {
         fn run(&self, job: Job, slot: Slot) -> BoxFuture<'static, Verdict> {
-            let gate = self
-                .gates
-                .lock()
-                .unwrap()
-                .remove(&job.id)
-                .expect("a gate per job");
             let _ = self.started.send(job.id);
+            // A second start of a job finds no gate and panics in its own attempt, which
+            // the scheduler survives: the test sees the id twice.
+            let gate = self.gates.lock().unwrap().remove(&job.id);
             let hold = self.hold;
             Box::pin(async move {
+                let gate = gate.expect("one start per job");
                 let slot = match hold {
                     Hold::UntilSettled => Some(slot),
                     Hold::FreeFirst => {
@@ -392,6 +443,55 @@ mod tests {
         let shutdown = CancellationToken::new();
         tokio::spawn(Scheduler::new("test", runner).run(initial, rx, shutdown.clone()));
         (started_rx, opens, shutdown)
+    }
+
+    /// Panics in its first attempt at job 1; settles everything else at once.
+    struct PanicsOnce {
+        started: mpsc::UnboundedSender<u64>,
+        panicked: std::sync::atomic::AtomicBool,
+    }
+
+    impl Runner for PanicsOnce {
+        fn run(&self, job: Job, slot: Slot) -> BoxFuture<'static, Verdict> {
+            let _ = self.started.send(job.id);
+            let panic = job.id == 1
+                && !self
+                    .panicked
+                    .swap(true, std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async move {
+                drop(slot);
+                assert!(!panic, "an attempt that panics");
+                Verdict::Done
+            })
+        }
+        fn group(&self, _job: &Job) -> String {
+            "receiver".into()
+        }
+        fn limit(&self, _group: &str) -> usize {
+            1
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_attempt_that_panics_is_tried_again_and_blocks_nothing() {
+        let (started, mut started_rx) = mpsc::unbounded_channel();
+        let runner = Arc::new(PanicsOnce {
+            started,
+            panicked: false.into(),
+        });
+        let jobs = vec![job(1, "A"), job(2, "A"), job(3, "B"), job(4, "C")];
+        let (_feed, rx) = mpsc::unbounded_channel();
+        let shutdown = CancellationToken::new();
+        let scheduler =
+            tokio::spawn(Scheduler::new("test", runner).run(jobs, rx, shutdown.clone()));
+        // Before the retry is due the other lanes run; job 2 waits behind job 1.
+        assert_eq!(started_now(&mut started_rx).await, vec![1, 3, 4]);
+        // 30 s after the panic job 1 is tried again, then job 2 follows in its lane.
+        tokio::time::sleep(LOST_RETRY).await;
+        assert_eq!(started_now(&mut started_rx).await, vec![1, 2]);
+        // Nothing is left counted as running: the scheduler stops at once.
+        shutdown.cancel();
+        scheduler.await.unwrap();
     }
 
     /// The ids started so far once the scheduler has nothing left to do.

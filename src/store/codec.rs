@@ -151,8 +151,6 @@ pub mod dispatch {
     }
 }
 
-/// `#[serde(with)]` for an optional JSON message inside a stored record: a JSON value for
-/// JSON, its text for the binary form (which cannot hold an arbitrary value).
 /// `#[serde(with)]` for a [`jiff::Timestamp`] in a stored record: RFC 3339 text for
 /// JSON (and in version 1 records), seconds and nanoseconds in the binary form.
 pub mod timestamp {
@@ -192,6 +190,8 @@ pub mod option_timestamp {
     }
 }
 
+/// `#[serde(with)]` for an optional JSON message inside a stored record: a JSON value for
+/// JSON, its text for the binary form (which cannot hold an arbitrary value).
 pub mod json_message {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -301,7 +301,14 @@ mod tests {
     #[test]
     fn timestamps_keep_nanoseconds_and_range() {
         use crate::store::records::{Job, JobKind, Target};
-        for (second, nano) in [(0, 0), (1_700_000_000, 123_456_789), (-1, 999_999_999)] {
+        let min = jiff::Timestamp::MIN;
+        for (second, nano) in [
+            (0, 0),
+            (1_700_000_000, 123_456_789),
+            (-1, 999_999_999),
+            (-5, -123_456_789),
+            (min.as_second(), min.subsec_nanosecond()),
+        ] {
             let at = jiff::Timestamp::new(second, nano).unwrap();
             let job = Job {
                 id: 7,
