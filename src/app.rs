@@ -129,6 +129,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         })
         .collect();
     let shutdown = CancellationToken::new();
+    // Installs the recorder before the gateway and the runners take their metric handles.
+    let metrics = crate::http::metrics_handle();
     let gateway = Gateway::new(store.clone(), infos).stopping_with(shutdown.clone());
     let ready = Arc::new(AtomicBool::new(false));
 
@@ -202,8 +204,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         Duration::from_millis(ls.connect_timeout_ms),
         Duration::from_millis(ls.pool_idle_timeout_ms),
     );
-    // Installs the recorder before the runners take their metric handles.
-    let metrics = crate::http::metrics_handle();
     let loomis_runner = LoomisRunner {
         gateway: gateway.clone(),
         client: client.clone(),

@@ -94,10 +94,20 @@ pub struct Gateway {
     /// up waiting (what it holds stays in the outbox).
     stopping: tokio_util::sync::CancellationToken,
     integrations: Arc<HashMap<String, IntegrationInfo>>,
+    /// `gateway_incidents_created_total` per integration, registered once (create the
+    /// gateway after the metrics recorder is installed).
+    created: Arc<HashMap<String, metrics::Counter>>,
 }
 
 impl Gateway {
     pub fn new(store: Store, integrations: Vec<IntegrationInfo>) -> Self {
+        let created = integrations
+            .iter()
+            .map(|i| {
+                let counter = metrics::counter!("gateway_incidents_created_total", "integration" => i.name.clone());
+                (i.name.clone(), counter)
+            })
+            .collect();
         let integrations = integrations
             .into_iter()
             .map(|i| (i.name.clone(), i))
@@ -106,6 +116,7 @@ impl Gateway {
             store,
             stopping: tokio_util::sync::CancellationToken::new(),
             integrations: Arc::new(integrations),
+            created: Arc::new(created),
         }
     }
 
@@ -175,7 +186,9 @@ impl Gateway {
             })
             .await??;
         if result.created {
-            metrics::counter!("gateway_incidents_created_total", "integration" => result.incident.integration.clone()).increment(1);
+            if let Some(counter) = self.created.get(&result.incident.integration) {
+                counter.increment(1);
+            }
             tracing::info!(integration = %result.incident.integration, reference = %result.incident.reference, "incident queued for Loomis");
         }
         Ok(result)

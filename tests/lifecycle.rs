@@ -50,6 +50,8 @@ async fn ack_in_body_then_accept_then_close() {
     );
     let ok = [("kind", "dispatch"), ("result", "ok")];
     assert!(h.counted("gateway_loomis_requests_total", &ok).await);
+    let created = [("integration", "servicenow")];
+    assert!(h.counted("gateway_incidents_created_total", &created).await);
     assert!(
         h.counted(
             "gateway_loomis_request_seconds_count",
