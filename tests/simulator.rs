@@ -621,6 +621,21 @@ async fn invalid_messages_name_every_bad_field() {
     assert_eq!(rec[0].message.as_ref().unwrap(), &bad);
     assert_eq!(rec[1].kind, ReceivedKind::Cancel);
     assert_eq!(rec[2].kind, ReceivedKind::Invalid);
+    assert!(rec[4].message.is_none(), "not JSON: no message");
+    // The control route shows the same, newest last.
+    let shown: serde_json::Value = client
+        .get(format!("{}/received?limit=7", sim.control_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shown[0]["message"], bad);
+    assert_eq!(shown[0]["kind"], "Dispatch");
+    assert_eq!(shown[4]["message"], serde_json::Value::Null);
+    assert!(shown[3]["message"].is_array());
+    assert_eq!(shown.as_array().unwrap().len(), 7);
     sim.shutdown().await;
 }
 

@@ -107,7 +107,8 @@ impl SimulatorHandle {
 
     /// The received requests still in the ring, oldest first.
     pub fn received(&self) -> Vec<ReceivedMessage> {
-        self.shared.lock().received.iter().cloned().collect()
+        let rt = self.shared.lock();
+        rt.received.iter().map(|r| r.message()).collect()
     }
 
     /// The counters now.

@@ -235,8 +235,9 @@ async fn incident_path(State(sim): State<Arc<Shared>>, req: Request) -> Response
         }
     };
     let parsed: Result<Value, serde_json::Error> = serde_json::from_slice(&bytes);
-    let json = parsed.as_ref().ok().cloned();
-    let kind = classify(json.as_ref());
+    let kind = classify(parsed.as_ref().ok());
+    // Kept as received (a reference to the same bytes) and parsed only when read back.
+    let json = parsed.is_ok().then(|| bytes.clone());
 
     match sim.decide_fault() {
         FaultDecision::None => {}
@@ -735,7 +736,8 @@ async fn control_received(
     let rt = sim.lock();
     let limit = q.limit.unwrap_or(100);
     let skip = rt.received.len().saturating_sub(limit);
-    Json(json!(rt.received.iter().skip(skip).collect::<Vec<_>>()))
+    let received: Vec<_> = rt.received.iter().skip(skip).map(|r| r.message()).collect();
+    Json(json!(received))
 }
 
 #[cfg(test)]

@@ -48,6 +48,37 @@ pub struct ReceivedMessage {
     pub outcome: String,
 }
 
+/// A request in the ring: its body as received, parsed when read back (most are never
+/// read, and keeping a parsed copy of each cost more than the simulator's own checks).
+#[derive(Debug, Clone)]
+pub(crate) struct Received {
+    pub(crate) seq: u64,
+    at: Timestamp,
+    path: String,
+    kind: ReceivedKind,
+    /// The body, when it was JSON.
+    body: Option<bytes::Bytes>,
+    status: Option<u16>,
+    outcome: String,
+}
+
+impl Received {
+    pub(crate) fn message(&self) -> ReceivedMessage {
+        ReceivedMessage {
+            seq: self.seq,
+            at: self.at,
+            path: self.path.clone(),
+            kind: self.kind,
+            message: self
+                .body
+                .as_ref()
+                .and_then(|b| serde_json::from_slice(b).ok()),
+            status: self.status,
+            outcome: self.outcome.clone(),
+        }
+    }
+}
+
 /// Counters, updated as things happen; `wait_for` watches them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct SimulatorStats {
@@ -156,7 +187,7 @@ pub(crate) struct Runtime {
     /// `(CustomerNumber, IncidentReference)` -> (`IncidentId`, when ACKed), for `Duplicate`.
     pub(crate) references: HashMap<(String, String), (String, Instant)>,
     pub(crate) next_number: u64,
-    pub(crate) received: VecDeque<ReceivedMessage>,
+    pub(crate) received: VecDeque<Received>,
     pub(crate) received_total: u64,
 }
 
@@ -294,7 +325,7 @@ impl Shared {
         &self,
         path: &str,
         kind: ReceivedKind,
-        message: Option<Value>,
+        body: Option<bytes::Bytes>,
         status: Option<u16>,
         outcome: String,
     ) {
@@ -304,12 +335,12 @@ impl Shared {
         while rt.received.len() >= self.config.max_records {
             rt.received.pop_front();
         }
-        rt.received.push_back(ReceivedMessage {
+        rt.received.push_back(Received {
             seq,
             at: Timestamp::now(),
             path: path.to_string(),
             kind,
-            message,
+            body,
             status,
             outcome,
         });
