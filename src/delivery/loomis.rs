@@ -101,7 +101,14 @@ struct Attempt {
 
 /// Whether a message in a response body is about this incident.
 fn body_message(body: &[u8], inc: &Incident) -> Result<Option<InboundMessage>, String> {
-    if body.iter().all(u8::is_ascii_whitespace) {
+    // An empty body, or an empty JSON object, carries no message.
+    let inner: Vec<u8> = body
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .take(3)
+        .collect();
+    if inner.is_empty() || inner == b"{}" {
         return Ok(None);
     }
     match InboundMessage::parse(body) {
@@ -300,5 +307,42 @@ impl Attempt {
                 settle(&self.gateway, &job, events, JobAction::Reschedule(next)).await
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loomis::message::Dispatch;
+
+    fn incident() -> Incident {
+        Incident::new("servicenow", Dispatch::sample("INC1"), Timestamp::now())
+    }
+
+    #[test]
+    fn an_empty_answer_carries_no_message() {
+        for body in ["", "  \r\n", "{}", "{ }\n", " {\n} "] {
+            assert!(
+                matches!(body_message(body.as_bytes(), &incident()), Ok(None)),
+                "{body:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_answer_with_content_is_a_message_or_a_reason() {
+        let inc = incident();
+        let ack = format!(
+            r#"{{"MessageType":"ACK","CustomerNumber":"{}","IncidentId":"INC9","IncidentReference":"INC1","Status":"Open"}}"#,
+            inc.customer_number
+        );
+        let m = body_message(ack.as_bytes(), &inc).unwrap().unwrap();
+        assert_eq!(m.kind, InboundKind::Ack);
+        for body in [r#"{"status":"queued"}"#, "{}x", "accepted"] {
+            assert!(body_message(body.as_bytes(), &inc).is_err(), "{body:?}");
+        }
+        let other = ack.replace("\"INC1\"", "\"INC2\"");
+        let err = body_message(other.as_bytes(), &inc).unwrap_err();
+        assert!(err.contains("for incident \"INC2\""), "{err}");
     }
 }

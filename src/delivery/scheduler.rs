@@ -11,7 +11,7 @@
 //! bounded too (twice the limit), so a store that refuses writes stops the sending
 //! instead of letting every queued job go out unrecorded.
 
-use crate::store::records::{Job, Lane};
+use crate::store::records::{Job, JobKind, Lane};
 use futures::future::BoxFuture;
 use jiff::Timestamp;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
@@ -79,6 +79,36 @@ impl Drop for Settling {
     }
 }
 
+/// A group's lanes whose head is due: a customer Cancel goes before queued Dispatches,
+/// so that under a backlog it still reaches Loomis before the technician does.
+#[derive(Default)]
+struct Ready {
+    cancels: VecDeque<Lane>,
+    others: VecDeque<Lane>,
+}
+
+impl Ready {
+    fn push(&mut self, lane: Lane, job: &Job) {
+        match job.kind {
+            JobKind::Cancel => self.cancels.push_back(lane),
+            _ => self.others.push_back(lane),
+        }
+    }
+
+    fn pop(&mut self) -> Option<Lane> {
+        self.cancels.pop_front().or_else(|| self.others.pop_front())
+    }
+
+    fn remove(&mut self, lane: &Lane) {
+        self.cancels.retain(|l| l != lane);
+        self.others.retain(|l| l != lane);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.cancels.is_empty() && self.others.is_empty()
+    }
+}
+
 /// One of a group's slots for a request in flight; dropping it gives it back.
 pub struct Slot {
     group: Option<String>,
@@ -105,7 +135,7 @@ pub struct Scheduler {
     timers: BTreeSet<(Instant, u64)>,
     timer_lanes: HashMap<u64, Lane>,
     /// Lanes whose head is due, waiting for a slot of their group.
-    ready: HashMap<String, VecDeque<Lane>>,
+    ready: HashMap<String, Ready>,
     /// Per group: attempts holding a slot (exchanging with the receiver).
     in_flight: HashMap<String, usize>,
     /// Per group: attempts launched and not yet settled.
@@ -168,7 +198,7 @@ impl Scheduler {
                 self.timers.retain(|(_, id)| *id != old);
                 self.timer_lanes.remove(&old);
                 for r in self.ready.values_mut() {
-                    r.retain(|l| *l != lane);
+                    r.remove(&lane);
                 }
             }
             self.arm(&lane);
@@ -248,7 +278,7 @@ impl Scheduler {
             if let Some(lane) = self.timer_lanes.remove(&id) {
                 if let Some(job) = self.lanes.get(&lane).and_then(|q| q.front()) {
                     let group = self.runner.group(job);
-                    self.ready.entry(group).or_default().push_back(lane);
+                    self.ready.entry(group).or_default().push(lane, job);
                 }
             }
         }
@@ -267,7 +297,7 @@ impl Scheduler {
                 if busy >= limit || unsettled >= limit.saturating_mul(UNSETTLED_PER_SLOT) {
                     break;
                 }
-                let Some(lane) = self.ready.get_mut(&group).and_then(|r| r.pop_front()) else {
+                let Some(lane) = self.ready.get_mut(&group).and_then(Ready::pop) else {
                     break;
                 };
                 let Some(job) = self.lanes.get(&lane).and_then(|q| q.front()).cloned() else {
@@ -523,6 +553,34 @@ mod tests {
         assert_eq!(started_now(&mut started).await, vec![1, 2]);
         gates.remove(&2).unwrap().send(()).unwrap();
         assert_eq!(started_now(&mut started).await, vec![3]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancel_goes_before_queued_dispatches() {
+        let (started, mut started_rx) = mpsc::unbounded_channel();
+        let mut gates = HashMap::new();
+        let mut opens = HashMap::new();
+        for id in 1..=4 {
+            let (tx, rx) = oneshot::channel();
+            gates.insert(id, rx);
+            opens.insert(id, tx);
+        }
+        let runner = Arc::new(Gated {
+            hold: Hold::UntilSettled,
+            limit: 1,
+            started,
+            gates: Mutex::new(gates),
+        });
+        let mut cancel = job(4, "D");
+        cancel.kind = JobKind::Cancel;
+        let jobs = vec![job(1, "A"), job(2, "B"), job(3, "C"), cancel];
+        let (_feed, rx) = mpsc::unbounded_channel();
+        tokio::spawn(Scheduler::new("test", runner).run(jobs, rx, CancellationToken::new()));
+        assert_eq!(started_now(&mut started_rx).await, vec![4]);
+        opens.remove(&4).unwrap().send(()).unwrap();
+        assert_eq!(started_now(&mut started_rx).await, vec![1]);
+        opens.remove(&1).unwrap().send(()).unwrap();
+        assert_eq!(started_now(&mut started_rx).await, vec![2]);
     }
 
     #[tokio::test(start_paused = true)]

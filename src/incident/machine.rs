@@ -623,6 +623,18 @@ fn apply_loomis(inc: &mut Incident, msg: InboundMessage, via: Via, now: Timestam
             inc.state = state;
             inc.response_text = msg.response_text.clone();
             applied(inc, format!("via {via_text}"), raw);
+            if cancel_pending && state == State::Closed {
+                // A race the customer lost (Loomis had finished, or the Cancel was still
+                // queued): say so, since the Close alone reads as if it was ignored.
+                inc.record(
+                    now,
+                    Direction::Gateway,
+                    "CustomerCancel",
+                    EntryOutcome::Note,
+                    "did not take effect: Loomis closed the incident first",
+                    None,
+                );
+            }
             t.updates.push(draft(
                 kind_u,
                 state,
@@ -836,6 +848,28 @@ mod tests {
             .outcome,
             Outcome::AlreadyTerminal(State::Cancelled)
         );
+    }
+
+    #[test]
+    fn a_close_that_overtakes_a_customer_cancel_says_so() {
+        let mut i = incident();
+        apply(&mut i, ack("INC1"), now());
+        apply(&mut i, Event::CustomerCancel { reason: "r".into() }, now());
+        assert_eq!(i.state, State::CancelRequested);
+        let t = apply(&mut i, close("INC1"), now());
+        assert_eq!(kinds(&t), vec![UpdateKind::Close]);
+        assert_eq!(i.state, State::Closed);
+        let last = i.timeline.last().unwrap();
+        assert_eq!(
+            (last.kind.as_str(), last.outcome),
+            ("CustomerCancel", EntryOutcome::Note)
+        );
+        assert!(last.detail.contains("Loomis closed the incident first"));
+        // A Close with no cancel pending adds no such note.
+        let mut i = incident();
+        apply(&mut i, ack("INC1"), now());
+        apply(&mut i, close("INC1"), now());
+        assert!(i.timeline.iter().all(|e| e.kind != "CustomerCancel"));
     }
 
     #[test]

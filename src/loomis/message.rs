@@ -56,8 +56,11 @@ pub fn format_utc(ts: Timestamp) -> String {
 /// Parses an RFC 3339 date-time with any offset (inbound from Loomis).
 pub fn parse_rfc3339(s: &str) -> Result<Timestamp, String> {
     // jiff's Timestamp parser accepts RFC 3339 / ISO 8601 with a mandatory offset.
-    s.trim().parse::<Timestamp>().map_err(|_| {
-        format!("{s:?} is not an RFC 3339 date-time with an offset (e.g. 2021-01-16T15:17:48Z)")
+    s.trim().parse::<Timestamp>().map_err(|e| {
+        format!(
+            "{s:?} is not an RFC 3339 date-time with an offset (e.g. 2021-01-16T15:17:48Z) \
+             between -9999-01-02T01:59:59Z and 9999-12-30T22:00:00Z: {e}"
+        )
     })
 }
 
