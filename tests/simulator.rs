@@ -175,6 +175,18 @@ async fn post(sim: &SimulatorHandle, body: &Value) -> (u16, Value) {
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
+/// `GET` of a control route (`state`, `received?limit=N`), as JSON.
+async fn control(sim: &SimulatorHandle, route: &str) -> Value {
+    reqwest::Client::new()
+        .get(format!("{}/{route}", sim.control_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 fn problem_fields(body: &Value) -> Vec<String> {
     body["problems"]
         .as_array()
@@ -623,14 +635,7 @@ async fn invalid_messages_name_every_bad_field() {
     assert_eq!(rec[2].kind, ReceivedKind::Invalid);
     assert!(rec[4].message.is_none(), "not JSON: no message");
     // The control route shows the same, newest last.
-    let shown: serde_json::Value = client
-        .get(format!("{}/received?limit=7", sim.control_url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let shown: serde_json::Value = control(&sim, "received?limit=7").await;
     assert_eq!(shown[0]["message"], bad);
     assert_eq!(shown[0]["kind"], "Dispatch");
     assert_eq!(shown[4]["message"], serde_json::Value::Null);
@@ -674,14 +679,7 @@ async fn bearer_auth_is_enforced() {
     assert_eq!(r.status(), 200);
     assert_eq!(sim.stats().unauthorized, 2);
     // The state never shows a token.
-    let state = client
-        .get(format!("{}/state", sim.control_url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let state = control(&sim, "state").await.to_string();
     assert!(!state.contains("s3cret") && !state.contains(CALLBACK_TOKEN));
     assert!(state.contains("\"expect_token_set\":true"));
     sim.shutdown().await;
@@ -743,14 +741,7 @@ async fn control_api_sets_a_down_window_and_lifts_it() {
         .unwrap();
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers()["retry-after"], "600");
-    let state: Value = client
-        .get(format!("{}/state", sim.control_url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let state: Value = control(&sim, "state").await;
     assert!(state["down_remaining_ms"].as_u64().unwrap() > 0);
     assert_eq!(state["stats"]["faults_down"], 1);
     assert_eq!(state["seed"], 42);
@@ -797,14 +788,7 @@ async fn control_api_sets_a_down_window_and_lifts_it() {
         .unwrap();
     assert_eq!(post(&sim, &dispatch("1")).await.1["MessageType"], "ACK");
     assert_eq!(sim.stats().faults_down, 2);
-    let received: Value = client
-        .get(format!("{}/received?limit=1", sim.control_url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let received: Value = control(&sim, "received?limit=1").await;
     assert_eq!(received[0]["outcome"], "ACK INC400300");
     sim.shutdown().await;
 }

@@ -448,7 +448,7 @@ mod tests {
     fn start(
         hold: Hold,
         limit: usize,
-        jobs: &[(u64, &str)],
+        jobs: Vec<Job>,
     ) -> (
         mpsc::UnboundedReceiver<u64>,
         HashMap<u64, oneshot::Sender<()>>,
@@ -457,10 +457,10 @@ mod tests {
         let (started, started_rx) = mpsc::unbounded_channel();
         let mut gates = HashMap::new();
         let mut opens = HashMap::new();
-        for (id, _) in jobs {
+        for j in &jobs {
             let (tx, rx) = oneshot::channel();
-            gates.insert(*id, rx);
-            opens.insert(*id, tx);
+            gates.insert(j.id, rx);
+            opens.insert(j.id, tx);
         }
         let runner = Arc::new(Gated {
             hold,
@@ -468,10 +468,9 @@ mod tests {
             started,
             gates: Mutex::new(gates),
         });
-        let initial = jobs.iter().map(|(id, r)| job(*id, r)).collect();
         let (_feed, rx) = mpsc::unbounded_channel();
         let shutdown = CancellationToken::new();
-        tokio::spawn(Scheduler::new("test", runner).run(initial, rx, shutdown.clone()));
+        tokio::spawn(Scheduler::new("test", runner).run(jobs, rx, shutdown.clone()));
         (started_rx, opens, shutdown)
     }
 
@@ -538,8 +537,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_limit_bounds_requests_in_flight() {
-        let jobs = [(1, "A"), (2, "B"), (3, "C"), (4, "D")];
-        let (mut started, mut gates, _stop) = start(Hold::UntilSettled, 2, &jobs);
+        let jobs = vec![job(1, "A"), job(2, "B"), job(3, "C"), job(4, "D")];
+        let (mut started, mut gates, _stop) = start(Hold::UntilSettled, 2, jobs);
         assert_eq!(started_now(&mut started).await, vec![1, 2]);
         gates.remove(&1).unwrap().send(()).unwrap();
         assert_eq!(started_now(&mut started).await, vec![3]);
@@ -547,8 +546,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_slot_given_back_lets_the_next_request_go_while_the_first_settles() {
-        let jobs = [(1, "A"), (2, "B"), (3, "C")];
-        let (mut started, mut gates, _stop) = start(Hold::FreeFirst, 1, &jobs);
+        let jobs = vec![job(1, "A"), job(2, "B"), job(3, "C")];
+        let (mut started, mut gates, _stop) = start(Hold::FreeFirst, 1, jobs);
         // One slot, but two attempts settling at once (twice the limit), not three.
         assert_eq!(started_now(&mut started).await, vec![1, 2]);
         gates.remove(&2).unwrap().send(()).unwrap();
@@ -557,38 +556,23 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_cancel_goes_before_queued_dispatches() {
-        let (started, mut started_rx) = mpsc::unbounded_channel();
-        let mut gates = HashMap::new();
-        let mut opens = HashMap::new();
-        for id in 1..=4 {
-            let (tx, rx) = oneshot::channel();
-            gates.insert(id, rx);
-            opens.insert(id, tx);
-        }
-        let runner = Arc::new(Gated {
-            hold: Hold::UntilSettled,
-            limit: 1,
-            started,
-            gates: Mutex::new(gates),
-        });
         let mut cancel = job(4, "D");
         cancel.kind = JobKind::Cancel;
         let jobs = vec![job(1, "A"), job(2, "B"), job(3, "C"), cancel];
-        let (_feed, rx) = mpsc::unbounded_channel();
-        tokio::spawn(Scheduler::new("test", runner).run(jobs, rx, CancellationToken::new()));
-        assert_eq!(started_now(&mut started_rx).await, vec![4]);
-        opens.remove(&4).unwrap().send(()).unwrap();
-        assert_eq!(started_now(&mut started_rx).await, vec![1]);
-        opens.remove(&1).unwrap().send(()).unwrap();
-        assert_eq!(started_now(&mut started_rx).await, vec![2]);
+        let (mut started, mut gates, _stop) = start(Hold::UntilSettled, 1, jobs);
+        assert_eq!(started_now(&mut started).await, vec![4]);
+        gates.remove(&4).unwrap().send(()).unwrap();
+        assert_eq!(started_now(&mut started).await, vec![1]);
+        gates.remove(&1).unwrap().send(()).unwrap();
+        assert_eq!(started_now(&mut started).await, vec![2]);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_lane_waits_for_its_settled_outcome_not_for_the_slot() {
         // Two jobs of one incident: the second waits for the first to settle even though
         // the first gave its slot back long before.
-        let jobs = [(1, "A"), (2, "A")];
-        let (mut started, mut gates, _stop) = start(Hold::FreeFirst, 4, &jobs);
+        let jobs = vec![job(1, "A"), job(2, "A")];
+        let (mut started, mut gates, _stop) = start(Hold::FreeFirst, 4, jobs);
         assert_eq!(started_now(&mut started).await, vec![1]);
         gates.remove(&1).unwrap().send(()).unwrap();
         assert_eq!(started_now(&mut started).await, vec![2]);
