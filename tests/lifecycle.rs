@@ -636,7 +636,7 @@ async fn callbacks_auth_validation_orphans_conflicts_and_duplicates() {
     );
     let applied = inc.timeline.iter().find(|e| e.kind == "Close").unwrap();
     assert_eq!(
-        applied.message.as_ref().unwrap()["Technician"],
+        applied.message.as_ref().and_then(|m| m.value()).unwrap()["Technician"],
         "kept",
         "unknown fields kept for audit"
     );

@@ -91,7 +91,7 @@ fn timeline_entry(i: &Incident, e: &TimelineEntry) -> proto::TimelineEntry {
         detail: e.detail.clone(),
         message_json: i
             .timeline_message(e)
-            .map(|m| m.to_string())
+            .map(|m| m.as_str().to_string())
             .unwrap_or_default(),
     }
 }

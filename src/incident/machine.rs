@@ -15,7 +15,7 @@
 //! [`apply`] takes the incident by `&mut` and returns what the change implies (updates to
 //! emit, a Cancel to send); the caller stores all of it in one transaction.
 
-use super::{Direction, EntryOutcome, Incident, State, UpdateDraft, UpdateKind};
+use super::{Direction, EntryOutcome, Incident, JsonText, State, UpdateDraft, UpdateKind};
 use crate::loomis::message::{InboundKind, InboundMessage};
 use jiff::Timestamp;
 
@@ -376,7 +376,7 @@ fn ignore_message(
     dir: Direction,
     kind: &str,
     why: String,
-    message: Option<serde_json::Value>,
+    message: Option<JsonText>,
 ) -> Transition {
     inc.ignored = inc.ignored.saturating_add(1);
     inc.record(now, dir, kind, EntryOutcome::Ignored, why.clone(), message);
@@ -471,7 +471,7 @@ fn customer_cancel(inc: &mut Incident, reason: String, now: Timestamp) -> Transi
 
 fn apply_loomis(inc: &mut Incident, msg: InboundMessage, via: Via, now: Timestamp) -> Transition {
     let kind = msg.kind.as_str();
-    let raw = Some(serde_json::Value::Object(msg.raw.clone()));
+    let raw = Some(JsonText::of(&msg.raw));
     let via_text = match via {
         Via::Callback => "callback",
         Via::ResponseBody => "response body",

@@ -200,7 +200,33 @@ pub struct TimelineEntry {
     /// The message as sent or received, unknown fields included. None on the caller's
     /// Dispatch entry: see [`Incident::timeline_message`].
     #[serde(default, with = "crate::store::codec::json_message")]
-    pub message: Option<serde_json::Value>,
+    pub message: Option<JsonText>,
+}
+
+/// A message as compact JSON text. A timeline keeps its messages as text: the record is
+/// encoded at every change of the incident, and serializing (and, when read back,
+/// parsing) each message again every time was ~4 % of the CPU of a full lifecycle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonText(String);
+
+impl JsonText {
+    pub fn of<T: Serialize + ?Sized>(v: &T) -> Self {
+        JsonText(serde_json::to_string(v).unwrap_or_else(|_| "null".into()))
+    }
+
+    /// Text read back from a stored record, which wrote it with [`JsonText::of`].
+    pub(crate) fn stored(text: String) -> Self {
+        JsonText(text)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The message parsed (`None` only if the stored text is damaged).
+    pub fn value(&self) -> Option<serde_json::Value> {
+        serde_json::from_str(&self.0).ok()
+    }
 }
 
 /// The most timeline entries one incident keeps; later ones are counted in
@@ -288,11 +314,11 @@ impl Incident {
     /// The message of a timeline entry as sent or received. The caller's Dispatch entry
     /// stores none (records written before this did carry a copy) and gets
     /// `self.dispatch`, which is exactly what the caller's Dispatch became.
-    pub fn timeline_message(&self, entry: &TimelineEntry) -> Option<serde_json::Value> {
+    pub fn timeline_message(&self, entry: &TimelineEntry) -> Option<JsonText> {
         match &entry.message {
             Some(m) => Some(m.clone()),
             None if entry.direction == Direction::Caller && entry.kind == "Dispatch" => {
-                serde_json::to_value(&self.dispatch).ok()
+                Some(JsonText::of(&self.dispatch))
             }
             None => None,
         }
@@ -310,7 +336,7 @@ impl Incident {
         kind: &str,
         outcome: EntryOutcome,
         detail: impl Into<String>,
-        message: Option<serde_json::Value>,
+        message: Option<JsonText>,
     ) {
         if self.timeline.len() >= TIMELINE_CAP {
             self.timeline_dropped = self.timeline_dropped.saturating_add(1);

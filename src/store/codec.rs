@@ -193,30 +193,21 @@ pub mod option_timestamp {
 /// `#[serde(with)]` for an optional JSON message inside a stored record: a JSON value for
 /// JSON, its text for the binary form (which cannot hold an arbitrary value).
 pub mod json_message {
+    use crate::incident::JsonText;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    pub fn serialize<S: Serializer>(
-        v: &Option<serde_json::Value>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(v: &Option<JsonText>, s: S) -> Result<S::Ok, S::Error> {
         if s.is_human_readable() {
-            return v.serialize(s);
+            return v.as_ref().and_then(JsonText::value).serialize(s);
         }
-        v.as_ref().map(|v| v.to_string()).serialize(s)
+        v.as_ref().map(JsonText::as_str).serialize(s)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<serde_json::Value>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<JsonText>, D::Error> {
         if d.is_human_readable() {
-            return Option::<serde_json::Value>::deserialize(d);
+            return Ok(Option::<serde_json::Value>::deserialize(d)?.map(|v| JsonText::of(&v)));
         }
-        match Option::<String>::deserialize(d)? {
-            Some(text) => serde_json::from_str(&text)
-                .map(Some)
-                .map_err(serde::de::Error::custom),
-            None => Ok(None),
-        }
+        Ok(Option::<String>::deserialize(d)?.map(JsonText::stored))
     }
 }
 
@@ -251,7 +242,9 @@ mod tests {
             "ACK",
             EntryOutcome::Applied,
             "acknowledged",
-            Some(serde_json::json!({"MessageType": "ACK", "Extra": [1, {"a": null}]})),
+            Some(crate::incident::JsonText::of(
+                &serde_json::json!({"MessageType": "ACK", "Extra": [1, {"a": null}]}),
+            )),
         );
         inc
     }
