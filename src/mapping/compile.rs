@@ -1153,6 +1153,24 @@ fn outbound(
         let (true, Some(value)) = (ok, value) else {
             continue;
         };
+        if let Some((missing, why)) = kinds_that_fail(&value) {
+            cx.err(
+                item.span(),
+                format!(
+                    "{place} path {path:?}: the update kind{} {} would not render ({why}), so \
+                     {} would go to the dead letters: map {}, give the lookup a default, or \
+                     limit this element with `kinds`",
+                    if missing.len() > 1 { "s" } else { "" },
+                    missing.join(", "),
+                    if missing.len() > 1 {
+                        "those updates"
+                    } else {
+                        "that update"
+                    },
+                    if missing.len() > 1 { "them" } else { "it" },
+                ),
+            );
+        }
         let mut node = &mut root;
         for s in steps {
             node = node.child(s);
@@ -1177,6 +1195,37 @@ fn outbound(
         indent,
         dates: Dates { format, tz: tz.0 },
     })
+}
+
+/// For a value read from the update's `kind`: the kinds it applies to whose transforms
+/// fail (an unmapped lookup value), and the first failure. Every update kind is posted
+/// to the tool, so such a gap is a dead letter waiting to happen.
+fn kinds_that_fail(value: &OutValue) -> Option<(Vec<&'static str>, String)> {
+    if !matches!(value.source, OutSource::Field(UpdateField::Kind)) {
+        return None;
+    }
+    let applies = |kind: &str| {
+        value
+            .kinds
+            .as_ref()
+            .is_none_or(|ks| ks.iter().any(|k| k.eq_ignore_ascii_case(kind)))
+    };
+    let mut missing = Vec::new();
+    let mut first = None;
+    for &kind in KINDS.iter().filter(|k| applies(k)) {
+        let mut v = std::borrow::Cow::Borrowed(kind);
+        for t in &value.transforms {
+            match t.apply(v) {
+                Ok(next) => v = next,
+                Err(e) => {
+                    missing.push(kind);
+                    first.get_or_insert(e);
+                    break;
+                }
+            }
+        }
+    }
+    first.map(|why| (missing, why))
 }
 
 fn out_value(

@@ -313,7 +313,15 @@ impl MappingPlan {
                     file: origin,
                     line: 1,
                     column: 1,
-                    message: format!("cannot read the mapping file: {e}"),
+                    message: match std::env::current_dir() {
+                        // A relative path is read from the working directory, not from
+                        // the config file's: say which directory that was.
+                        Ok(cwd) if path.is_relative() => format!(
+                            "cannot read the mapping file {}: {e}",
+                            cwd.join(path).display()
+                        ),
+                        _ => format!("cannot read the mapping file: {e}"),
+                    },
                 }],
             }),
         }

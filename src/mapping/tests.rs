@@ -519,19 +519,52 @@ fn default_document_is_well_formed_and_omits_empty_values() {
 }
 
 #[test]
-fn unmapped_status_is_a_render_error() {
-    let text = format!(
-        "{MINIMAL}\n[lookups.st]\nentries = {{ ACK = \"New\" }}\n[outbound]\nroot = \"u\"\nindent = 0\n[[outbound.element]]\npath = \"state\"\nfield = \"kind\"\ntransforms = [{{ lookup = \"st\" }}]\n"
+fn an_unmapped_kind_is_a_load_error() {
+    // Every update kind is posted to the tool, so a lookup on `kind` that misses one is
+    // a dead letter waiting to happen: refused at load, naming the kinds.
+    let by_kind = format!(
+        "{MINIMAL}\n[lookups.st]\nentries = {{ ACK = \"New\", NAK = \"Failed\" }}\n[outbound]\nroot = \"u\"\nindent = 0\n[[outbound.element]]\npath = \"state\"\nfield = \"kind\"\ntransforms = [{{ lookup = \"st\" }}]\n"
     );
-    let plan = MappingPlan::from_str(&text, "m.toml").unwrap();
+    let err = MappingPlan::from_str(&by_kind, "m.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("m.toml:23:1: "), "{err}");
+    assert!(
+        err.contains("the update kinds ACCEPT, CLOSE, CANCEL, REJECTED, DELIVERY_FAILED would not render (\"ACCEPT\" is not in lookup st and the lookup has no default)"),
+        "{err}"
+    );
+    // Limited to the kinds it maps, or with a default, it loads and renders.
+    let limited = format!("{by_kind}kinds = [\"ACK\", \"NAK\"]\n");
+    let plan = MappingPlan::from_str(&limited, "m.toml").unwrap();
     assert_eq!(
         String::from_utf8(plan.render_update(&update("ACK")).unwrap()).unwrap(),
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?><u><state>New</state></u>\n"
     );
-    let err = plan.render_update(&update("CLOSE")).unwrap_err();
+    let defaulted = by_kind.replace(
+        "NAK = \"Failed\" }",
+        "NAK = \"Failed\" }\ndefault = \"Other\"",
+    );
+    let plan = MappingPlan::from_str(&defaulted, "m.toml").unwrap();
+    let close = String::from_utf8(plan.render_update(&update("CLOSE")).unwrap()).unwrap();
+    assert!(close.contains("<state>Other</state>"), "{close}");
+}
+
+#[test]
+fn an_unmapped_value_of_another_field_is_a_render_error() {
+    let text = format!(
+        "{MINIMAL}\n[lookups.st]\nentries = {{ Accepted = \"Work in progress\" }}\n[outbound]\nroot = \"u\"\nindent = 0\n[[outbound.element]]\npath = \"state\"\nfield = \"state\"\ntransforms = [{{ lookup = \"st\" }}]\n"
+    );
+    let plan = MappingPlan::from_str(&text, "m.toml").unwrap();
+    assert_eq!(
+        String::from_utf8(plan.render_update(&update("ACK")).unwrap()).unwrap(),
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><u><state>Work in progress</state></u>\n"
+    );
+    let mut closed = update("CLOSE");
+    closed.state = "Closed".into();
+    let err = plan.render_update(&closed).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "state: \"CLOSE\" is not in lookup st and the lookup has no default"
+        "state: \"Closed\" is not in lookup st and the lookup has no default"
     );
 }
 
