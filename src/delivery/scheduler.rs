@@ -568,6 +568,20 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_cancel_never_overtakes_its_own_dispatch() {
+        let mut cancel = job(2, "A");
+        cancel.kind = JobKind::Cancel;
+        let jobs = vec![job(1, "A"), cancel, job(3, "B")];
+        // A free slot is not enough: the Cancel waits for its Dispatch to settle.
+        let (mut started, mut gates, _stop) = start(Hold::UntilSettled, 2, jobs);
+        assert_eq!(started_now(&mut started).await, vec![1, 3]);
+        gates.remove(&3).unwrap().send(()).unwrap();
+        assert_eq!(started_now(&mut started).await, Vec::<u64>::new());
+        gates.remove(&1).unwrap().send(()).unwrap();
+        assert_eq!(started_now(&mut started).await, vec![2]);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_lane_waits_for_its_settled_outcome_not_for_the_slot() {
         // Two jobs of one incident: the second waits for the first to settle even though
         // the first gave its slot back long before.

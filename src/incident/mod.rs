@@ -210,6 +210,8 @@ pub struct TimelineEntry {
 pub struct JsonText(String);
 
 impl JsonText {
+    /// The text of a JSON value or object map. Give it one of those (keys sorted), not a
+    /// struct: its text must be what a JSON round trip of the record gives back.
     pub fn of<T: Serialize + ?Sized>(v: &T) -> Self {
         JsonText(serde_json::to_string(v).unwrap_or_else(|_| "null".into()))
     }
@@ -318,7 +320,9 @@ impl Incident {
         match &entry.message {
             Some(m) => Some(m.clone()),
             None if entry.direction == Direction::Caller && entry.kind == "Dispatch" => {
-                Some(JsonText::of(&self.dispatch))
+                serde_json::to_value(&self.dispatch)
+                    .ok()
+                    .map(|v| JsonText::of(&v))
             }
             None => None,
         }

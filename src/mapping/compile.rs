@@ -1153,32 +1153,29 @@ fn outbound(
         let (true, Some(value)) = (ok, value) else {
             continue;
         };
-        if let Some((missing, why)) = kinds_that_fail(&value) {
-            cx.err(
-                item.span(),
-                format!(
-                    "{place} path {path:?}: the update kind{} {} would not render ({why}), so \
-                     {} would go to the dead letters: map {}, give the lookup a default, or \
-                     limit this element with `kinds`",
-                    if missing.len() > 1 { "s" } else { "" },
-                    missing.join(", "),
-                    if missing.len() > 1 {
-                        "those updates"
-                    } else {
-                        "that update"
-                    },
-                    if missing.len() > 1 { "them" } else { "it" },
-                ),
-            );
-        }
         let mut node = &mut root;
         for s in steps {
             node = node.child(s);
         }
-        match attr {
-            Some(a) => node.attr(a).push(value),
-            None => node.values.push(value),
+        let candidates = match attr {
+            Some(a) => node.attr(a),
+            None => &mut node.values,
+        };
+        if let Some((missing, why)) = kinds_that_fail(candidates, &value) {
+            let many = missing.len() > 1;
+            cx.err(
+                item.span(),
+                format!(
+                    "{place} path {path:?}: the update kind{} {} would not render ({why}), so \
+                     {} would go to the dead letters: change the transforms (a lookup needs \
+                     an entry or a `default`), or limit this element with `kinds`",
+                    if many { "s" } else { "" },
+                    missing.join(", "),
+                    if many { "those updates" } else { "that update" },
+                ),
+            );
         }
+        candidates.push(value);
     }
     let mut namespaces: Vec<(String, String)> = used_prefixes
         .into_iter()
@@ -1197,35 +1194,56 @@ fn outbound(
     })
 }
 
-/// For a value read from the update's `kind`: the kinds it applies to whose transforms
-/// fail (an unmapped lookup value), and the first failure. Every update kind is posted
-/// to the tool, so such a gap is a dead letter waiting to happen.
-fn kinds_that_fail(value: &OutValue) -> Option<(Vec<&'static str>, String)> {
+/// For a value read from the update's `kind`, declared after `earlier` at the same path:
+/// the kinds whose render reaches it and fails there (an unmapped lookup value), and the
+/// first failure. Every update kind is posted to the tool, so such a gap is a dead letter
+/// waiting to happen. A kind is reached unless an earlier candidate for it is surely
+/// non-blank ("first non-blank wins"); one whose value is only known at render time
+/// (another field, a template) counts as covering it, so nothing that works is refused.
+fn kinds_that_fail(earlier: &[OutValue], value: &OutValue) -> Option<(Vec<&'static str>, String)> {
     if !matches!(value.source, OutSource::Field(UpdateField::Kind)) {
         return None;
     }
-    let applies = |kind: &str| {
-        value
-            .kinds
-            .as_ref()
-            .is_none_or(|ks| ks.iter().any(|k| k.eq_ignore_ascii_case(kind)))
-    };
     let mut missing = Vec::new();
     let mut first = None;
-    for &kind in KINDS.iter().filter(|k| applies(k)) {
-        let mut v = std::borrow::Cow::Borrowed(kind);
-        for t in &value.transforms {
-            match t.apply(v) {
-                Ok(next) => v = next,
-                Err(e) => {
-                    missing.push(kind);
-                    first.get_or_insert(e);
-                    break;
-                }
-            }
+    for &kind in KINDS.iter().filter(|k| applies_to(value, k)) {
+        let covered = earlier
+            .iter()
+            .filter(|e| applies_to(e, kind))
+            .any(|e| !matches!(rendered_for(e, kind), Some(Ok(false))));
+        if covered {
+            continue;
+        }
+        if let Some(Err(e)) = rendered_for(value, kind) {
+            missing.push(kind);
+            first.get_or_insert(e);
         }
     }
     first.map(|why| (missing, why))
+}
+
+fn applies_to(value: &OutValue, kind: &str) -> bool {
+    value
+        .kinds
+        .as_ref()
+        .is_none_or(|ks| ks.iter().any(|k| k.eq_ignore_ascii_case(kind)))
+}
+
+/// What `value` renders for an update of `kind`, when that is known at load (a constant
+/// or the kind itself): whether it is non-blank, or why it fails.
+fn rendered_for(value: &OutValue, kind: &str) -> Option<Result<bool, String>> {
+    let mut v = match &value.source {
+        OutSource::Field(UpdateField::Kind) => std::borrow::Cow::Borrowed(kind),
+        OutSource::Const(c) => std::borrow::Cow::Borrowed(c.as_str()),
+        _ => return None,
+    };
+    for t in &value.transforms {
+        match t.apply(v) {
+            Ok(next) => v = next,
+            Err(e) => return Some(Err(e)),
+        }
+    }
+    Some(Ok(!super::transform::is_blank(&v)))
 }
 
 fn out_value(

@@ -540,6 +540,24 @@ fn an_unmapped_kind_is_a_load_error() {
         String::from_utf8(plan.render_update(&update("ACK")).unwrap()).unwrap(),
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?><u><state>New</state></u>\n"
     );
+    // An earlier entry for the same path that always has a value for the other kinds
+    // covers them: the first non-blank value wins, the lookup is never reached.
+    let covered = by_kind.replace(
+        "[[outbound.element]]\npath = \"state\"\nfield = \"kind\"",
+        "[[outbound.element]]\npath = \"state\"\nvalue = \"Done\"\nkinds = [\"ACCEPT\", \"CLOSE\", \"CANCEL\", \"REJECTED\", \"DELIVERY_FAILED\"]\n[[outbound.element]]\npath = \"state\"\nfield = \"kind\"",
+    );
+    let plan = MappingPlan::from_str(&covered, "m.toml").unwrap();
+    let close = String::from_utf8(plan.render_update(&update("CLOSE")).unwrap()).unwrap();
+    assert!(close.contains("<state>Done</state>"), "{close}");
+    // One kind left out of that entry is still found.
+    let uncovered = covered.replace("\"REJECTED\", ", "");
+    let err = MappingPlan::from_str(&uncovered, "m.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("the update kind REJECTED would not render"),
+        "{err}"
+    );
     let defaulted = by_kind.replace(
         "NAK = \"Failed\" }",
         "NAK = \"Failed\" }\ndefault = \"Other\"",
