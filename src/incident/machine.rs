@@ -383,6 +383,9 @@ fn ignore_message(
     Transition::new(Outcome::Ignored(why))
 }
 
+/// The timeline note when Loomis closes an incident whose customer cancel was pending.
+const CANCEL_OVERTAKEN: &str = "did not take effect: Loomis closed the incident first";
+
 fn drop_waiting_cancel(inc: &mut Incident, now: Timestamp) {
     if inc.state == State::CancelRequested {
         inc.cancel_waiting_for_ack = false;
@@ -631,7 +634,7 @@ fn apply_loomis(inc: &mut Incident, msg: InboundMessage, via: Via, now: Timestam
                     Direction::Gateway,
                     "CustomerCancel",
                     EntryOutcome::Note,
-                    "did not take effect: Loomis closed the incident first",
+                    CANCEL_OVERTAKEN,
                     None,
                 );
             }
@@ -1111,6 +1114,14 @@ mod tests {
                     prop_assert_eq!(i.state, State::CancelRequested);
                 }
                 prop_assert!(i.timeline.len() <= crate::incident::TIMELINE_CAP);
+                // The overtaken-cancel note: only on the step that closed an incident
+                // whose cancel was pending.
+                let overtaken = |inc: &Incident| inc.timeline.iter().filter(|e| e.detail.contains(CANCEL_OVERTAKEN)).count();
+                if overtaken(&i) > overtaken(&before) {
+                    prop_assert_eq!(before.state, State::CancelRequested);
+                    prop_assert_eq!(i.state, State::Closed);
+                }
+                prop_assert!(overtaken(&i) <= 1);
             }
             prop_assert!(terminal_updates <= 1);
         }
