@@ -207,7 +207,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let loomis_runner = LoomisRunner {
         gateway: gateway.clone(),
         client: client.clone(),
-        to: Destination::new(&loomis_url, &config.loomis_auth).map_err(anyhow::Error::msg)?,
+        to: Destination::new(
+            &loomis_url,
+            &config.loomis_auth,
+            crate::delivery::loomis::HEADERS,
+        )
+        .map_err(anyhow::Error::msg)?,
         timeout: Duration::from_millis(ls.timeout_ms),
         policy: RetryPolicy::from(&config.loomis_retry),
         concurrency: ls.concurrency,
@@ -238,11 +243,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             targets.insert(
                 it.name.clone(),
                 ToolTarget {
-                    to: Destination::new(&d.url, &d.auth).map_err(anyhow::Error::msg)?,
+                    to: Destination::new(
+                        &d.url,
+                        &d.auth,
+                        integrations[&it.name].plan.update_headers(),
+                    )
+                    .map_err(anyhow::Error::msg)?,
                     delivery: d.clone(),
                     policy: RetryPolicy::from(&d.retry),
                     render,
-                    headers: integrations[&it.name].plan.update_headers(),
                 },
             );
         }

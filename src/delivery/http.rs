@@ -333,6 +333,37 @@ mod tests {
         addr
     }
 
+    /// A loopback server that reads each connection's request head, hands it over, and
+    /// leaves the connection to `then`.
+    async fn head_server<F, Fut>(
+        then: F,
+    ) -> (
+        std::net::SocketAddr,
+        tokio::sync::mpsc::UnboundedReceiver<String>,
+    )
+    where
+        F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (heads, received) = tokio::sync::mpsc::unbounded_channel();
+        let then = Arc::new(then);
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let (heads, then) = (heads.clone(), then.clone());
+                tokio::spawn(async move {
+                    let Some(head) = read_head(&mut s).await else {
+                        return;
+                    };
+                    let _ = heads.send(head);
+                    then(s).await;
+                });
+            }
+        });
+        (addr, received)
+    }
+
     /// A server that answers each connection with `answer` once it read the request head,
     /// and hands over each request head it read.
     async fn server(
@@ -341,24 +372,12 @@ mod tests {
         std::net::SocketAddr,
         tokio::sync::mpsc::UnboundedReceiver<String>,
     ) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (heads, received) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = listener.accept().await {
-                let heads = heads.clone();
-                tokio::spawn(async move {
-                    let Some(head) = read_head(&mut s).await else {
-                        return;
-                    };
-                    let _ = heads.send(head);
-                    let _ = s.write_all(answer).await;
-                    // Hold the connection open: the client decides when it is done.
-                    let _ = s.read(&mut [0u8; 1]).await;
-                });
-            }
-        });
-        (addr, received)
+        head_server(move |mut s| async move {
+            let _ = s.write_all(answer).await;
+            // Hold the connection open: the client decides when it is done.
+            let _ = s.read(&mut [0u8; 1]).await;
+        })
+        .await
     }
 
     #[tokio::test]
@@ -461,16 +480,19 @@ mod tests {
         );
     }
 
+    /// An https exchange with a server that accepts and then stalls the TLS handshake
+    /// (it waits for a request head the ClientHello never completes).
+    async fn stalled_handshake(connect_timeout: Duration, request_timeout: Duration) -> HttpError {
+        let (addr, _) = server(b"").await;
+        let c = Client::new(connect_timeout, Duration::from_secs(30));
+        let url = format!("https://localhost:{}/x", addr.port());
+        send(&c, &url, request_timeout, 10).await.unwrap_err()
+    }
+
     #[tokio::test]
     async fn a_stalled_tls_handshake_is_a_connect_failure_within_the_connect_timeout() {
-        // Accepts, waits for a request head the ClientHello never completes.
-        let (addr, _) = server(b"").await;
-        let c = Client::new(Duration::from_millis(300), Duration::from_secs(30));
         // The exchange's own limit is far longer: a timeout there would be uncertain.
-        let url = format!("https://localhost:{}/x", addr.port());
-        let e = send(&c, &url, Duration::from_secs(10), 10)
-            .await
-            .unwrap_err();
+        let e = stalled_handshake(Duration::from_millis(300), Duration::from_secs(10)).await;
         assert!(e.is_connect(), "nothing was sent: {e:?}");
         assert!(e.to_string().contains("TLS handshake"), "{e}");
     }
@@ -478,29 +500,18 @@ mod tests {
     /// An HTTP CONNECT proxy that tunnels every destination to `to` (so names need no
     /// DNS), and hands over each CONNECT request head it read.
     async fn connect_proxy(to: u16) -> (u16, tokio::sync::mpsc::UnboundedReceiver<String>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (heads, received) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = listener.accept().await {
-                let heads = heads.clone();
-                tokio::spawn(async move {
-                    // The client sends nothing more before the proxy's answer.
-                    let Some(head) = read_head(&mut s).await else {
-                        return;
-                    };
-                    let _ = heads.send(head);
-                    let mut upstream = tokio::net::TcpStream::connect(("127.0.0.1", to))
-                        .await
-                        .unwrap();
-                    s.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                        .await
-                        .unwrap();
-                    let _ = tokio::io::copy_bidirectional(&mut s, &mut upstream).await;
-                });
-            }
-        });
-        (port, received)
+        // The client sends nothing more before the proxy's answer.
+        let (addr, received) = head_server(move |mut s| async move {
+            let mut upstream = tokio::net::TcpStream::connect(("127.0.0.1", to))
+                .await
+                .unwrap();
+            s.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                .await
+                .unwrap();
+            let _ = tokio::io::copy_bidirectional(&mut s, &mut upstream).await;
+        })
+        .await;
+        (addr.port(), received)
     }
 
     #[tokio::test]
@@ -543,13 +554,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_timeout_shorter_than_connecting_is_still_a_connect_failure() {
-        let (addr, _) = server(b"").await;
-        // Connecting may take 10 s, the request only 300 ms: the handshake stalls.
-        let c = Client::new(Duration::from_secs(10), Duration::from_secs(30));
-        let url = format!("https://localhost:{}/x", addr.port());
-        let e = send(&c, &url, Duration::from_millis(300), 10)
-            .await
-            .unwrap_err();
+        // Connecting may take 10 s, the request only 300 ms.
+        let e = stalled_handshake(Duration::from_secs(10), Duration::from_millis(300)).await;
         assert!(e.is_connect(), "nothing was sent: {e:?}");
         assert!(e.to_string().contains("no connection within"), "{e}");
     }

@@ -54,6 +54,12 @@ impl Default for AttemptMetrics {
     }
 }
 
+/// The headers of every request to Loomis, besides its credentials.
+pub const HEADERS: &[(&str, &str)] = &[
+    ("content-type", "application/json"),
+    ("accept", "application/json"),
+];
+
 /// Indexes of [`AttemptMetrics::requests`]' results.
 const OK: usize = 0;
 const REFUSED: usize = 1;
@@ -102,14 +108,11 @@ struct Attempt {
 /// Whether a message in a response body is about this incident.
 fn body_message(body: &[u8], inc: &Incident) -> Result<Option<InboundMessage>, String> {
     // An empty body, or an empty JSON object, carries no message.
-    let inner: Vec<u8> = body
-        .iter()
-        .copied()
-        .filter(|b| !b.is_ascii_whitespace())
-        .take(3)
-        .collect();
-    if inner.is_empty() || inner == b"{}" {
-        return Ok(None);
+    let mut inner = body.iter().filter(|b| !b.is_ascii_whitespace());
+    if let (None, _) | (Some(b'{'), Some(b'}')) = (inner.next(), inner.next()) {
+        if inner.next().is_none() {
+            return Ok(None);
+        }
     }
     match InboundMessage::parse(body) {
         Ok(m)
@@ -220,17 +223,7 @@ impl Attempt {
             });
         }
         let started = std::time::Instant::now();
-        let result = post(
-            &self.client,
-            &self.to,
-            &[
-                ("content-type", "application/json"),
-                ("accept", "application/json"),
-            ],
-            body,
-            self.timeout,
-        )
-        .await;
+        let result = post(&self.client, &self.to, body, self.timeout).await;
         drop(self.slot);
         let kind = usize::from(!is_dispatch);
         self.metrics.seconds[kind].record(started.elapsed().as_secs_f64());

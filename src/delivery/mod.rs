@@ -223,20 +223,28 @@ pub struct Answer {
     pub retry_after: Option<Duration>,
 }
 
-/// Where a delivery goes, prepared once: the URI and the credentials header.
+/// Where a delivery goes, prepared once: the URI, and the headers of every post (the
+/// credentials and the content type).
 #[derive(Clone)]
 pub struct Destination {
     pub uri: ::http::Uri,
-    pub auth: Option<(HeaderName, HeaderValue)>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl Destination {
     /// Fails for credentials no header can carry (configuration validation refuses them
-    /// first) and for a URL hyper cannot take.
-    pub fn new(url: &reqwest::Url, auth: &Auth) -> Result<Destination, String> {
+    /// first) and for a URL hyper cannot take. `headers` are lowercase names.
+    pub fn new(
+        url: &reqwest::Url,
+        auth: &Auth,
+        headers: &[(&'static str, &'static str)],
+    ) -> Result<Destination, String> {
+        let fixed = headers
+            .iter()
+            .map(|(n, v)| (HeaderName::from_static(n), HeaderValue::from_static(v)));
         Ok(Destination {
             uri: url.as_str().parse().map_err(|e| format!("{url}: {e}"))?,
-            auth: auth_header(auth)?,
+            headers: auth_header(auth)?.into_iter().chain(fixed).collect(),
         })
     }
 }
@@ -245,20 +253,11 @@ impl Destination {
 pub async fn post(
     client: &http::Client,
     to: &Destination,
-    headers: &[(&'static str, &'static str)],
     body: Vec<u8>,
     timeout: Duration,
 ) -> Result<Answer, AttemptError> {
-    let mut all = Vec::with_capacity(headers.len() + 1);
-    all.extend(to.auth.clone());
-    for (name, value) in headers {
-        all.push((
-            HeaderName::from_static(name),
-            HeaderValue::from_static(value),
-        ));
-    }
     let resp = match client
-        .post(&to.uri, &all, body, timeout, MAX_RESPONSE_BYTES)
+        .post(&to.uri, &to.headers, body, timeout, MAX_RESPONSE_BYTES)
         .await
     {
         Ok(r) => r,

@@ -111,15 +111,15 @@ impl Ready {
 
 /// One of a group's slots for a request in flight; dropping it gives it back.
 pub struct Slot {
-    group: Option<String>,
+    group: String,
     reports: mpsc::UnboundedSender<Report>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if let Some(group) = self.group.take() {
-            let _ = self.reports.send(Report::Freed(group));
-        }
+        let _ = self
+            .reports
+            .send(Report::Freed(std::mem::take(&mut self.group)));
     }
 }
 
@@ -140,7 +140,6 @@ pub struct Scheduler {
     in_flight: HashMap<String, usize>,
     /// Per group: attempts launched and not yet settled.
     unsettled: HashMap<String, usize>,
-    running: usize,
 }
 
 fn instant_for(at: Timestamp) -> Instant {
@@ -161,7 +160,6 @@ impl Scheduler {
             ready: HashMap::new(),
             in_flight: HashMap::new(),
             unsettled: HashMap::new(),
-            running: 0,
         }
     }
 
@@ -218,6 +216,11 @@ impl Scheduler {
             Report::Freed(group) => decrement(&mut self.in_flight, &group),
             Report::Done(lane, group, verdict) => self.complete(lane, group, verdict),
             Report::Lost(lane, group) => {
+                tracing::error!(
+                    integration = %lane.incident.integration,
+                    reference = %lane.incident.reference,
+                    "a delivery attempt failed unexpectedly; its job stays queued and is tried again in 30 s"
+                );
                 let retry = self.lanes.get(&lane).and_then(|q| q.front()).map(|job| {
                     let mut job = job.clone();
                     job.next_attempt_at = Timestamp::now()
@@ -225,24 +228,13 @@ impl Scheduler {
                         .unwrap_or(job.next_attempt_at);
                     job
                 });
-                tracing::error!(
-                    integration = %lane.incident.integration,
-                    reference = %lane.incident.reference,
-                    "a delivery attempt failed unexpectedly; its job stays queued and is tried again in 30 s"
-                );
-                match retry {
-                    Some(job) => self.complete(lane, group, Verdict::Retry(job)),
-                    None => {
-                        self.running -= 1;
-                        decrement(&mut self.unsettled, &group);
-                    }
-                }
+                // No head (cannot happen while the attempt ran): only the counts change.
+                self.complete(lane, group, retry.map_or(Verdict::Done, Verdict::Retry));
             }
         }
     }
 
     fn complete(&mut self, lane: Lane, group: String, verdict: Verdict) {
-        self.running -= 1;
         decrement(&mut self.unsettled, &group);
         match verdict {
             Verdict::Done => {
@@ -305,9 +297,8 @@ impl Scheduler {
                 };
                 *self.in_flight.entry(group.clone()).or_insert(0) += 1;
                 *self.unsettled.entry(group.clone()).or_insert(0) += 1;
-                self.running += 1;
                 let slot = Slot {
-                    group: Some(group.clone()),
+                    group: group.clone(),
                     reports: reports.clone(),
                 };
                 let fut = self.runner.run(job, slot);
@@ -358,7 +349,7 @@ impl Scheduler {
             }
         }
         // Shutdown: start nothing new; let attempts in flight settle.
-        while self.running > 0 {
+        while self.unsettled.values().any(|&n| n > 0) {
             match reports.recv().await {
                 Some(report) => self.report(report),
                 None => break,
@@ -518,7 +509,7 @@ mod tests {
         // 30 s after the panic job 1 is tried again, then job 2 follows in its lane.
         tokio::time::sleep(LOST_RETRY).await;
         assert_eq!(started_now(&mut started_rx).await, vec![1, 2]);
-        // Nothing is left counted as running: the scheduler stops at once.
+        // Nothing is left counted as settling: the scheduler stops at once.
         shutdown.cancel();
         scheduler.await.unwrap();
     }

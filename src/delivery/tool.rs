@@ -21,12 +21,11 @@ pub type Renderer = Arc<dyn Fn(&Update) -> Result<Vec<u8>, String> + Send + Sync
 #[derive(Clone)]
 pub struct ToolTarget {
     pub delivery: Delivery,
-    /// The delivery's URL and credentials, prepared once.
+    /// The delivery's URL, credentials and content type (and SOAPAction for SOAP 1.1,
+    /// from the outbound mapping), prepared once.
     pub to: super::Destination,
     pub policy: RetryPolicy,
     pub render: Renderer,
-    /// Content type (and SOAPAction for SOAP 1.1) of the posts, from the outbound mapping.
-    pub headers: &'static [(&'static str, &'static str)],
 }
 
 /// Sends jobs of target Tool.
@@ -121,7 +120,7 @@ async fn post_update(
         }
     };
     let d = &target.delivery;
-    let result = post(&client, &target.to, target.headers, body, d.timeout).await;
+    let result = post(&client, &target.to, body, d.timeout).await;
     drop(slot);
     match result {
         Ok(answer) => {

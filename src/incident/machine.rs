@@ -114,6 +114,17 @@ const OUTCOME_UNKNOWN: &str = "outcome unknown (";
 /// At most this many failed-attempt notes per incident.
 pub const ATTEMPT_NOTES: usize = 5;
 
+/// The timeline notes of failed attempts (and of a recovered Dispatch) so far.
+fn attempt_notes(inc: &Incident) -> usize {
+    inc.timeline
+        .iter()
+        .filter(|e| {
+            e.outcome == EntryOutcome::Note
+                && (e.detail.starts_with(NOT_DELIVERED) || e.detail.starts_with(OUTCOME_UNKNOWN))
+        })
+        .count()
+}
+
 /// Applies `event` to `inc` at time `now`.
 pub fn apply(inc: &mut Incident, event: Event, now: Timestamp) -> Transition {
     let t = match event {
@@ -235,16 +246,19 @@ pub fn apply(inc: &mut Incident, event: Event, now: Timestamp) -> Transition {
             detail,
             uncertain,
         } => {
-            let note = if uncertain {
-                format!("{OUTCOME_UNKNOWN}{detail}); sending again unless Loomis answers first")
-            } else {
-                format!("{NOT_DELIVERED}{detail}); retrying")
-            };
             // Only while the message is still to be sent: an answer that came meanwhile
             // (an ACK by callback, a Close) settled it.
             let pending = match message {
                 "Dispatch" => dispatch_pending(inc),
                 _ => inc.state == State::CancelRequested,
+            };
+            if !pending || attempt_notes(inc) >= ATTEMPT_NOTES {
+                return Transition::unchanged(Outcome::Applied);
+            }
+            let note = if uncertain {
+                format!("{OUTCOME_UNKNOWN}{detail}); sending again unless Loomis answers first")
+            } else {
+                format!("{NOT_DELIVERED}{detail}); retrying")
             };
             // The same cause again adds nothing (the note says when it began), and a few
             // causes tell the story: the timeline keeps its room for Loomis's messages.
@@ -254,16 +268,7 @@ pub fn apply(inc: &mut Incident, event: Event, now: Timestamp) -> Transition {
                 .rev()
                 .find(|e| e.direction == Direction::ToLoomis && e.kind == message)
                 .is_some_and(|e| e.outcome == EntryOutcome::Note && e.detail == note);
-            let noted = inc
-                .timeline
-                .iter()
-                .filter(|e| {
-                    e.outcome == EntryOutcome::Note
-                        && (e.detail.starts_with(NOT_DELIVERED)
-                            || e.detail.starts_with(OUTCOME_UNKNOWN))
-                })
-                .count();
-            if !pending || repeated || noted >= ATTEMPT_NOTES {
+            if repeated {
                 Transition::unchanged(Outcome::Applied)
             } else {
                 inc.record(
@@ -1080,10 +1085,7 @@ mod tests {
                     prop_assert_eq!(i.state, before.state);
                     prop_assert_eq!(&i.incident_id, &before.incident_id);
                     prop_assert!(i.timeline.len() <= before.timeline.len() + 1);
-                    let notes = i.timeline.iter().filter(|e| {
-                        e.outcome == crate::incident::EntryOutcome::Note
-                            && (e.detail.starts_with(NOT_DELIVERED) || e.detail.starts_with(OUTCOME_UNKNOWN))
-                    }).count();
+                    let notes = attempt_notes(&i);
                     prop_assert!(notes <= ATTEMPT_NOTES + 1, "{} notes", notes);
                 }
                 if before.state.is_terminal() {

@@ -525,9 +525,16 @@ fn an_unmapped_kind_is_a_load_error() {
     let by_kind = format!(
         "{MINIMAL}\n[lookups.st]\nentries = {{ ACK = \"New\", NAK = \"Failed\" }}\n[outbound]\nroot = \"u\"\nindent = 0\n[[outbound.element]]\npath = \"state\"\nfield = \"kind\"\ntransforms = [{{ lookup = \"st\" }}]\n"
     );
-    let err = MappingPlan::from_str(&by_kind, "m.toml")
-        .unwrap_err()
-        .to_string();
+    let load_error = |text: &str| {
+        MappingPlan::from_str(text, "m.toml")
+            .unwrap_err()
+            .to_string()
+    };
+    let rendered = |text: &str, kind: &str| {
+        let plan = MappingPlan::from_str(text, "m.toml").unwrap();
+        String::from_utf8(plan.render_update(&update(kind)).unwrap()).unwrap()
+    };
+    let err = load_error(&by_kind);
     assert!(err.starts_with("m.toml:23:1: "), "{err}");
     assert!(
         err.contains("the update kinds ACCEPT, CLOSE, CANCEL, REJECTED, DELIVERY_FAILED would not render (\"ACCEPT\" is not in lookup st and the lookup has no default)"),
@@ -535,9 +542,8 @@ fn an_unmapped_kind_is_a_load_error() {
     );
     // Limited to the kinds it maps, or with a default, it loads and renders.
     let limited = format!("{by_kind}kinds = [\"ACK\", \"NAK\"]\n");
-    let plan = MappingPlan::from_str(&limited, "m.toml").unwrap();
     assert_eq!(
-        String::from_utf8(plan.render_update(&update("ACK")).unwrap()).unwrap(),
+        rendered(&limited, "ACK"),
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?><u><state>New</state></u>\n"
     );
     // An earlier entry for the same path that always has a value for the other kinds
@@ -546,14 +552,11 @@ fn an_unmapped_kind_is_a_load_error() {
         "[[outbound.element]]\npath = \"state\"\nfield = \"kind\"",
         "[[outbound.element]]\npath = \"state\"\nvalue = \"Done\"\nkinds = [\"ACCEPT\", \"CLOSE\", \"CANCEL\", \"REJECTED\", \"DELIVERY_FAILED\"]\n[[outbound.element]]\npath = \"state\"\nfield = \"kind\"",
     );
-    let plan = MappingPlan::from_str(&covered, "m.toml").unwrap();
-    let close = String::from_utf8(plan.render_update(&update("CLOSE")).unwrap()).unwrap();
+    let close = rendered(&covered, "CLOSE");
     assert!(close.contains("<state>Done</state>"), "{close}");
     // One kind left out of that entry is still found.
     let uncovered = covered.replace("\"REJECTED\", ", "");
-    let err = MappingPlan::from_str(&uncovered, "m.toml")
-        .unwrap_err()
-        .to_string();
+    let err = load_error(&uncovered);
     assert!(
         err.contains("the update kind REJECTED would not render"),
         "{err}"
@@ -562,8 +565,7 @@ fn an_unmapped_kind_is_a_load_error() {
         "NAK = \"Failed\" }",
         "NAK = \"Failed\" }\ndefault = \"Other\"",
     );
-    let plan = MappingPlan::from_str(&defaulted, "m.toml").unwrap();
-    let close = String::from_utf8(plan.render_update(&update("CLOSE")).unwrap()).unwrap();
+    let close = rendered(&defaulted, "CLOSE");
     assert!(close.contains("<state>Other</state>"), "{close}");
 }
 
