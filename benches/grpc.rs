@@ -17,8 +17,8 @@
 
 use safepoint_gateway::app::{self, Running};
 use safepoint_gateway::config::Config;
-use safepoint_gateway::grpc::proto::incident_gateway_client::IncidentGatewayClient;
-use safepoint_gateway::grpc::proto::{
+use safepoint_gateway::edge::grpc::proto::incident_gateway_client::IncidentGatewayClient;
+use safepoint_gateway::edge::grpc::proto::{
     CreateIncidentRequest, IncidentUpdate, UpdateKind as PKind, WatchUpdatesRequest,
 };
 use safepoint_gateway::incident::{State, Update, UpdateKind};

@@ -7,11 +7,11 @@ use crate::delivery::loomis::LoomisRunner;
 use crate::delivery::scheduler::Scheduler;
 use crate::delivery::tool::{ToolRunner, ToolTarget};
 use crate::delivery::{Destination, RetryPolicy};
+use crate::edge::http::HttpState;
 use crate::gateway::{Gateway, IntegrationInfo};
-use crate::http::HttpState;
 use crate::intake::{IntegrationRuntime, Integrations};
-use crate::loomis::simulator::{Simulator, SimulatorConfig, SimulatorHandle};
 use crate::mapping::MappingPlan;
+use crate::simulator::{Simulator, SimulatorConfig, SimulatorHandle};
 use crate::store::records::Target;
 use crate::store::Store;
 use anyhow::Context;
@@ -130,7 +130,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .collect();
     let shutdown = CancellationToken::new();
     // Installs the recorder before the gateway and the runners take their metric handles.
-    let metrics = crate::http::metrics_handle();
+    let metrics = crate::edge::http::metrics_handle();
     let gateway = Gateway::new(store.clone(), infos).stopping_with(shutdown.clone());
     let ready = Arc::new(AtomicBool::new(false));
 
@@ -237,7 +237,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         if let Some(d) = &it.delivery {
             let plan = integrations[&it.name].plan.clone();
             let render: crate::delivery::tool::Renderer = Arc::new(move |u| {
-                plan.render_update(&crate::legacy::update_view(u))
+                plan.render_update(&crate::edge::legacy::update_view(u))
                     .map_err(|e| e.to_string())
             });
             targets.insert(
@@ -290,23 +290,23 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         ready: ready.clone(),
         metrics,
     };
-    let legacy = crate::legacy::routes(crate::legacy::LegacyState {
+    let legacy = crate::edge::legacy::routes(crate::edge::legacy::LegacyState {
         gateway: gateway.clone(),
         integrations: integrations.clone(),
-        limits: crate::legacy::Limits::from(&config.server),
+        limits: crate::edge::legacy::Limits::from(&config.server),
     });
-    let router = crate::http::layered(
-        crate::http::routes(http_state, config.server.max_callback_bytes).merge(legacy),
+    let router = crate::edge::http::layered(
+        crate::edge::http::routes(http_state, config.server.max_callback_bytes).merge(legacy),
         Duration::from_millis(config.server.request_timeout_ms),
     );
     let servers = vec![
-        tokio::spawn(crate::http::serve(
+        tokio::spawn(crate::edge::http::serve(
             http_listener,
             router,
             shutdown.clone(),
             Duration::from_millis(config.server.header_timeout_ms),
         )),
-        crate::grpc::serve(
+        crate::edge::grpc::serve(
             grpc_listener,
             gateway.clone(),
             integrations.clone(),

@@ -2,6 +2,7 @@
 //! (collecting every problem, each named by its key path), then resolve secrets from the
 //! environment. Secrets never sit in the file: every one is named by a `*_env` key.
 
+pub use crate::auth::{Auth, Secret};
 use serde::Deserialize;
 use std::fmt;
 use std::net::SocketAddr;
@@ -37,25 +38,6 @@ impl fmt::Display for ConfigError {
     }
 }
 
-/// A secret read from the environment. Its `Debug` never shows the value.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
 /// How a party authenticates, as written in the file.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
@@ -71,21 +53,6 @@ pub enum AuthSpec {
     Header {
         name: String,
         value_env: String,
-    },
-}
-
-/// Authentication with its secret resolved.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Auth {
-    None,
-    Bearer(Secret),
-    Basic {
-        username: String,
-        password: Secret,
-    },
-    Header {
-        name: http::HeaderName,
-        value: Secret,
     },
 }
 
@@ -460,17 +427,17 @@ impl Validator<'_> {
 
     fn secret(&mut self, key: &str, var: &str) -> Secret {
         match (self.env)(var) {
-            Some(v) if !v.is_empty() => Secret(v),
+            Some(v) if !v.is_empty() => Secret::new(v),
             _ => {
                 self.problem(key, format!("environment variable {var} is not set"));
-                Secret(String::new())
+                Secret::new(String::new())
             }
         }
     }
 
     fn auth(&mut self, key: &str, spec: &AuthSpec) -> Auth {
         let auth = self.auth_unchecked(key, spec);
-        if let Err(why) = crate::delivery::auth_header(&auth) {
+        if let Err(why) = auth.header() {
             self.problem(
                 key,
                 format!(
@@ -611,7 +578,7 @@ impl Validator<'_> {
                 // The built-in simulator is the only caller; a random token protects the
                 // route when none is given.
                 AuthSpec::Bearer { token_env } if (self.env)(token_env).is_none() => {
-                    Auth::Bearer(Secret(random_token()))
+                    Auth::Bearer(Secret::new(random_token()))
                 }
                 other => self.auth("callbacks.auth", other),
             }
@@ -667,14 +634,14 @@ impl Validator<'_> {
                 self.problem(&format!("{key}.customer_number"), "must not be empty");
             }
             let api_key = match (self.env)(&it.api_key_env) {
-                Some(v) if !v.is_empty() => Secret(v),
-                _ if self.embedded => Secret(DEMO_API_KEY.into()),
+                Some(v) if !v.is_empty() => Secret::new(v),
+                _ if self.embedded => Secret::new(DEMO_API_KEY),
                 _ => {
                     self.problem(
                         &format!("{key}.api_key_env"),
                         format!("environment variable {} is not set", it.api_key_env),
                     );
-                    Secret(String::new())
+                    Secret::new(String::new())
                 }
             };
             let delivery = it.delivery.as_ref().and_then(|d| {

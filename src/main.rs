@@ -4,8 +4,8 @@
 
 use clap::{Parser, Subcommand};
 use safepoint_gateway::config::Config;
-use safepoint_gateway::loomis::simulator::{Simulator, SimulatorArgs};
 use safepoint_gateway::mapping::check;
+use safepoint_gateway::simulator::{Simulator, SimulatorArgs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 

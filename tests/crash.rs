@@ -9,7 +9,7 @@ mod common;
 use common::*;
 use rand::{Rng, SeedableRng};
 use safepoint_gateway::incident::{State, UpdateKind};
-use safepoint_gateway::loomis::simulator::SimulatorConfig;
+use safepoint_gateway::simulator::SimulatorConfig;
 use safepoint_gateway::store::Store;
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};

@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use common::*;
 use safepoint_gateway::incident::State;
 use safepoint_gateway::loomis::message::{CustomerCancel, Dispatch};
-use safepoint_gateway::loomis::simulator::{Faults, SimulatorConfig};
+use safepoint_gateway::simulator::{Faults, SimulatorConfig};
 use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};

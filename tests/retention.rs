@@ -5,8 +5,8 @@
 mod common;
 
 use common::*;
-use safepoint_gateway::grpc::proto::incident_gateway_client::IncidentGatewayClient;
-use safepoint_gateway::grpc::proto::WatchUpdatesRequest;
+use safepoint_gateway::edge::grpc::proto::incident_gateway_client::IncidentGatewayClient;
+use safepoint_gateway::edge::grpc::proto::WatchUpdatesRequest;
 use safepoint_gateway::incident::State;
 use safepoint_gateway::retention;
 use serde_json::json;

@@ -8,9 +8,9 @@
 
 pub mod xml_out;
 
+use crate::auth::bearer_matches;
 use crate::config::ServerSection;
 use crate::gateway::{CancelError, Gateway, SubmitError};
-use crate::http::bearer_matches;
 use crate::incident::Update;
 use crate::intake::{self, IntegrationRuntime, Integrations};
 use crate::loomis::message::FieldProblem;

@@ -3,32 +3,11 @@
 //! faults it injects. `SimulatorArgs` is the stand-alone command line; both it and
 //! `SimulatorConfig::default()` give the same useful demo.
 
+pub use crate::auth::Secret;
 use serde::{Deserialize, Serialize};
-use std::fmt;
+
 use std::net::SocketAddr;
 use std::time::Duration;
-
-/// A credential the simulator checks or presents; never printed, logged or served.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a token.
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The token itself, for the one place that must send or compare it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
 
 /// Where ACK and NAK go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
