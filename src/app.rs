@@ -109,17 +109,7 @@ fn simulator_config(config: &Config) -> anyhow::Result<SimulatorConfig> {
 /// simulator when `loomis.url = "simulator"`. Returns once everything listens.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let integrations = load_integrations(&config)?;
-    std::fs::create_dir_all(&config.store.path).with_context(|| {
-        format!(
-            "cannot create store directory {}",
-            config.store.path.display()
-        )
-    })?;
-    let store = Store::open(
-        config.store.engine,
-        &config.store.path,
-        config.store.cache_mb << 20,
-    )?;
+    let store = Store::open_configured(&config.store)?;
     let infos = config
         .integrations
         .iter()
@@ -174,7 +164,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             sim.set_callback(format!("http://{cb_host}/v1/loomis/messages"), token);
             tracing::warn!(url = %sim.incidents_url(),
                 "LOOMIS SIMULATOR IN USE: no message leaves this machine; set loomis.url in gateway.toml to talk to Loomis");
-            (reqwest::Url::parse(&sim.incidents_url())?, Some(sim))
+            (url::Url::parse(&sim.incidents_url())?, Some(sim))
         }
     };
     if config.embedded {
@@ -200,7 +190,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     }
     let ls = &config.loomis_section;
     // One pool of connections for Loomis and the tools.
-    let client = crate::delivery::http::Client::new(
+    let client = crate::client::Client::new(
         Duration::from_millis(ls.connect_timeout_ms),
         Duration::from_millis(ls.pool_idle_timeout_ms),
     );
@@ -372,7 +362,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or Ctrl-C (SIGINT).
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

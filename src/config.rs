@@ -38,6 +38,24 @@ impl fmt::Display for ConfigError {
     }
 }
 
+/// Which engine a store uses (`store.engine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    #[default]
+    Fjall,
+    Sled,
+}
+
+impl EngineKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineKind::Fjall => "fjall",
+            EngineKind::Sled => "sled",
+        }
+    }
+}
+
 /// How a party authenticates, as written in the file.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
@@ -149,7 +167,7 @@ impl Default for ServerSection {
 pub struct StoreSection {
     pub path: PathBuf,
     /// The key-value engine: fjall (default) or sled (stores written by earlier builds).
-    pub engine: crate::store::engine::EngineKind,
+    pub engine: EngineKind,
     /// The engine's block (page) cache, in MiB.
     pub cache_mb: u64,
     /// Terminal incidents, updates, dead letters and orphans older than this many days
@@ -161,7 +179,7 @@ impl Default for StoreSection {
     fn default() -> Self {
         StoreSection {
             path: PathBuf::from("./data"),
-            engine: crate::store::engine::EngineKind::default(),
+            engine: EngineKind::default(),
             cache_mb: 32,
             retention_days: 90,
         }
@@ -308,7 +326,7 @@ pub struct Integration {
 /// Where and how updates are posted back to a legacy tool.
 #[derive(Debug, Clone)]
 pub struct Delivery {
-    pub url: reqwest::Url,
+    pub url: url::Url,
     pub auth: Auth,
     pub timeout: Duration,
     pub concurrency: usize,
@@ -319,7 +337,7 @@ pub struct Delivery {
 #[derive(Debug, Clone, PartialEq)]
 pub enum LoomisTarget {
     Simulator,
-    Url(reqwest::Url),
+    Url(url::Url),
 }
 
 /// The validated configuration with secrets resolved.
@@ -498,8 +516,8 @@ impl Validator<'_> {
         })
     }
 
-    fn url(&mut self, key: &str, s: &str) -> Option<reqwest::Url> {
-        match reqwest::Url::parse(s) {
+    fn url(&mut self, key: &str, s: &str) -> Option<url::Url> {
+        match url::Url::parse(s) {
             Ok(u) if !u.username().is_empty() || u.password().is_some() => {
                 self.problem(
                     key,
@@ -849,10 +867,10 @@ auth = { type = "header", name = "x-api-key", value_env = "KEY" }
     #[test]
     fn store_engine_is_fjall_unless_sled_is_named() {
         let c = Config::parse(GOOD, "gateway.toml", false, &env).unwrap();
-        assert_eq!(c.store.engine, crate::store::engine::EngineKind::Fjall);
+        assert_eq!(c.store.engine, EngineKind::Fjall);
         let text = format!("{GOOD}\n[store]\nengine = \"sled\"\n");
         let c = Config::parse(&text, "gateway.toml", false, &env).unwrap();
-        assert_eq!(c.store.engine, crate::store::engine::EngineKind::Sled);
+        assert_eq!(c.store.engine, EngineKind::Sled);
         let text = format!("{GOOD}\n[store]\nengine = \"rocksdb\"\n");
         let msg = Config::parse(&text, "gateway.toml", false, &env)
             .unwrap_err()

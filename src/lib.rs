@@ -10,6 +10,8 @@
 
 pub mod app;
 pub mod auth;
+pub mod cli;
+pub mod client;
 pub mod config;
 pub mod delivery;
 pub mod edge;

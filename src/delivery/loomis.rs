@@ -19,7 +19,7 @@ use tracing::Instrument;
 /// Sends jobs of target Loomis.
 pub struct LoomisRunner {
     pub gateway: Gateway,
-    pub client: super::http::Client,
+    pub client: crate::client::Client,
     pub to: Destination,
     pub timeout: Duration,
     pub policy: RetryPolicy,
@@ -97,7 +97,7 @@ struct Attempt {
     /// Given back once Loomis has answered (or not), before the outcome is settled.
     slot: Slot,
     gateway: Gateway,
-    client: super::http::Client,
+    client: crate::client::Client,
     to: Destination,
     timeout: Duration,
     policy: RetryPolicy,

@@ -7,7 +7,6 @@
 //! hands due jobs to a [`scheduler::Runner`] ([`loomis::LoomisRunner`],
 //! [`tool::ToolRunner`]) that makes one attempt and settles the outcome in the store.
 
-pub mod http;
 pub mod loomis;
 pub mod scheduler;
 pub mod tool;
@@ -210,7 +209,7 @@ impl Destination {
     /// Fails for credentials no header can carry (configuration validation refuses them
     /// first) and for a URL hyper cannot take. `headers` are lowercase names.
     pub fn new(
-        url: &reqwest::Url,
+        url: &url::Url,
         auth: &Auth,
         headers: &[(&'static str, &'static str)],
     ) -> Result<Destination, String> {
@@ -226,7 +225,7 @@ impl Destination {
 
 /// POSTs `body` and classifies the result by the retry rules of the contract.
 pub async fn post(
-    client: &http::Client,
+    client: &crate::client::Client,
     to: &Destination,
     body: Vec<u8>,
     timeout: Duration,

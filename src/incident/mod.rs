@@ -3,6 +3,7 @@
 //! in, values out; no I/O). See [`machine`].
 
 pub mod machine;
+pub mod wire;
 
 use crate::loomis::message::Dispatch;
 use jiff::Timestamp;
@@ -142,13 +143,13 @@ pub struct Update {
     pub state: State,
     pub response_code: Option<String>,
     pub response_text: Option<String>,
-    #[serde(default, with = "crate::store::codec::option_timestamp")]
+    #[serde(default, with = "crate::incident::wire::option_timestamp")]
     pub sla_time: Option<Timestamp>,
     /// When it happened according to Loomis (`DateTime`), or the gateway for its own kinds.
-    #[serde(default, with = "crate::store::codec::option_timestamp")]
+    #[serde(default, with = "crate::incident::wire::option_timestamp")]
     pub event_time: Option<Timestamp>,
     /// When the gateway received or decided it.
-    #[serde(with = "crate::store::codec::timestamp")]
+    #[serde(with = "crate::incident::wire::timestamp")]
     pub received_at: Timestamp,
 }
 
@@ -190,7 +191,7 @@ pub enum EntryOutcome {
 /// One line of an incident's audit trail: every message in and out, and why.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TimelineEntry {
-    #[serde(with = "crate::store::codec::timestamp")]
+    #[serde(with = "crate::incident::wire::timestamp")]
     pub at: Timestamp,
     pub direction: Direction,
     /// `Dispatch`, `ACK`, `Cancel`, `CustomerCancel`, ...
@@ -199,7 +200,7 @@ pub struct TimelineEntry {
     pub detail: String,
     /// The message as sent or received, unknown fields included. None on the caller's
     /// Dispatch entry: see [`Incident::timeline_message`].
-    #[serde(default, with = "crate::store::codec::json_message")]
+    #[serde(default, with = "crate::incident::wire::json_message")]
     pub message: Option<JsonText>,
 }
 
@@ -246,11 +247,11 @@ pub struct Incident {
     pub resume_state: Option<State>,
     pub incident_id: Option<String>,
     /// The Dispatch exactly as sent (and as compared for idempotent re-submission).
-    #[serde(with = "crate::store::codec::dispatch")]
+    #[serde(with = "crate::incident::wire::dispatch")]
     pub dispatch: Dispatch,
     /// ACK's `Status`.
     pub loomis_status: Option<String>,
-    #[serde(default, with = "crate::store::codec::option_timestamp")]
+    #[serde(default, with = "crate::incident::wire::option_timestamp")]
     pub sla_time: Option<Timestamp>,
     pub response_code: Option<String>,
     pub response_text: Option<String>,
@@ -261,9 +262,9 @@ pub struct Incident {
     /// Some Dispatch attempt ended without a known outcome (timeout, dropped connection):
     /// Loomis may have it, so a `Duplicate` NAK is the answer to our own retry.
     pub dispatch_uncertain: bool,
-    #[serde(with = "crate::store::codec::timestamp")]
+    #[serde(with = "crate::incident::wire::timestamp")]
     pub created_at: Timestamp,
-    #[serde(with = "crate::store::codec::timestamp")]
+    #[serde(with = "crate::incident::wire::timestamp")]
     pub updated_at: Timestamp,
     pub timeline: Vec<TimelineEntry>,
     pub timeline_dropped: u32,

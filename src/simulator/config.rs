@@ -309,7 +309,7 @@ impl SimulatorConfig {
 }
 
 pub(crate) fn check_http_url(url: &str) -> Result<(), String> {
-    match reqwest::Url::parse(url) {
+    match url::Url::parse(url) {
         Ok(u) if u.scheme() == "http" || u.scheme() == "https" => Ok(()),
         Ok(u) => Err(format!(
             "{url:?} has scheme {:?}, want http or https",

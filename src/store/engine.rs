@@ -11,30 +11,13 @@
 //! the other engine is refused with a message naming both (see [`open`]).
 
 use super::StoreError;
-use serde::Deserialize;
 use std::path::Path;
 use std::sync::Arc;
 
 /// Writes of one atomic batch, in key order: key -> `Some(value)` or `None` (removed).
 pub type Writes = std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
-/// Which engine a store uses (`store.engine`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EngineKind {
-    #[default]
-    Fjall,
-    Sled,
-}
-
-impl EngineKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            EngineKind::Fjall => "fjall",
-            EngineKind::Sled => "sled",
-        }
-    }
-}
+pub use crate::config::EngineKind;
 
 /// Key and value of one stored entry.
 pub type Entry<B> = (B, B);

@@ -263,6 +263,17 @@ impl Store {
         Ok(Store::new(engine::open(kind, path, cache_bytes)?))
     }
 
+    /// Opens the store `[store]` describes, creating its directory if needed.
+    pub fn open_configured(section: &crate::config::StoreSection) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(&section.path).map_err(|e| {
+            StoreError::Database(format!(
+                "cannot create store directory {}: {e}",
+                section.path.display()
+            ))
+        })?;
+        Store::open(section.engine, &section.path, section.cache_mb << 20)
+    }
+
     /// Starts the writer thread over `backend`.
     pub fn new(backend: Arc<dyn Backend>) -> Store {
         let (tx, rx) = mpsc::unbounded_channel::<WriteOp>();
