@@ -129,7 +129,8 @@ fn references(src: &Path, file: &Path) -> Vec<(Vec<String>, usize)> {
     for (n, raw) in text.lines().enumerate() {
         let line = raw.split("//").next().unwrap_or("");
         let trimmed = line.trim();
-        if (trimmed.starts_with("mod ") || trimmed.starts_with("pub mod ")
+        if (trimmed.starts_with("mod ")
+            || trimmed.starts_with("pub mod ")
             || trimmed.starts_with("pub(crate) mod "))
             && trimmed.ends_with('{')
         {
@@ -143,7 +144,8 @@ fn references(src: &Path, file: &Path) -> Vec<(Vec<String>, usize)> {
                 continue;
             }
             std::mem::take(&mut pending_use)
-        } else if trimmed.starts_with("use ") || trimmed.starts_with("pub use ")
+        } else if trimmed.starts_with("use ")
+            || trimmed.starts_with("pub use ")
             || trimmed.starts_with("pub(crate) use ")
         {
             if !line.contains(';') {
@@ -162,7 +164,9 @@ fn references(src: &Path, file: &Path) -> Vec<(Vec<String>, usize)> {
                 let after = &rest[i + anchor.len()..];
                 rest = after;
                 // `$crate::` in macros and `safepoint_gateway_crate::` are not ours.
-                if before.ends_with('$') || before.ends_with(|c: char| c.is_alphanumeric() || c == '_') {
+                if before.ends_with('$')
+                    || before.ends_with(|c: char| c.is_alphanumeric() || c == '_')
+                {
                     continue;
                 }
                 let path = take_path(after);
@@ -276,7 +280,11 @@ fn layers_only_look_down_and_folders_have_no_circles() {
                         site.file.display(),
                         site.line,
                         target.join("::"),
-                        if to_floor == from_floor { "the same" } else { "a higher" }
+                        if to_floor == from_floor {
+                            "the same"
+                        } else {
+                            "a higher"
+                        }
                     ));
                 }
                 continue;
@@ -305,10 +313,20 @@ fn layers_only_look_down_and_folders_have_no_circles() {
                 .windows(2)
                 .map(|w| {
                     let site = &edges[&w[0]][&w[1]];
-                    format!("{} -> {} (src/{}:{})", w[0], w[1], site.file.display(), site.line)
+                    format!(
+                        "{} -> {} (src/{}:{})",
+                        w[0],
+                        w[1],
+                        site.file.display(),
+                        site.line
+                    )
                 })
                 .collect();
-            let folder = if parent.is_empty() { "src".into() } else { format!("src/{}", parent.join("/")) };
+            let folder = if parent.is_empty() {
+                "src".into()
+            } else {
+                format!("src/{}", parent.join("/"))
+            };
             problems.push(format!("{folder}: import circle: {}", steps.join(", ")));
         }
     }
@@ -361,7 +379,11 @@ fn the_checker_sees_a_circle_and_an_upward_import() {
     let src = dir.path();
     std::fs::create_dir_all(src.join("store")).unwrap();
     std::fs::write(src.join("store/mod.rs"), "pub mod a;\npub mod b;\n").unwrap();
-    std::fs::write(src.join("store/a.rs"), "use super::b::B;\nuse crate::gateway::G;\n").unwrap();
+    std::fs::write(
+        src.join("store/a.rs"),
+        "use super::b::B;\nuse crate::gateway::G;\n",
+    )
+    .unwrap();
     std::fs::write(src.join("store/b.rs"), "use crate::store::a::A;\n").unwrap();
     let refs_a = references(src, &src.join("store/a.rs"));
     assert!(refs_a.iter().any(|(p, _)| p == &["store", "b", "B"]));
@@ -369,10 +391,22 @@ fn the_checker_sees_a_circle_and_an_upward_import() {
     let refs_b = references(src, &src.join("store/b.rs"));
     assert!(refs_b.iter().any(|(p, _)| p == &["store", "a", "A"]));
     let mut edges: BTreeMap<String, BTreeMap<String, Site>> = BTreeMap::new();
-    let site = || Site { file: "x".into(), line: 1 };
-    edges.entry("a".into()).or_default().insert("b".into(), site());
-    edges.entry("b".into()).or_default().insert("a".into(), site());
-    assert_eq!(find_cycle(&edges), Some(vec!["a".into(), "b".into(), "a".into()]));
+    let site = || Site {
+        file: "x".into(),
+        line: 1,
+    };
+    edges
+        .entry("a".into())
+        .or_default()
+        .insert("b".into(), site());
+    edges
+        .entry("b".into())
+        .or_default()
+        .insert("a".into(), site());
+    assert_eq!(
+        find_cycle(&edges),
+        Some(vec!["a".into(), "b".into(), "a".into()])
+    );
     assert!(floor_of("gateway") > floor_of("store"));
     // Grouped and nested imports expand to every member.
     assert_eq!(
@@ -390,6 +424,12 @@ fn the_checker_sees_a_circle_and_an_upward_import() {
     )
     .unwrap();
     let refs = references(src, &src.join("store/b.rs"));
-    assert!(refs.iter().any(|(p, _)| p == &["store", "b", "x"]), "{refs:?}");
-    assert!(refs.iter().any(|(p, _)| p == &["store", "a", "A"]), "{refs:?}");
+    assert!(
+        refs.iter().any(|(p, _)| p == &["store", "b", "x"]),
+        "{refs:?}"
+    );
+    assert!(
+        refs.iter().any(|(p, _)| p == &["store", "a", "A"]),
+        "{refs:?}"
+    );
 }

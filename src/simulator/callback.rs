@@ -4,8 +4,7 @@
 //! 4xx are logged and dropped. The caller awaits delivery, which is what keeps an
 //! incident's callbacks in order.
 
-use super::incident::IncidentKey;
-use super::state::{CallbackTarget, Shared};
+use super::state::{CallbackTarget, IncidentKey, Shared};
 use serde_json::Value;
 use std::time::Duration;
 use tokio::time::Instant;

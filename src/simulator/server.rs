@@ -5,8 +5,8 @@
 
 use super::callback::deliver;
 use super::config::{matches_any, DownMode, FaultsPatch};
-use super::incident::{self, IncidentKey};
-use super::state::{FaultDecision, Incident, IncidentState, ReceivedKind, Shared};
+use super::incident;
+use super::state::{FaultDecision, Incident, IncidentKey, IncidentState, ReceivedKind, Shared};
 use crate::loomis::message::{CustomerCancel, Dispatch, FieldProblem, ValidationErrors};
 use axum::body::{Body, Bytes};
 use axum::extract::{Query, Request, State};

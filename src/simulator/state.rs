@@ -18,6 +18,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// Who an incident is, for messages and logs.
+#[derive(Debug, Clone)]
+pub(crate) struct IncidentKey {
+    pub(crate) customer_number: String,
+    pub(crate) reference: String,
+    pub(crate) incident_id: String,
+}
+
 /// What a received request turned out to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum ReceivedKind {

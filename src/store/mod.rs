@@ -260,7 +260,7 @@ impl Store {
         path: &std::path::Path,
         cache_bytes: u64,
     ) -> Result<Store, StoreError> {
-        Ok(Store::new(engine::open(kind, path, cache_bytes)?))
+        Ok(Store::new(kv::open(kind, path, cache_bytes)?))
     }
 
     /// Opens the store `[store]` describes, creating its directory if needed.
