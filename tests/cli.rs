@@ -50,3 +50,55 @@ fn dead_letters_without_the_token_names_the_variable() {
         "{err}"
     );
 }
+
+#[test]
+fn serve_reports_every_configuration_problem_before_opening_anything() {
+    // A mapping that does not compile and a simulator option that does not exist: both are
+    // named in one run, and the store directory is never created (nothing was opened).
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("broken.toml"), "this is not = = toml\n").unwrap();
+    let store = dir.path().join("data");
+    let config = format!(
+        r#"
+[server]
+http_listen = "127.0.0.1:0"
+grpc_listen = "127.0.0.1:0"
+
+[store]
+path = "{store}"
+
+[loomis]
+url = "simulator"
+
+[simulator]
+ack = "sometimes"
+
+[callbacks]
+auth = {{ type = "none" }}
+
+[[integrations]]
+name = "tool"
+customer_number = "A123456"
+mapping = "{mapping}"
+api_key_env = "TOOL_API_KEY"
+"#,
+        store = store.display(),
+        mapping = dir.path().join("broken.toml").display(),
+    );
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = gateway()
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("TOOL_API_KEY", "k")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("broken.toml"), "{err}");
+    assert!(err.contains("simulator.ack"), "{err}");
+    assert!(
+        !store.exists(),
+        "the store was opened before the configuration was checked"
+    );
+}
