@@ -219,8 +219,8 @@ async fn kill_9_under_load_loses_nothing() {
     let updates = store.updates_after("servicenow", 0, usize::MAX).unwrap();
     let mut prev = 0;
     for u in &updates {
-        assert_eq!(u.sequence, prev + 1, "sequences are gap-free");
-        prev = u.sequence;
+        assert_eq!(u.sequence.get(), prev + 1, "sequences are gap-free");
+        prev = u.sequence.get();
     }
     let mut not_closed = Vec::new();
     for reference in &acked {

@@ -2,8 +2,11 @@
 //! the updates it tells callers about, and the state machine that moves it (pure: values
 //! in, values out; no I/O). See [`machine`].
 
+pub mod ids;
 pub mod machine;
 pub mod wire;
+
+pub use ids::{IncidentReference, LoomisIncidentId, Sequence};
 
 use crate::loomis::message::Dispatch;
 use jiff::Timestamp;
@@ -15,11 +18,11 @@ use std::fmt;
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct IncidentKey {
     pub integration: String,
-    pub reference: String,
+    pub reference: IncidentReference,
 }
 
 impl IncidentKey {
-    pub fn new(integration: impl Into<String>, reference: impl Into<String>) -> Self {
+    pub fn new(integration: impl Into<String>, reference: impl Into<IncidentReference>) -> Self {
         Self {
             integration: integration.into(),
             reference: reference.into(),
@@ -133,10 +136,10 @@ impl fmt::Display for UpdateKind {
 /// `sequence` is strictly increasing (and gap-free) per integration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Update {
-    pub sequence: u64,
+    pub sequence: Sequence,
     pub integration: String,
-    pub incident_reference: String,
-    pub incident_id: Option<String>,
+    pub incident_reference: IncidentReference,
+    pub incident_id: Option<LoomisIncidentId>,
     pub customer_number: String,
     pub kind: UpdateKind,
     /// The incident's state after this change.
@@ -240,12 +243,12 @@ pub const TIMELINE_CAP: usize = 200;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Incident {
     pub integration: String,
-    pub reference: String,
+    pub reference: IncidentReference,
     pub customer_number: String,
     pub state: State,
     /// Where a customer cancel returns the incident if Loomis refuses it.
     pub resume_state: Option<State>,
-    pub incident_id: Option<String>,
+    pub incident_id: Option<LoomisIncidentId>,
     /// The Dispatch exactly as sent (and as compared for idempotent re-submission).
     #[serde(with = "crate::incident::wire::dispatch")]
     pub dispatch: Dispatch,
@@ -279,7 +282,7 @@ impl Incident {
     pub fn new(integration: &str, dispatch: Dispatch, now: Timestamp) -> Self {
         let mut inc = Incident {
             integration: integration.to_string(),
-            reference: dispatch.incident_reference.clone(),
+            reference: IncidentReference::new(&dispatch.incident_reference),
             customer_number: dispatch.customer_number.clone(),
             state: State::Queued,
             resume_state: None,
@@ -330,7 +333,7 @@ impl Incident {
     }
 
     pub fn key(&self) -> IncidentKey {
-        IncidentKey::new(&self.integration, &self.reference)
+        IncidentKey::new(&self.integration, self.reference.clone())
     }
 
     /// Appends to the timeline, within [`TIMELINE_CAP`].
@@ -361,7 +364,7 @@ impl Incident {
     pub fn update_from(
         &self,
         draft: &UpdateDraft,
-        sequence: u64,
+        sequence: Sequence,
         received_at: Timestamp,
     ) -> Update {
         Update {

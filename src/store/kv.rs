@@ -293,7 +293,7 @@ impl<E: Engine> Txn for KvTxn<'_, E> {
     }
     fn put_update(&self, update: &Update) -> Result<(), StoreError> {
         self.put(
-            seq_key(&update.integration, update.sequence),
+            seq_key(&update.integration, update.sequence.get()),
             encode_binary(update),
         )
     }
@@ -622,7 +622,7 @@ mod tests {
                         .run(&|txn| {
                             let sequence = txn.next_sequence(integration)?;
                             txn.put_update(&Update {
-                                sequence,
+                                sequence: sequence.into(),
                                 integration: integration.into(),
                                 incident_reference: "INC1".into(),
                                 incident_id: None,
@@ -645,7 +645,7 @@ mod tests {
                     .updates_between("a", after, upto, limit)
                     .unwrap()
                     .iter()
-                    .map(|u| u.sequence)
+                    .map(|u| u.sequence.get())
                     .collect()
             };
             assert_eq!(seqs(1, 4, 10), vec![2, 3, 4], "{kind:?}");

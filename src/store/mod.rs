@@ -146,7 +146,7 @@ impl Tx<'_> {
         self.inner.put_update(update)?;
         let mut e = self.effects.borrow_mut();
         let w = e.watermarks.entry(update.integration.clone()).or_insert(0);
-        *w = (*w).max(update.sequence);
+        *w = (*w).max(update.sequence.get());
         Ok(())
     }
 }
@@ -382,7 +382,7 @@ impl Store {
         Ok(self
             .updates_after(integration, sequence.saturating_sub(1), 1)?
             .into_iter()
-            .find(|u| u.sequence == sequence))
+            .find(|u| u.sequence.get() == sequence))
     }
 
     /// The last update sequence of `integration` that retention may have removed (0: none).

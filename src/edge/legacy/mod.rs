@@ -54,10 +54,10 @@ pub struct LegacyState {
 /// The stored update as the outbound mapping sees it.
 pub fn update_view(u: &Update) -> UpdateView {
     UpdateView {
-        sequence: u.sequence,
+        sequence: u.sequence.get(),
         integration: u.integration.clone(),
-        incident_reference: u.incident_reference.clone(),
-        incident_id: u.incident_id.clone(),
+        incident_reference: u.incident_reference.to_string(),
+        incident_id: u.incident_id.as_ref().map(ToString::to_string),
         customer_number: u.customer_number.clone(),
         kind: u.kind.as_str().to_string(),
         state: u.state.as_str().to_string(),

@@ -524,7 +524,7 @@ fn apply_loomis(inc: &mut Incident, msg: InboundMessage, via: Via, now: Timestam
     let learn_id = |inc: &mut Incident| {
         if inc.incident_id.is_none() {
             if let Some(id) = &msg.incident_id {
-                inc.incident_id = Some(id.clone());
+                inc.incident_id = Some(id.into());
             }
         }
     };
