@@ -102,3 +102,42 @@ api_key_env = "TOOL_API_KEY"
         "the store was opened before the configuration was checked"
     );
 }
+
+#[test]
+fn mapping_test_refuses_what_the_gateway_refuses() {
+    // Every field maps, but the email is not one: the gateway answers 422, so
+    // `mapping test` must not print a Dispatch either (it checks through the same path).
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("input.json");
+    std::fs::write(
+        &input,
+        r#"{"reference":"OPS-1","device":"UG1234","contact.name":"Jo","contact.phone":"1",
+            "contact.email":"not an address","subject":"Door","description":"Door",
+            "fault_time":"2021-01-16T09:17:48Z"}"#,
+    )
+    .unwrap();
+    let mapping = concat!(env!("CARGO_MANIFEST_DIR"), "/mappings/internal-grpc.toml");
+    let out = gateway()
+        .args(["mapping", "test", "--mapping", mapping, "--input"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("ContactEmail"), "{err}");
+    assert!(err.contains("is not an email address"), "{err}");
+    // With the address fixed the same input yields the Dispatch.
+    let fixed = std::fs::read_to_string(&input)
+        .unwrap()
+        .replace("not an address", "jo@example.com");
+    std::fs::write(&input, fixed).unwrap();
+    let out = gateway()
+        .args(["mapping", "test", "--mapping", mapping, "--input"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let dispatch: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(dispatch["ContactEmail"], "jo@example.com");
+    assert_eq!(dispatch["MessageType"], "Dispatch");
+}
