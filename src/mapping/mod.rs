@@ -372,8 +372,9 @@ impl MappingPlan {
         for (_, f) in &self.fields {
             let paths: Vec<&SourcePath> = match &f.source {
                 Source::Paths(p) => p.iter().collect(),
-                Source::Template { parts, .. } => parts
+                Source::Template(ts) => ts
                     .iter()
+                    .flat_map(|t| &t.parts)
                     .filter_map(|p| match p {
                         Part::Value(sp) => Some(sp),
                         Part::Literal(_) => None,

@@ -91,6 +91,10 @@ pub(crate) struct DateTimeSpec {
     pub(crate) tz: TimeZone,
     pub(crate) tz_name: String,
     pub(crate) policy: DstPolicy,
+    /// The value may end with an offset (`+01:00`, `+0100`, `+01`) or `Z`, which then
+    /// wins over `tz`; without one the value is local time in `tz`. Only with formats
+    /// that have no offset of their own.
+    pub(crate) offset_optional: bool,
 }
 
 /// One compiled transform.
@@ -165,8 +169,8 @@ impl Transform {
                     value
                 } else {
                     return Err(match message {
-                        Some(m) => format!("{:?} {m}", &*value),
-                        None => format!("{:?} does not match {}", &*value, regex.as_str()),
+                        Some(m) => format!("{} {m}", quote(&value)),
+                        None => format!("{} does not match {}", quote(&value), regex.as_str()),
                     });
                 }
             }
@@ -178,8 +182,9 @@ impl Transform {
                     Some(v) => Cow::Owned(v.to_string()),
                     None => {
                         return Err(format!(
-                            "{:?} is not in lookup {} and the lookup has no default",
-                            &*value, table.name
+                            "{} is not in lookup {} and the lookup has no default",
+                            quote(&value),
+                            table.name
                         ))
                     }
                 }
@@ -191,6 +196,21 @@ impl Transform {
                 Cow::Owned(spec.normalize(&value)?)
             }
         })
+    }
+}
+
+/// How many characters of a value a problem repeats: an error body (and a gRPC status,
+/// which travels in headers) must stay small however large the value was.
+pub(crate) const QUOTE_LIMIT: usize = 160;
+
+/// `value` quoted for a problem message as it was received, cut to [`QUOTE_LIMIT`]
+/// characters and marked `…` when cut.
+pub(crate) fn quote(value: &str) -> String {
+    let kept = truncate(Cow::Borrowed(value), QUOTE_LIMIT);
+    if kept.len() == value.len() {
+        format!("{value:?}")
+    } else {
+        format!("{:?}… ({} characters)", &*kept, value.chars().count())
     }
 }
 
@@ -303,55 +323,146 @@ impl DateTimeSpec {
     fn parse(&self, value: &str) -> Result<Timestamp, String> {
         let not_in_format = || {
             format!(
-                "{value:?} is not a date-time in format {}",
-                self.format.describe()
+                "{} is not a date-time in format {}{}",
+                quote(value),
+                self.format.describe(),
+                if self.offset_optional {
+                    " (with an optional offset or Z)"
+                } else {
+                    ""
+                }
             )
         };
         match &self.format {
+            DateFormat::Rfc3339 if self.offset_optional => {
+                if let Ok(ts) = value.parse::<Timestamp>() {
+                    return Ok(ts);
+                }
+                match value.parse::<jiff::civil::DateTime>() {
+                    // jiff reads a civil date-time from a value with an offset too (and
+                    // drops it): only a value with none is local time.
+                    Ok(dt) if split_offset(value).is_none() => {
+                        self.in_zone(dt, value, &self.tz, &self.tz_name)
+                    }
+                    _ => Err(format!(
+                        "{} is not an RFC 3339 date-time (e.g. 2021-01-16T15:17:48Z, or \
+                         2021-01-16T09:17:48 in {})",
+                        quote(value),
+                        self.tz_name
+                    )),
+                }
+            }
             DateFormat::Rfc3339 => {
                 let ts: Timestamp = value.parse().map_err(|_| {
-                    format!("{value:?} is not an RFC 3339 date-time with offset (e.g. 2021-01-16T15:17:48Z)")
+                    format!(
+                        "{} is not an RFC 3339 date-time with offset (e.g. 2021-01-16T15:17:48Z)",
+                        quote(value)
+                    )
                 })?;
                 Ok(ts)
             }
             DateFormat::Strftime(f) => {
-                let tm =
-                    jiff::fmt::strtime::parse(f.as_str(), value).map_err(|_| not_in_format())?;
+                let tm = match jiff::fmt::strtime::parse(f.as_str(), value) {
+                    Ok(tm) => tm,
+                    Err(_) if self.offset_optional => {
+                        // A value the format alone does not read may end with an offset.
+                        let (rest, offset) = split_offset(value).ok_or_else(not_in_format)?;
+                        let dt = jiff::fmt::strtime::parse(f.as_str(), rest)
+                            .and_then(|tm| tm.to_datetime())
+                            .map_err(|_| not_in_format())?;
+                        return offset
+                            .to_timestamp(dt)
+                            .map_err(|_| format!("{} is out of range", quote(value)));
+                    }
+                    Err(_) => return Err(not_in_format()),
+                };
                 if tm.offset().is_some() {
                     return tm.to_timestamp().map_err(|_| not_in_format());
                 }
                 let dt = tm.to_datetime().map_err(|_| not_in_format())?;
-                let (tz, tz_name) = match tm.iana_time_zone() {
-                    Some(name) => (
-                        TimeZone::get(name)
-                            .map_err(|_| format!("{value:?}: unknown time zone {name:?}"))?,
-                        name,
-                    ),
-                    None => (self.tz.clone(), self.tz_name.as_str()),
-                };
-                let amb = tz.to_ambiguous_timestamp(dt);
-                let result = match self.policy {
-                    DstPolicy::Compatible => amb.compatible(),
-                    DstPolicy::Earlier => amb.earlier(),
-                    DstPolicy::Later => amb.later(),
-                    DstPolicy::Reject => match amb.offset() {
-                        AmbiguousOffset::Unambiguous { .. } => amb.compatible(),
-                        AmbiguousOffset::Gap { .. } => {
-                            return Err(format!(
-                                "{value:?} does not exist in {tz_name} (clocks skip it at a DST change)"
-                            ))
-                        }
-                        AmbiguousOffset::Fold { .. } => {
-                            return Err(format!(
-                                "{value:?} is ambiguous in {tz_name} (it happens twice at a DST change)"
-                            ))
-                        }
-                    },
-                };
-                result.map_err(|_| format!("{value:?} is out of range"))
+                match tm.iana_time_zone() {
+                    Some(name) => {
+                        let tz = TimeZone::get(name)
+                            .map_err(|_| format!("{}: unknown time zone {name:?}", quote(value)))?;
+                        self.in_zone(dt, value, &tz, name)
+                    }
+                    None => self.in_zone(dt, value, &self.tz, &self.tz_name),
+                }
             }
         }
     }
+
+    /// The instant of local time `dt` in `tz`, by the DST policy.
+    fn in_zone(
+        &self,
+        dt: jiff::civil::DateTime,
+        value: &str,
+        tz: &TimeZone,
+        tz_name: &str,
+    ) -> Result<Timestamp, String> {
+        let amb = tz.to_ambiguous_timestamp(dt);
+        let result = match self.policy {
+            DstPolicy::Compatible => amb.compatible(),
+            DstPolicy::Earlier => amb.earlier(),
+            DstPolicy::Later => amb.later(),
+            DstPolicy::Reject => match amb.offset() {
+                AmbiguousOffset::Unambiguous { .. } => amb.compatible(),
+                AmbiguousOffset::Gap { .. } => {
+                    return Err(format!(
+                        "{} does not exist in {tz_name} (clocks skip it at a DST change)",
+                        quote(value)
+                    ))
+                }
+                AmbiguousOffset::Fold { .. } => {
+                    return Err(format!(
+                        "{} is ambiguous in {tz_name} (it happens twice at a DST change)",
+                        quote(value)
+                    ))
+                }
+            },
+        };
+        result.map_err(|_| format!("{} is out of range", quote(value)))
+    }
+}
+
+/// Splits a trailing UTC designator or numeric offset off a date-time: `...Z`,
+/// `...+01:00`, `...+0100`, `...-05` (a space before it is dropped too). `None` when the
+/// value does not end with one.
+fn split_offset(value: &str) -> Option<(&str, jiff::tz::Offset)> {
+    if let Some(rest) = value.strip_suffix(['Z', 'z']) {
+        return Some((rest.trim_end(), jiff::tz::Offset::UTC));
+    }
+    let sign_at = value.rfind(['+', '-'])?;
+    let digits: String = value[sign_at + 1..].chars().filter(|c| *c != ':').collect();
+    let tail = &value[sign_at + 1..];
+    let shape_ok = match tail.len() {
+        2 | 4 => tail.chars().all(|c| c.is_ascii_digit()),
+        5 => {
+            tail.as_bytes()[2] == b':'
+                && digits.len() == 4
+                && digits.chars().all(|c| c.is_ascii_digit())
+        }
+        _ => false,
+    };
+    if !shape_ok || sign_at == 0 {
+        return None;
+    }
+    let hours: i32 = digits[..2].parse().ok()?;
+    let minutes: i32 = digits
+        .get(2..)
+        .filter(|m| !m.is_empty())
+        .map_or(Some(0), |m| m.parse().ok())?;
+    if hours > 23 || minutes > 59 {
+        return None;
+    }
+    let seconds = (hours * 3600 + minutes * 60)
+        * if &value[sign_at..=sign_at] == "-" {
+            -1
+        } else {
+            1
+        };
+    let offset = jiff::tz::Offset::from_seconds(seconds).ok()?;
+    Some((value[..sign_at].trim_end(), offset))
 }
 
 #[cfg(test)]
@@ -372,7 +483,90 @@ mod tests {
             tz: TimeZone::get(tz).unwrap(),
             tz_name: tz.into(),
             policy,
+            offset_optional: false,
         }))
+    }
+
+    fn dt_optional(format: &str, tz: &str) -> Transform {
+        Transform::DateTime(Box::new(DateTimeSpec {
+            format: if format == "rfc3339" {
+                DateFormat::Rfc3339
+            } else {
+                DateFormat::Strftime(format.into())
+            },
+            tz: TimeZone::get(tz).unwrap(),
+            tz_name: tz.into(),
+            policy: DstPolicy::Compatible,
+            offset_optional: true,
+        }))
+    }
+
+    #[test]
+    fn datetime_with_optional_offset_prefers_the_values_offset() {
+        let t = dt_optional("%Y-%m-%d %H:%M:%S", "Europe/Berlin");
+        // No offset: local time in the mapping's zone (CET, UTC+1).
+        assert_eq!(
+            run(&t, "2021-01-16 09:17:48").unwrap(),
+            "2021-01-16T08:17:48Z"
+        );
+        // An offset or Z in the value wins, in any of the usual spellings.
+        for (v, want) in [
+            ("2021-01-16 09:17:48Z", "2021-01-16T09:17:48Z"),
+            ("2021-01-16 09:17:48 Z", "2021-01-16T09:17:48Z"),
+            ("2021-01-16 09:17:48+05:30", "2021-01-16T03:47:48Z"),
+            ("2021-01-16 09:17:48 -0600", "2021-01-16T15:17:48Z"),
+            ("2021-01-16 09:17:48-06", "2021-01-16T15:17:48Z"),
+        ] {
+            assert_eq!(run(&t, v).unwrap(), want, "{v}");
+        }
+        // Problems quote the value as received, offset included.
+        assert_eq!(
+            run(&t, "2021-01-16 09:17+01:00").unwrap_err(),
+            "\"2021-01-16 09:17+01:00\" is not a date-time in format %Y-%m-%d %H:%M:%S (with an optional offset or Z)"
+        );
+        assert!(run(&t, "2021-01-16 09:17:48+25:00").is_err());
+        // A format that ends in digits is read whole before any offset is looked for.
+        let t = dt_optional("%H:%M:%S %d-%m-%Y", "UTC");
+        assert_eq!(
+            run(&t, "09:17:48 16-01-2021").unwrap(),
+            "2021-01-16T09:17:48Z"
+        );
+        assert_eq!(
+            run(&t, "09:17:48 16-01-2021 +01:00").unwrap(),
+            "2021-01-16T08:17:48Z"
+        );
+        let t = dt_optional("rfc3339", "America/Chicago");
+        assert_eq!(
+            run(&t, "2021-01-16T09:17:48").unwrap(),
+            "2021-01-16T15:17:48Z"
+        );
+        assert_eq!(
+            run(&t, "2021-01-16T09:17:48Z").unwrap(),
+            "2021-01-16T09:17:48Z"
+        );
+        assert_eq!(
+            run(&t, "2021-01-16T09:17:48+01:00").unwrap(),
+            "2021-01-16T08:17:48Z"
+        );
+        assert!(run(&t, "16.01.2021")
+            .unwrap_err()
+            .contains("America/Chicago"));
+    }
+
+    #[test]
+    fn problems_quote_at_most_160_characters() {
+        let long = "x".repeat(1000);
+        let t = Transform::Matches {
+            regex: Regex::new("^y$").unwrap(),
+            message: Some("is not y".into()),
+        };
+        let err = run(&t, &long).unwrap_err();
+        assert!(
+            err.starts_with(&format!("\"{}\"… (1000 characters)", "x".repeat(160))),
+            "{err}"
+        );
+        assert!(err.len() < 200, "{err}");
+        assert_eq!(quote("short"), "\"short\"");
     }
 
     #[test]

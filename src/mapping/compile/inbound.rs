@@ -5,11 +5,13 @@ use std::ops::Range;
 
 use toml::de::{DeTable, DeValue};
 
-use super::{get, Ctx, Env};
+use super::{get, Ctx, Env, Value};
 
 use crate::mapping::path::{compile_xml_path, SourcePath};
-use crate::mapping::plan::{FieldPlan, Overflow, Part, Repeated, Source};
+use crate::mapping::plan::{FieldPlan, Overflow, Part, Repeated, Source, Template};
 use crate::mapping::transform::{DateFormat, DateTimeSpec, DstPolicy, Transform};
+#[cfg(test)]
+use crate::mapping::MappingPlan;
 use crate::mapping::{DispatchField, SourceKind};
 
 use super::transforms::transforms;
@@ -55,33 +57,27 @@ pub(super) fn source(
             .map(|s| Source::Const(s.to_string()));
     }
     if let Some(v) = get(t, "template") {
-        let text = cx.string(v, &format!("{place} template"))?;
-        return match template(text) {
-            Err(e) => {
-                cx.err(v.span(), format!("{place} template: {e}"));
-                None
+        // One template, or alternatives: the first whose values are not all blank wins.
+        let items: Vec<&Value<'_>> = match v.get_ref() {
+            DeValue::Array(items) if !items.is_empty() => items.iter().collect(),
+            DeValue::Array(_) => {
+                cx.err(
+                    v.span(),
+                    format!("{place} template: expected a string or a non-empty array of strings (alternatives)"),
+                );
+                return None;
             }
-            Ok(raw) => {
-                let mut parts = Vec::new();
-                let mut ok = true;
-                for p in raw {
-                    match p {
-                        RawPart::Literal(l) => parts.push(Part::Literal(l)),
-                        RawPart::Value(p) => match source_path(env, &p) {
-                            Ok(sp) => parts.push(Part::Value(sp)),
-                            Err(e) => {
-                                cx.err(v.span(), format!("{place} template: {e}"));
-                                ok = false;
-                            }
-                        },
-                    }
-                }
-                ok.then(|| Source::Template {
-                    text: text.to_string(),
-                    parts,
-                })
-            }
+            _ => vec![v],
         };
+        let mut alternatives = Vec::new();
+        let mut ok = true;
+        for item in items {
+            match template_source(cx, env, item, place) {
+                Some(t) => alternatives.push(t),
+                None => ok = false,
+            }
+        }
+        return ok.then_some(Source::Template(alternatives));
     }
     let v = get(t, "path")?;
     let texts: Vec<(&str, Range<usize>)> = match v.get_ref() {
@@ -108,6 +104,41 @@ pub(super) fn source(
         }
     }
     Some(Source::Paths(paths))
+}
+
+/// One template: text with `{path}` placeholders.
+fn template_source(
+    cx: &mut Ctx<'_>,
+    env: &Env<'_>,
+    v: &Value<'_>,
+    place: &str,
+) -> Option<Template> {
+    let text = cx.string(v, &format!("{place} template"))?;
+    let raw = match template(text) {
+        Err(e) => {
+            cx.err(v.span(), format!("{place} template: {e}"));
+            return None;
+        }
+        Ok(raw) => raw,
+    };
+    let mut parts = Vec::new();
+    let mut ok = true;
+    for p in raw {
+        match p {
+            RawPart::Literal(l) => parts.push(Part::Literal(l)),
+            RawPart::Value(p) => match source_path(env, &p) {
+                Ok(sp) => parts.push(Part::Value(sp)),
+                Err(e) => {
+                    cx.err(v.span(), format!("{place} template: {e}"));
+                    ok = false;
+                }
+            },
+        }
+    }
+    ok.then(|| Template {
+        text: text.to_string(),
+        parts,
+    })
 }
 
 pub(super) fn source_path(env: &Env<'_>, text: &str) -> Result<SourcePath, String> {
@@ -189,6 +220,7 @@ pub(super) fn field(
             tz: env.tz.0.clone(),
             tz_name: env.tz.1.clone(),
             policy: DstPolicy::Compatible,
+            offset_optional: false,
         })));
     }
     Some(FieldPlan {
@@ -302,5 +334,132 @@ mod tests {
         assert!(template("a}").unwrap_err().contains("unmatched"));
         assert!(template("{}").unwrap_err().contains("empty"));
         assert!(template("plain").unwrap_err().contains("use `value`"));
+    }
+
+    /// A mapping whose fields are all plain paths except `field`, given as TOML lines.
+    fn with_field(field: &str, body: &str) -> String {
+        let mut text = String::from("source = \"xml\"\n");
+        for f in DispatchField::ALL.iter().filter(|f| f.required()) {
+            text.push_str(&format!("[dispatch.{}]\n", f.name()));
+            if f.name() == field {
+                text.push_str(body);
+                text.push('\n');
+            } else {
+                text.push_str(&format!("path = \"{}\"\n", f.name()));
+            }
+        }
+        text
+    }
+
+    fn doc(xml: &str) -> crate::mapping::xml::Document {
+        let body = "<IncidentReference>R1</IncidentReference><DeviceId>D</DeviceId><ContactName>C</ContactName>\
+            <ContactNumber>1</ContactNumber><Subject>s</Subject><Description>d</Description>\
+            <FaultDateTime>2021-01-16T15:17:48Z</FaultDateTime>";
+        crate::mapping::xml::Document::parse(
+            format!("<T>{body}{xml}</T>").as_bytes(),
+            &Default::default(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn template_alternatives_fall_back_as_groups() {
+        let text = with_field(
+            "ContactName",
+            r#"template = ["{Contact/First} {Contact/Last}", "{Requester/First} {Requester/Last}"]
+transforms = ["collapse"]"#,
+        );
+        let plan = MappingPlan::from_str(&text, "m.toml").unwrap();
+        let name = |xml: &str| plan.map_document(&doc(xml)).map(|f| f.contact_name);
+        let both = "<Contact><First>Anna</First><Last>Berg</Last></Contact>\
+                    <Requester><First>Rolf</First><Last>Sand</Last></Requester>";
+        assert_eq!(name(both).unwrap(), "Anna Berg");
+        // The direct contact's group is blank (present but empty): the requester's wins.
+        let blank = "<Contact><First> </First><Last/></Contact>\
+                     <Requester><First>Rolf</First><Last>Sand</Last></Requester>";
+        assert_eq!(name(blank).unwrap(), "Rolf Sand");
+        // Part of a group is a value: no mixing of one person's first and another's last name.
+        let part = "<Contact><Last>Berg</Last></Contact><Requester><First>Rolf</First></Requester>";
+        assert_eq!(name(part).unwrap(), "Berg");
+        let problems = plan.map_document(&doc("")).unwrap_err();
+        assert_eq!(
+            problems[0].to_string(),
+            "ContactName: required, missing at template \"{Contact/First} {Contact/Last}\" | \
+             template \"{Requester/First} {Requester/Last}\""
+        );
+    }
+
+    #[test]
+    fn template_and_datetime_load_errors_have_positions() {
+        let text = with_field("ContactName", "template = []");
+        let err = MappingPlan::from_str(&text, "m.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("m.toml:7:12: [dispatch.ContactName] template: expected a string or a non-empty array"),
+            "{err}"
+        );
+        let text = with_field("ContactName", "template = [\"{a}\", \"{b[x='1'}\"]");
+        let err = MappingPlan::from_str(&text, "m.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("m.toml:7:20: [dispatch.ContactName] template: "),
+            "{err}"
+        );
+        assert!(err.contains("not closed"), "{err}");
+        let text = with_field(
+            "FaultDateTime",
+            "path = \"t\"\ntransforms = [{ datetime = { format = \"%Y-%m-%d %H:%M:%S %z\", offset = \"optional\" } }]",
+        );
+        let err = MappingPlan::from_str(&text, "m.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("m.toml:16:39: "), "{err}");
+        assert!(
+            err.contains("offset = \"optional\" reads by itself"),
+            "{err}"
+        );
+        let text = with_field(
+            "FaultDateTime",
+            "path = \"t\"\ntransforms = [{ datetime = { format = \"rfc3339\", offset = \"maybe\" } }]",
+        );
+        let err = MappingPlan::from_str(&text, "m.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("offset: \"maybe\" is not one of: format, optional"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn predicate_paths_compile_and_name_the_missing_field() {
+        let text = with_field(
+            "DeviceId",
+            "path = \"DynamicField[Name='SafeSerial']/Value\"",
+        );
+        let plan = MappingPlan::from_str(&text, "m.toml").unwrap();
+        let fields = "<DynamicField><Name>FaultType</Name><Value>Door</Value></DynamicField>\
+                      <DynamicField><Name>SafeSerial</Name><Value>UG1</Value></DynamicField>";
+        let got = plan.map_document(&doc(fields)).unwrap();
+        assert_eq!(got.device_id, "UG1");
+        let problems = plan
+            .map_document(&doc(
+                "<DynamicField><Name>Other</Name><Value>x</Value></DynamicField>",
+            ))
+            .unwrap_err();
+        assert_eq!(
+            problems[0].to_string(),
+            "DeviceId: required, missing at DynamicField[Name='SafeSerial']/Value"
+        );
+        let text = with_field("DeviceId", "path = \"DynamicField[Name=SafeSerial]/Value\"");
+        let err = MappingPlan::from_str(&text, "m.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("m.toml:5:8: [dispatch.DeviceId] path: \"DynamicField[Name=SafeSerial]/Value\": predicate [Name=SafeSerial]"),
+            "{err}"
+        );
     }
 }

@@ -88,7 +88,7 @@ pub(crate) const ELEMENT_KEYS: &[&str] = &[
     "keep_empty",
 ];
 /// Keys of a `{ datetime = { ... } }` transform.
-pub(crate) const DATETIME_KEYS: &[&str] = &["format", "timezone", "ambiguous"];
+pub(crate) const DATETIME_KEYS: &[&str] = &["format", "timezone", "ambiguous", "offset"];
 /// Keys of a `{ replace = { ... } }` transform.
 pub(crate) const REPLACE_KEYS: &[&str] = &["pattern", "with"];
 /// Keys of a `{ matches = { ... } }` transform.

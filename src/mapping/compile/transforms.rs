@@ -238,6 +238,7 @@ pub(super) fn datetime(
     v: &Value<'_>,
     what: &str,
 ) -> Option<DateTimeSpec> {
+    let mut offset_optional = false;
     let (format_v, tz, policy) = match v.get_ref() {
         DeValue::String(_) => (v, env.tz.clone(), DstPolicy::Compatible),
         _ => {
@@ -255,6 +256,10 @@ pub(super) fn datetime(
                 )?)?,
                 None => DstPolicy::Compatible,
             };
+            if let Some(o) = get(t, "offset") {
+                offset_optional = cx.one_of(o, &format!("{what} offset"), &["format", "optional"])
+                    == Some("optional");
+            }
             match get(t, "format") {
                 Some(f) => (f, tz, policy),
                 None => {
@@ -265,11 +270,29 @@ pub(super) fn datetime(
         }
     };
     let format = date_format(cx, format_v, &format!("{what} format"), &tz.0)?;
+    if let (true, DateFormat::Strftime(f)) = (offset_optional, &format) {
+        // With its own offset directive the format would demand what `optional` allows
+        // to be absent.
+        if ["%z", "%:z", "%::z", "%Q", "%:Q", "%Z"]
+            .iter()
+            .any(|d| f.contains(d))
+        {
+            cx.err(
+                format_v.span(),
+                format!(
+                    "{what} format: {f:?} has an offset or zone directive, which offset = \
+                     \"optional\" reads by itself: remove it from the format"
+                ),
+            );
+            return None;
+        }
+    }
     Some(DateTimeSpec {
         format,
         tz: tz.0,
         tz_name: tz.1,
         policy,
+        offset_optional,
     })
 }
 
