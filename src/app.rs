@@ -246,7 +246,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                     to: Destination::new(
                         &d.url,
                         &d.auth,
-                        integrations[&it.name].plan.update_headers(),
+                        &integrations[&it.name].plan.update_headers(),
                     )
                     .map_err(anyhow::Error::msg)?,
                     delivery: d.clone(),

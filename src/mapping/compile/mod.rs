@@ -12,6 +12,8 @@
 
 mod inbound;
 mod outbound;
+#[cfg(test)]
+mod outbound_tests;
 mod transforms;
 
 use inbound::{cancel_field, field};
@@ -75,7 +77,9 @@ pub(crate) const OUTBOUND_KEYS: &[&str] = &[
     "indent",
     "timezone",
     "datetime_format",
+    "soap_action",
     "element",
+    "header",
 ];
 /// Keys of an `[[outbound.element]]` entry.
 pub(crate) const ELEMENT_KEYS: &[&str] = &[
@@ -84,7 +88,9 @@ pub(crate) const ELEMENT_KEYS: &[&str] = &[
     "value",
     "template",
     "transforms",
+    "secret_env",
     "kinds",
+    "when",
     "keep_empty",
 ];
 /// Keys of a `{ datetime = { ... } }` transform.
@@ -464,6 +470,10 @@ pub(crate) fn compile(text: &str, origin: &str) -> Result<MappingPlan, LoadError
         cancel,
         default_cancel_reason: default_reason,
         has_outbound: outbound.is_some(),
+        update_headers: outbound.as_ref().map_or_else(
+            || OutboundPlan::default_document().headers(),
+            |o| o.headers(),
+        ),
         outbound: outbound.unwrap_or_else(OutboundPlan::default_document),
     })
 }

@@ -1,6 +1,7 @@
 //! The `[outbound]` table: the update document's root, envelope, dates and
-//! `[[outbound.element]]` entries, with the load-time check that every update kind
-//! renders.
+//! `[[outbound.element]]` and `[[outbound.header]]` entries (keys for siblings of one
+//! name, conditions, secrets from the environment), with the load-time check that every
+//! update kind renders.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -10,15 +11,68 @@ use toml::de::{DeTable, DeValue};
 use super::{get, Ctx, Env, Value};
 
 use crate::mapping::outbound::{
-    Dates, OutNode, OutPart, OutSource, OutValue, OutboundPlan, UpdateField, KINDS,
+    Condition, Dates, OutKey, OutNode, OutPart, OutSource, OutValue, OutboundPlan, SecretRef,
+    UpdateField, KINDS,
 };
-use crate::mapping::path::resolve_qname;
+use crate::mapping::path::{resolve_qname, split_step, split_steps};
 use crate::mapping::transform::DateFormat;
 use crate::mapping::xml::SoapVersion;
 
 use super::inbound::{template, RawPart};
 use super::transforms::{date_format, time_zone, transforms};
 use super::{ELEMENT_KEYS, OUTBOUND_KEYS};
+
+/// The namespace prefixes a part of the document uses, to declare them on its top
+/// element.
+#[derive(Default)]
+struct Names {
+    prefixes: Vec<String>,
+    unprefixed: bool,
+}
+
+impl Names {
+    /// Checks a qualified name written in `[outbound]` and notes its prefix.
+    fn check(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        env: &Env<'_>,
+        name: &str,
+        span: Range<usize>,
+        element: bool,
+        what: &str,
+    ) -> bool {
+        match resolve_qname(name, &env.ns(), element) {
+            Ok(_) => {
+                match name.split_once(':') {
+                    Some((p, _)) => {
+                        if !self.prefixes.iter().any(|u| u == p) {
+                            self.prefixes.push(p.to_string());
+                        }
+                    }
+                    None => self.unprefixed |= element,
+                }
+                true
+            }
+            Err(e) => {
+                cx.err(span, format!("{what}: {e}"));
+                false
+            }
+        }
+    }
+
+    /// The declarations to write: (prefix, URI), the default namespace first.
+    fn declarations(self, env: &Env<'_>) -> Vec<(String, String)> {
+        let mut namespaces: Vec<(String, String)> = self
+            .prefixes
+            .into_iter()
+            .filter_map(|p| env.prefixes.get(&p).map(|u| (p, u.clone())))
+            .collect();
+        if self.unprefixed && !env.default_ns.is_empty() {
+            namespaces.insert(0, (String::new(), env.default_ns.to_string()));
+        }
+        namespaces
+    }
+}
 
 pub(super) fn outbound(
     cx: &mut Ctx<'_>,
@@ -27,32 +81,11 @@ pub(super) fn outbound(
     span: Range<usize>,
 ) -> Option<OutboundPlan> {
     cx.check_keys(t, OUTBOUND_KEYS, "[outbound]");
-    let mut used_prefixes: Vec<String> = Vec::new();
-    let mut unprefixed = false;
-    let mut check_name =
-        |cx: &mut Ctx<'_>, name: &str, span: Range<usize>, element: bool, what: &str| -> bool {
-            match resolve_qname(name, &env.ns(), element) {
-                Ok(_) => {
-                    match name.split_once(':') {
-                        Some((p, _)) => {
-                            if !used_prefixes.iter().any(|u| u == p) {
-                                used_prefixes.push(p.to_string());
-                            }
-                        }
-                        None => unprefixed |= element,
-                    }
-                    true
-                }
-                Err(e) => {
-                    cx.err(span, format!("{what}: {e}"));
-                    false
-                }
-            }
-        };
+    let mut names = Names::default();
     let root_name = match get(t, "root") {
         Some(v) => {
             let s = cx.string(v, "outbound.root")?;
-            check_name(cx, s, v.span(), true, "outbound.root");
+            names.check(cx, env, s, v.span(), true, "outbound.root");
             s.to_string()
         }
         None => {
@@ -75,7 +108,7 @@ pub(super) fn outbound(
                     );
                 }
                 if let Some(s) = cx.string(n, "outbound.root_by_kind") {
-                    check_name(cx, s, n.span(), true, "outbound.root_by_kind");
+                    names.check(cx, env, s, n.span(), true, "outbound.root_by_kind");
                     root_by_kind.insert(kind.to_string(), s.to_string());
                 }
             }
@@ -89,6 +122,7 @@ pub(super) fn outbound(
         },
         None => None,
     };
+    let soap_action = get(t, "soap_action").and_then(|v| soap_action(cx, v, envelope));
     let indent = match get(t, "indent") {
         Some(v) => cx.integer(v, "outbound.indent", 0..9).unwrap_or(2),
         None => 2,
@@ -107,25 +141,102 @@ pub(super) fn outbound(
         name: root_name,
         ..OutNode::default()
     };
-    let elements = match get(t, "element") {
+    entries(cx, env, get(t, "element"), "element", &mut root, &mut names);
+    let header = match get(t, "header") {
+        None => None,
+        Some(v) => {
+            let Some(version) = envelope else {
+                cx.err(
+                    v.span(),
+                    "[[outbound.header]]: header blocks need a SOAP envelope; set envelope = \"soap11\" or \"soap12\"",
+                );
+                return None;
+            };
+            let mut header = OutNode {
+                name: match version {
+                    SoapVersion::Soap11 => "soapenv:Header",
+                    SoapVersion::Soap12 => "env:Header",
+                }
+                .to_string(),
+                ..OutNode::default()
+            };
+            let mut header_names = Names::default();
+            entries(cx, env, Some(v), "header", &mut header, &mut header_names);
+            if header_names.unprefixed && !env.default_ns.is_empty() {
+                // The Header element itself is in the envelope's namespace, so a default
+                // namespace cannot be declared on it.
+                cx.err(
+                    v.span(),
+                    "[[outbound.header]]: write header element names with a prefix from [namespaces] (a default namespace cannot be declared on the SOAP Header)",
+                );
+            }
+            Some((header, header_names.declarations(env)))
+        }
+    };
+    Some(OutboundPlan {
+        root,
+        root_by_kind,
+        namespaces: names.declarations(env),
+        envelope,
+        header,
+        soap_action,
+        indent,
+        dates: Dates { format, tz: tz.0 },
+    })
+}
+
+/// `soap_action`: a header value (visible ASCII, no quotes), only with an envelope.
+fn soap_action(cx: &mut Ctx<'_>, v: &Value<'_>, envelope: Option<SoapVersion>) -> Option<String> {
+    let s = cx.string(v, "outbound.soap_action")?;
+    if envelope.is_none() {
+        cx.err(
+            v.span(),
+            "outbound.soap_action: only with envelope = \"soap11\" (SOAPAction header) or \"soap12\" (action parameter)",
+        );
+        return None;
+    }
+    if s.is_empty()
+        || !s
+            .chars()
+            .all(|c| c.is_ascii_graphic() && c != '"' && c != '\\')
+    {
+        cx.err(
+            v.span(),
+            format!("outbound.soap_action: {s:?} must be a non-empty URI of visible ASCII characters without quotes or backslashes (e.g. \"urn:HPD_IncidentInterface_WS/HelpDesk_Modify_Service\")"),
+        );
+        return None;
+    }
+    Some(s.to_string())
+}
+
+/// Compiles the `[[outbound.element]]` (or `[[outbound.header]]`) entries into `root`.
+fn entries(
+    cx: &mut Ctx<'_>,
+    env: &Env<'_>,
+    v: Option<&Value<'_>>,
+    key: &str,
+    root: &mut OutNode,
+    names: &mut Names,
+) {
+    let place = format!("[[outbound.{key}]]");
+    let items = match v {
         Some(v) => match v.get_ref() {
             DeValue::Array(items) => items.iter().collect::<Vec<_>>(),
             _ => {
                 cx.err(
                     v.span(),
-                    "outbound.element: expected [[outbound.element]] entries",
+                    format!("outbound.{key}: expected [[outbound.{key}]] entries"),
                 );
                 Vec::new()
             }
         },
         None => Vec::new(),
     };
-    for item in elements {
-        let Some(et) = cx.table(item, "[[outbound.element]]") else {
+    for item in items {
+        let Some(et) = cx.table(item, &place) else {
             continue;
         };
-        let place = "[[outbound.element]]";
-        cx.check_keys(et, ELEMENT_KEYS, place);
+        cx.check_keys(et, ELEMENT_KEYS, &place);
         let Some(pv) = get(et, "path") else {
             cx.err(
                 item.span(),
@@ -133,46 +244,41 @@ pub(super) fn outbound(
             );
             continue;
         };
-        let Some(path) = cx.string(pv, "outbound.element path") else {
+        let Some(path) = cx.string(pv, &format!("outbound.{key} path")) else {
             continue;
         };
         let path = path.trim();
-        // Split into element steps and an optional final attribute.
-        let mut steps: Vec<&str> = Vec::new();
-        let mut attr: Option<&str> = None;
-        let mut ok = !path.is_empty() && !path.starts_with('/');
-        if !ok {
-            cx.err(pv.span(), format!("{place} path {path:?}: write a path relative to the root, e.g. \"caller/name\" or \"@id\""));
-        }
-        let parts: Vec<&str> = path.split('/').collect();
-        for (i, part) in parts.iter().enumerate() {
-            if !ok {
-                break;
-            }
-            if let Some(a) = part.strip_prefix('@') {
-                if i + 1 != parts.len() {
-                    cx.err(
-                        pv.span(),
-                        format!("{place} path {path:?}: an attribute must come last"),
-                    );
-                    ok = false;
-                } else {
-                    ok &= check_name(cx, a, pv.span(), false, &format!("{place} path"));
-                    attr = Some(a);
-                }
-            } else {
-                ok &= check_name(cx, part, pv.span(), true, &format!("{place} path"));
-                steps.push(part);
-            }
-        }
-        let value = out_value(cx, env, et, item.span(), path);
-        let (true, Some(value)) = (ok, value) else {
+        let Some((steps, attr)) = out_path(cx, env, path, pv.span(), &place, names) else {
+            // Still check the rest of the entry.
+            let _ = out_value(cx, env, et, item.span(), path, &place);
             continue;
         };
-        let mut node = &mut root;
-        for s in steps {
-            node = node.child(s);
+        let Some(entry) = out_value(cx, env, et, item.span(), path, &place) else {
+            continue;
+        };
+        let mut node = &mut *root;
+        for (name, keys) in &steps {
+            node = node.child(name, keys);
         }
+        let value = match entry {
+            Entry::Condition(c) => {
+                if attr.is_some() {
+                    cx.err(
+                        item.span(),
+                        format!("{place} path {path:?}: `kinds` / `when` alone make an element conditional; an attribute needs `field`, `value`, `template` or `secret_env`"),
+                    );
+                } else if steps.is_empty() {
+                    cx.err(
+                        item.span(),
+                        format!("{place} path {path:?}: the root is always written; put the condition on an element below it"),
+                    );
+                } else {
+                    node.conditions.push(c);
+                }
+                continue;
+            }
+            Entry::Value(v) => v,
+        };
         let candidates = match attr {
             Some(a) => node.attr(a),
             None => &mut node.values,
@@ -193,21 +299,68 @@ pub(super) fn outbound(
         }
         candidates.push(value);
     }
-    let mut namespaces: Vec<(String, String)> = used_prefixes
-        .into_iter()
-        .filter_map(|p| env.prefixes.get(&p).map(|u| (p, u.clone())))
-        .collect();
-    if unprefixed && !env.default_ns.is_empty() {
-        namespaces.insert(0, (String::new(), env.default_ns.to_string()));
+}
+
+/// An outbound path's element steps (name and keys) and its final attribute.
+type OutPath<'p> = (Vec<(&'p str, Vec<OutKey>)>, Option<&'p str>);
+
+/// Parses an outbound path: `a/b`, `a/@c`, `DynamicField[Name='X']/Value`.
+fn out_path<'p>(
+    cx: &mut Ctx<'_>,
+    env: &Env<'_>,
+    path: &'p str,
+    span: Range<usize>,
+    place: &str,
+    names: &mut Names,
+) -> Option<OutPath<'p>> {
+    if path.is_empty() || path.starts_with('/') {
+        cx.err(span, format!("{place} path {path:?}: write a path relative to the root, e.g. \"caller/name\" or \"@id\""));
+        return None;
     }
-    Some(OutboundPlan {
-        root,
-        root_by_kind,
-        namespaces,
-        envelope,
-        indent,
-        dates: Dates { format, tz: tz.0 },
-    })
+    let parts = match split_steps(path) {
+        Ok(p) => p,
+        Err(e) => {
+            cx.err(span, format!("{place} path: {e}"));
+            return None;
+        }
+    };
+    let what = format!("{place} path");
+    let mut steps = Vec::new();
+    let mut attr = None;
+    let mut ok = true;
+    for (i, part) in parts.iter().enumerate() {
+        if let Some(a) = part.strip_prefix('@') {
+            if i + 1 != parts.len() || a.contains('[') {
+                cx.err(
+                    span.clone(),
+                    format!("{place} path {path:?}: an attribute must come last, without a key"),
+                );
+                return None;
+            }
+            ok &= names.check(cx, env, a, span.clone(), false, &what);
+            attr = Some(a);
+            continue;
+        }
+        let (name, raw) = match split_step(part) {
+            Ok(x) => x,
+            Err(e) => {
+                cx.err(span.clone(), format!("{place} path {path:?}: {e}"));
+                return None;
+            }
+        };
+        ok &= names.check(cx, env, name, span.clone(), true, &what);
+        let mut keys = Vec::new();
+        for k in raw {
+            ok &= names.check(cx, env, k.name, span.clone(), !k.attr, &what);
+            keys.push(OutKey {
+                attr: k.attr,
+                name: k.name.to_string(),
+                value: k.value.to_string(),
+            });
+        }
+        steps.push((name, keys));
+    }
+    ok.then_some((steps, attr))
 }
 
 /// For a value read from the update's `kind`, declared after `earlier` at the same path:
@@ -228,7 +381,7 @@ pub(super) fn kinds_that_fail(
     for &kind in KINDS.iter().filter(|k| applies_to(value, k)) {
         let covered = earlier
             .iter()
-            .filter(|e| applies_to(e, kind))
+            .filter(|e| applies_to(e, kind) && e.when.is_empty())
             .any(|e| !matches!(rendered_for(e, kind), Some(Ok(false))));
         if covered {
             continue;
@@ -265,22 +418,31 @@ pub(super) fn rendered_for(value: &OutValue, kind: &str) -> Option<Result<bool, 
     Some(Ok(!crate::mapping::transform::is_blank(&v)))
 }
 
-pub(super) fn out_value(
+/// What an entry declares: a value for its element or attribute, or (with only `kinds`
+/// and `when`) a condition on its element.
+enum Entry {
+    Value(OutValue),
+    Condition(Condition),
+}
+
+fn out_value(
     cx: &mut Ctx<'_>,
     env: &Env<'_>,
     t: &DeTable<'_>,
     span: Range<usize>,
     path: &str,
-) -> Option<OutValue> {
-    let place = format!("[[outbound.element]] {path:?}");
-    let given: Vec<&str> = ["field", "value", "template"]
+    entry_place: &str,
+) -> Option<Entry> {
+    let place = format!("{entry_place} {path:?}");
+    let given: Vec<&str> = ["field", "value", "template", "secret_env"]
         .into_iter()
         .filter(|k| get(t, k).is_some())
         .collect();
-    if given.len() != 1 {
+    let conditional = get(t, "kinds").is_some() || get(t, "when").is_some();
+    if given.len() > 1 || (given.is_empty() && !conditional) {
         cx.err(
             span,
-            format!("{place}: give exactly one of `field`, `value`, `template`"),
+            format!("{place}: give exactly one of `field`, `value`, `template`, `secret_env` (or only `kinds` / `when` to make the element conditional)"),
         );
         return None;
     }
@@ -309,8 +471,12 @@ pub(super) fn out_value(
     } else if let Some(v) = get(t, "value") {
         cx.string(v, &format!("{place} value"))
             .map(|s| OutSource::Const(s.to_string()))
+    } else if let Some(v) = get(t, "secret_env") {
+        secret(cx, v, &place).map(OutSource::Secret)
+    } else if let Some(v) = get(t, "template") {
+        out_template(cx, v, &place)
     } else {
-        get(t, "template").and_then(|v| out_template(cx, v, &place))
+        None
     };
     let kinds = match get(t, "kinds") {
         Some(v) => match v.get_ref() {
@@ -333,16 +499,98 @@ pub(super) fn out_value(
         },
         None => None,
     };
+    let when = match get(t, "when") {
+        Some(v) => {
+            let items: Vec<&Value<'_>> = match v.get_ref() {
+                DeValue::Array(items) if !items.is_empty() => items.iter().collect(),
+                DeValue::String(_) => vec![v],
+                _ => {
+                    cx.err(v.span(), format!("{place} when: expected an update field name or a non-empty array of them, e.g. when = \"incident_id\""));
+                    Vec::new()
+                }
+            };
+            let mut fields = Vec::new();
+            for i in items {
+                if let Some(name) = cx.string(i, &format!("{place} when")) {
+                    match UpdateField::parse(name) {
+                        Some(f) => fields.push(f),
+                        None => cx.err(
+                            i.span(),
+                            format!(
+                                "{place} when: unknown update field {name:?}; expected one of: {}",
+                                field_names()
+                            ),
+                        ),
+                    }
+                }
+            }
+            fields
+        }
+        None => Vec::new(),
+    };
     let keep_empty = get(t, "keep_empty")
         .and_then(|v| cx.boolean(v, &format!("{place} keep_empty")))
         .unwrap_or(false);
     let transforms = transforms(cx, env, t, &place);
-    Some(OutValue {
+    if given.is_empty() {
+        for k in ["transforms", "keep_empty"] {
+            if let Some(v) = get(t, k) {
+                cx.err(
+                    v.span(),
+                    format!(
+                        "{place} {k}: a condition entry (only `kinds` / `when`) has no value to {}",
+                        if k == "keep_empty" {
+                            "keep"
+                        } else {
+                            "transform"
+                        }
+                    ),
+                );
+            }
+        }
+        return Some(Entry::Condition(Condition { kinds, when }));
+    }
+    if let (Some(OutSource::Secret(_)), Some(tv)) = (&source, get(t, "transforms")) {
+        cx.err(
+            tv.span(),
+            format!("{place} transforms: not with `secret_env` (a transform's problem would quote the secret)"),
+        );
+        return None;
+    }
+    Some(Entry::Value(OutValue {
         source: source?,
         transforms,
         kinds,
         keep_empty,
+        when,
         path: path.to_string(),
+    }))
+}
+
+/// `secret_env = "NAME"`: the environment variable holding a secret; resolved when the
+/// gateway loads the mapping, never written in the file.
+fn secret(cx: &mut Ctx<'_>, v: &Value<'_>, place: &str) -> Option<SecretRef> {
+    let name = cx.string(v, &format!("{place} secret_env"))?;
+    let ok = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_uppercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+    if !ok {
+        cx.err(
+            v.span(),
+            format!("{place} secret_env: {name:?} is not an environment variable name (A-Z, 0-9, _; e.g. \"REMEDY_PASSWORD\"): write the variable's name here, never the secret itself"),
+        );
+        return None;
+    }
+    let (line, column) = super::line_col(cx.text, v.span().start);
+    Some(SecretRef {
+        env: name.to_string(),
+        line,
+        column,
+        value: None,
     })
 }
 
