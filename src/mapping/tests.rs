@@ -28,7 +28,7 @@ fn parse(xml: &str) -> Document {
 fn shipped_mappings_and_fixtures_pass() {
     let report = check_paths(&[repo("mappings")]);
     assert!(report.ok(), "{report}");
-    assert_eq!(report.mappings_checked, 3, "{report}");
+    assert_eq!(report.mappings_checked, 5, "{report}");
     assert!(report.fixtures_run >= 25, "{report}");
 }
 
