@@ -12,6 +12,7 @@
 //!   SOAP detection.
 //! * `path`: compiled source paths; `transform`: value transforms and date-times;
 //!   `plan`: applying a field; `compile`: TOML to plan; `outbound`: update documents.
+//! * [`wsdl`]: the WSDL 1.1 + XSD of an XML integration, generated from its plan.
 //! * [`check`]: the `mapping check` / `mapping test` commands (the only file I/O).
 //!
 //! Invariants: applying a plan never panics and never does I/O; every problem found
@@ -30,6 +31,7 @@ mod outbound;
 mod path;
 mod plan;
 mod transform;
+pub mod wsdl;
 pub mod xml;
 
 #[cfg(test)]
