@@ -10,7 +10,8 @@
 //! Code map:
 //! * [`xml`]: untrusted bytes to a small namespace-resolved tree, with hard limits and
 //!   SOAP detection.
-//! * `path`: compiled source paths; `transform`: value transforms and date-times;
+//! * `path`: compiled source paths; `transform`: value transforms; `datetime`:
+//!   date-time parsing and writing;
 //!   `plan`: applying a field; `compile`: TOML to plan; `outbound`: update documents.
 //! * [`wsdl`]: the WSDL 1.1 + XSD of an XML integration, generated from its plan.
 //! * [`check`]: the `mapping check` / `mapping test` commands (the only file I/O).
@@ -25,6 +26,7 @@ use std::path::Path;
 
 pub mod check;
 mod compile;
+mod datetime;
 pub use compile::CANCEL_REASON_LIMIT;
 pub(crate) use transform::truncate;
 mod outbound;
