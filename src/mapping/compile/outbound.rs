@@ -162,12 +162,13 @@ pub(super) fn outbound(
             };
             let mut header_names = Names::default();
             entries(cx, env, Some(v), "header", &mut header, &mut header_names);
-            if header_names.unprefixed && !env.default_ns.is_empty() {
-                // The Header element itself is in the envelope's namespace, so a default
-                // namespace cannot be declared on it.
+            if header_names.unprefixed {
+                // SOAP requires namespace-qualified header blocks, and the Header element
+                // itself is in the envelope's namespace, so no default namespace can be
+                // declared on it.
                 cx.err(
                     v.span(),
-                    "[[outbound.header]]: write header element names with a prefix from [namespaces] (a default namespace cannot be declared on the SOAP Header)",
+                    "[[outbound.header]]: write header element names with a prefix from [namespaces] (SOAP header blocks must be namespace-qualified)",
                 );
             }
             Some((header, header_names.declarations(env)))

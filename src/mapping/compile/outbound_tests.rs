@@ -204,6 +204,10 @@ fn outbound_load_errors_name_the_entry() {
             "m.toml:21:8: [[outbound.element]] path \"D[Name=X]/V\": predicate [Name=X]",
         ),
         (
+            "[outbound]\nroot = \"r\"\nenvelope = \"soap12\"\n[[outbound.header]]\npath = \"Auth/user\"\nvalue = \"x\"\n",
+            "m.toml:21:1: [[outbound.header]]: write header element names with a prefix",
+        ),
+        (
             "[outbound]\nroot = \"r\"\n[[outbound.element]]\npath = \"p\"\n",
             "m.toml:20:1: [[outbound.element]] \"p\": give exactly one of `field`, `value`, `template`, `secret_env`",
         ),

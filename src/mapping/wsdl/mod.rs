@@ -55,7 +55,7 @@ pub fn wsdl(plan: &MappingPlan, integration: &str, endpoint: &str) -> Option<Str
         plan.fields.iter().map(|(f, p)| (f.name(), p)),
         Name {
             ns: "".into(),
-            local: "Incident".into(),
+            local: "CreateIncident".into(),
         },
     );
     let cancel = Shape::from_fields(

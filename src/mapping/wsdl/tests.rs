@@ -253,3 +253,53 @@ fn service_names_are_ncnames() {
     assert_eq!(service_name("otrs"), "Otrs");
     assert_eq!(service_name("9to5-desk"), "Integration9to5Desk");
 }
+
+#[test]
+fn a_mapping_of_relative_paths_gets_a_named_root_beside_the_status_document() {
+    let mut text = String::from("source = \"xml\"\n");
+    for f in crate::mapping::DispatchField::ALL
+        .iter()
+        .filter(|f| f.required())
+    {
+        text.push_str(&format!(
+            "[dispatch.{}]\npath = \"a/{}\"\n",
+            f.name(),
+            f.name()
+        ));
+    }
+    let plan = MappingPlan::from_str(&text, "m.toml").unwrap();
+    let doc = wsdl(&plan, "rel", "http://gw").unwrap();
+    let els = elements(&doc);
+    assert!(
+        has(
+            &els,
+            "xsd:schema>xsd:element",
+            &[("name", "CreateIncident")]
+        ),
+        "{doc}"
+    );
+    assert!(
+        has(&els, "xsd:schema>xsd:element", &[("name", "Incident")]),
+        "{doc}"
+    );
+    assert!(
+        has(
+            &els,
+            "xsd:sequence>xsd:element",
+            &[("name", "DeviceId"), ("type", "xsd:string")]
+        ),
+        "{doc}"
+    );
+    assert!(
+        has(
+            &els,
+            "wsdl:message>wsdl:part",
+            &[("element", "CreateIncident")]
+        ),
+        "{doc}"
+    );
+    assert!(
+        has(&els, "wsdl:message>wsdl:part", &[("element", "Incident")]),
+        "{doc}"
+    );
+}
