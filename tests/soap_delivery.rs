@@ -195,7 +195,7 @@ async fn updates_carry_the_soap_action_and_the_header_login_from_the_environment
         .expect("start refused")
         .to_string();
     assert!(
-        err.contains("the auth header \"soapaction\" is also set by the outbound mapping"),
+        err.contains("the auth header \"soapaction\" would replace a header the gateway sets"),
         "{err}"
     );
 }

@@ -245,9 +245,10 @@ impl Destination {
         if let Some((name, _)) = &credentials {
             if headers.iter().any(|(n, _)| name == n) {
                 return Err(format!(
-                    "{url}: the auth header {name:?} is also set by the outbound mapping \
-                     (content type or SOAPAction); one would replace the other: use another \
-                     header for the credentials, or set soap_action in the mapping's [outbound]"
+                    "{url}: the auth header {name:?} would replace a header the gateway sets \
+                     on every post here (the content type, or the outbound mapping's \
+                     SOAPAction): carry the credentials in another header, and set the \
+                     action with soap_action in the mapping's [outbound]"
                 ));
             }
         }
@@ -378,7 +379,7 @@ mod tests {
             .err()
             .unwrap();
         assert!(
-            err.contains("\"soapaction\" is also set by the outbound mapping"),
+            err.contains("the auth header \"soapaction\" would replace a header the gateway sets"),
             "{err}"
         );
         let d = Destination::new(&url, &auth("x-api-key"), &soap).unwrap();
