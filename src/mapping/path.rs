@@ -557,4 +557,37 @@ mod tests {
             ]
         );
     }
+
+    proptest::proptest! {
+        /// `D[N='a']/V` yields, in document order, the values of exactly the blocks
+        /// that have a name child equal to `a` after trimming, whatever the blocks hold.
+        #[test]
+        fn predicate_selects_exactly_the_matching_blocks(
+            blocks in proptest::collection::vec(
+                (
+                    proptest::collection::vec("[ a-b]{0,3}", 0..3),
+                    proptest::collection::vec("[a-c]{0,2}", 0..3),
+                ),
+                0..6,
+            )
+        ) {
+            let mut xml = String::from("<T>");
+            let mut want = Vec::new();
+            for (names, values) in &blocks {
+                xml.push_str("<D>");
+                for n in names {
+                    xml.push_str(&format!("<N>{n}</N>"));
+                }
+                for v in values {
+                    xml.push_str(&format!("<V>{v}</V>"));
+                }
+                xml.push_str("</D>");
+                if names.iter().any(|n| n.trim() == "a") {
+                    want.extend(values.iter().cloned());
+                }
+            }
+            xml.push_str("</T>");
+            proptest::prop_assert_eq!(all("D[N='a']/V", &[], &xml), want);
+        }
+    }
 }
