@@ -229,6 +229,13 @@ impl OutNode {
         &mut self.children[i]
     }
 
+    /// The child named `name` with `keys`, if declared.
+    pub(crate) fn find(&self, name: &str, keys: &[OutKey]) -> Option<&OutNode> {
+        self.children
+            .iter()
+            .find(|c| c.name == name && c.keys == keys)
+    }
+
     /// The value list of attribute `name`, created when absent.
     pub(crate) fn attr(&mut self, name: &str) -> &mut Vec<OutValue> {
         let i = match self.attrs.iter().position(|(n, _)| n == name) {

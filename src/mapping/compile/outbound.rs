@@ -233,6 +233,7 @@ fn entries(
         },
         None => Vec::new(),
     };
+    let mut checks = Vec::new();
     for item in items {
         let Some(et) = cx.table(item, &place) else {
             continue;
@@ -284,22 +285,73 @@ fn entries(
             Some(a) => node.attr(a),
             None => &mut node.values,
         };
-        if let Some((missing, why)) = kinds_that_fail(candidates, &value) {
+        candidates.push(value);
+        // Checked once every entry is in: a condition declared later on an enclosing
+        // element still limits the kinds this value is rendered for.
+        checks.push(KindCheck {
+            span: item.span(),
+            path: path.to_string(),
+            steps: steps
+                .iter()
+                .map(|(n, k)| (n.to_string(), k.clone()))
+                .collect(),
+            attr: attr.map(str::to_string),
+            index: candidates.len() - 1,
+        });
+    }
+    for c in checks {
+        let mut node = &*root;
+        let mut kinds: Vec<&str> = KINDS.to_vec();
+        let mut found = true;
+        for (name, keys) in &c.steps {
+            match node.find(name, keys) {
+                Some(n) => node = n,
+                None => {
+                    found = false;
+                    break;
+                }
+            }
+            for cond in &node.conditions {
+                if let Some(ks) = &cond.kinds {
+                    kinds.retain(|k| ks.iter().any(|x| x.eq_ignore_ascii_case(k)));
+                }
+            }
+        }
+        let candidates = match &c.attr {
+            Some(a) => node.attrs.iter().find(|(n, _)| n == a).map(|(_, v)| &v[..]),
+            None => Some(&node.values[..]),
+        };
+        let Some(candidates) = candidates.filter(|_| found) else {
+            continue;
+        };
+        if let Some((missing, why)) =
+            kinds_that_fail(&candidates[..c.index], &candidates[c.index], &kinds)
+        {
             let many = missing.len() > 1;
             cx.err(
-                item.span(),
+                c.span,
                 format!(
-                    "{place} path {path:?}: the update kind{} {} would not render ({why}), so \
+                    "{place} path {:?}: the update kind{} {} would not render ({why}), so \
                      {} would go to the dead letters: change the transforms (a lookup needs \
                      an entry or a `default`), or limit this element with `kinds`",
+                    c.path,
                     if many { "s" } else { "" },
                     missing.join(", "),
                     if many { "those updates" } else { "that update" },
                 ),
             );
         }
-        candidates.push(value);
     }
+}
+
+/// A value whose every update kind must render, checked after all entries are read.
+struct KindCheck {
+    span: Range<usize>,
+    path: String,
+    steps: Vec<(String, Vec<OutKey>)>,
+    attr: Option<String>,
+    /// Its place among the candidates of its element or attribute.
+    index: usize,
 }
 
 /// An outbound path's element steps (name and keys) and its final attribute.
@@ -370,16 +422,18 @@ fn out_path<'p>(
 /// waiting to happen. A kind is reached unless an earlier candidate for it is surely
 /// non-blank ("first non-blank wins"); one whose value is only known at render time
 /// (another field, a template) counts as covering it, so nothing that works is refused.
-pub(super) fn kinds_that_fail(
+/// `kinds` are those that reach the element at all (its enclosing elements' conditions).
+pub(super) fn kinds_that_fail<'k>(
     earlier: &[OutValue],
     value: &OutValue,
-) -> Option<(Vec<&'static str>, String)> {
+    kinds: &[&'k str],
+) -> Option<(Vec<&'k str>, String)> {
     if !matches!(value.source, OutSource::Field(UpdateField::Kind)) {
         return None;
     }
     let mut missing = Vec::new();
     let mut first = None;
-    for &kind in KINDS.iter().filter(|k| applies_to(value, k)) {
+    for &kind in kinds.iter().filter(|k| applies_to(value, k)) {
         let covered = earlier
             .iter()
             .filter(|e| applies_to(e, kind) && e.when.is_empty())

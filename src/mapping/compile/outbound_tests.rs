@@ -216,3 +216,22 @@ fn outbound_load_errors_name_the_entry() {
         assert!(err.starts_with(want), "{outbound}\n{err}");
     }
 }
+
+#[test]
+fn a_condition_on_an_enclosing_element_limits_the_kinds_checked_at_load() {
+    let lookup = "[lookups.nak]\nentries = { NAK = \"refused\" }\n";
+    let value = "[[outbound.element]]\npath = \"Refusal/Why\"\nfield = \"kind\"\ntransforms = [{ lookup = \"nak\" }]\n";
+    let condition = "[[outbound.element]]\npath = \"Refusal\"\nkinds = [\"NAK\"]\n";
+    // Without the condition every other kind would fail its lookup: refused at load.
+    let err = plan(&format!("{lookup}[outbound]\nroot = \"r\"\n{value}")).unwrap_err();
+    assert!(err.contains("the update kinds ACK, ACCEPT, CLOSE, CANCEL, REJECTED, DELIVERY_FAILED would not render"), "{err}");
+    // With it, declared after the value, only NAK reaches the lookup.
+    let p = plan(&format!(
+        "{lookup}[outbound]\nroot = \"r\"\nindent = 0\n{value}{condition}"
+    ))
+    .unwrap();
+    assert!(
+        render(&p, &update("NAK", None, None)).contains("<Refusal><Why>refused</Why></Refusal>")
+    );
+    assert!(!render(&p, &update("ACK", None, None)).contains("Refusal"));
+}
