@@ -107,7 +107,7 @@ fn prepare(config: &Config) -> anyhow::Result<Prepared> {
             continue;
         };
         let plan = integrations[&it.name].plan.clone();
-        let to = match Destination::new(&d.url, &d.auth, plan.update_headers()) {
+        let to = match Destination::new(&d.url, &d.auth, &plan.update_headers()) {
             Ok(to) => to,
             Err(e) => {
                 problems.push(format!("integrations {:?}: delivery: {e}", it.name));

@@ -782,3 +782,47 @@ async fn refused_requests_leave_an_accepted_incident_untouched() {
     assert!(h.running().gateway.store().jobs().unwrap().is_empty());
     h.stop().await;
 }
+
+#[tokio::test]
+async fn each_xml_integration_serves_its_wsdl_to_its_own_callers() {
+    let h = Harness::start(resting()).await;
+    let r = h
+        .get("/v1/integrations/servicenow/wsdl", Some(SN_KEY))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.content_type.starts_with("text/xml"), "{}", r.content_type);
+    let doc = r.xml();
+    assert_eq!(doc.local(), "definitions");
+    // The service's addresses are this gateway as the caller reached it.
+    let base = h.base();
+    let addresses: Vec<&str> = doc
+        .one("service")
+        .all("port")
+        .flat_map(|p| p.all("address"))
+        .filter_map(|a| a.attr("location"))
+        .collect();
+    assert!(!addresses.is_empty(), "{}", r.body);
+    assert!(
+        addresses
+            .iter()
+            .all(|a| a.starts_with(&format!("{base}/v1/integrations/servicenow/"))),
+        "{addresses:?}"
+    );
+    // Another integration's key, no key, and a gRPC-only integration are refused.
+    assert_eq!(
+        h.get("/v1/integrations/servicenow/wsdl", Some(REMEDY_KEY))
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        h.get("/v1/integrations/servicenow/wsdl", None).await.status,
+        401
+    );
+    let r = h
+        .get("/v1/integrations/internal/wsdl", Some(INTERNAL_KEY))
+        .await;
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert!(r.body.contains("NoXmlRoutes"), "{}", r.body);
+    h.stop().await;
+}

@@ -207,18 +207,35 @@ pub struct Destination {
 
 impl Destination {
     /// Fails for credentials no header can carry (configuration validation refuses them
-    /// first) and for a URL hyper cannot take. `headers` are lowercase names.
+    /// first), for a URL hyper cannot take, and for a `header` auth whose name is one
+    /// of `headers` (the mapping's content type or SOAPAction), which would silently
+    /// replace it. `headers` are lowercase names.
     pub fn new(
         url: &url::Url,
         auth: &Auth,
-        headers: &[(&'static str, &'static str)],
+        headers: &[(&'static str, &str)],
     ) -> Result<Destination, String> {
-        let fixed = headers
-            .iter()
-            .map(|(n, v)| (HeaderName::from_static(n), HeaderValue::from_static(v)));
+        let credentials = auth.header()?;
+        if let Some((name, _)) = &credentials {
+            if headers.iter().any(|(n, _)| name == n) {
+                return Err(format!(
+                    "{url}: the auth header {name:?} would replace a header the gateway sets \
+                     on every post here (the content type, or the outbound mapping's \
+                     SOAPAction): carry the credentials in another header, and set the \
+                     action with soap_action in the mapping's [outbound]"
+                ));
+            }
+        }
+        let mut fixed = Vec::with_capacity(headers.len() + 1);
+        fixed.extend(credentials);
+        for (n, v) in headers {
+            let value = HeaderValue::try_from(*v)
+                .map_err(|_| format!("{url}: {v:?} is not a valid value for header {n}"))?;
+            fixed.push((HeaderName::from_static(n), value));
+        }
         Ok(Destination {
             uri: url.as_str().parse().map_err(|e| format!("{url}: {e}"))?,
-            headers: auth.header()?.into_iter().chain(fixed).collect(),
+            headers: fixed,
         })
     }
 }
@@ -320,6 +337,30 @@ pub fn snippet(body: &[u8]) -> String {
 mod tests {
     use super::*;
     use rand::SeedableRng;
+
+    #[test]
+    fn a_header_auth_that_the_mapping_also_sets_is_refused_not_replaced() {
+        let url: reqwest::Url = "http://tool.example/updates".parse().unwrap();
+        let soap = [
+            ("content-type", "text/xml; charset=utf-8"),
+            ("soapaction", "\"urn:x/Update\""),
+        ];
+        let auth = |name: &'static str| Auth::Header {
+            name: HeaderName::from_static(name),
+            value: crate::config::Secret::new("k"),
+        };
+        let err = Destination::new(&url, &auth("soapaction"), &soap)
+            .err()
+            .unwrap();
+        assert!(
+            err.contains("the auth header \"soapaction\" would replace a header the gateway sets"),
+            "{err}"
+        );
+        let d = Destination::new(&url, &auth("x-api-key"), &soap).unwrap();
+        let names: Vec<&str> = d.headers.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["x-api-key", "content-type", "soapaction"]);
+        assert_eq!(d.headers[2].1, "\"urn:x/Update\"");
+    }
 
     struct Refused {
         _dir: tempfile::TempDir,

@@ -16,6 +16,10 @@
 //! mappings/fixtures/<name>/<case>.expected-reason.txt   the cancel reason expected
 //! ```
 //!
+//! Secrets an outbound mapping names (`secret_env`) are not read here: they render as
+//! `***NAME***`, so fixtures show where a secret goes and never hold one, and a check
+//! needs no secrets in its environment.
+//!
 //! `CustomerNumber` in `expected.json` is echoed into the produced Dispatch (the gateway
 //! fills it from `gateway.toml`, not the mapping), so the whole object can be compared.
 
@@ -26,7 +30,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::xml::{Document, Limits};
-use super::{MappingPlan, Problem, SourceKind, UpdateView};
+use super::{placeholder_secret, MappingPlan, Problem, SourceKind, UpdateView};
 use crate::loomis::message::Dispatch;
 
 /// The outcome of [`check_paths`].
@@ -110,7 +114,7 @@ pub fn check_paths(paths: &[PathBuf]) -> CheckReport {
     }
     for file in files {
         report.mappings_checked += 1;
-        match MappingPlan::load(&file) {
+        match MappingPlan::load_with_secrets(&file, &placeholder_secret) {
             Err(errors) => report
                 .errors
                 .extend(errors.errors.iter().map(|e| e.to_string())),
@@ -128,7 +132,8 @@ pub fn test_dispatch(
     input: &Path,
     customer_number: &str,
 ) -> Result<String, String> {
-    let plan = MappingPlan::load(mapping).map_err(|e| e.to_string())?;
+    let plan =
+        MappingPlan::load_with_secrets(mapping, &placeholder_secret).map_err(|e| e.to_string())?;
     let bytes =
         std::fs::read(input).map_err(|e| format!("{}: cannot read: {e}", input.display()))?;
     match dispatch(&plan, &bytes, customer_number) {
@@ -140,7 +145,8 @@ pub fn test_dispatch(
 /// Renders the outbound XML for an update given as JSON (the fields of [`UpdateView`];
 /// times as RFC 3339 strings).
 pub fn test_update(mapping: &Path, update_json: &Path) -> Result<String, String> {
-    let plan = MappingPlan::load(mapping).map_err(|e| e.to_string())?;
+    let plan =
+        MappingPlan::load_with_secrets(mapping, &placeholder_secret).map_err(|e| e.to_string())?;
     let text = std::fs::read_to_string(update_json)
         .map_err(|e| format!("{}: cannot read: {e}", update_json.display()))?;
     let update = parse_update(&text).map_err(|e| format!("{}: {e}", update_json.display()))?;

@@ -10,8 +10,10 @@
 //! Code map:
 //! * [`xml`]: untrusted bytes to a small namespace-resolved tree, with hard limits and
 //!   SOAP detection.
-//! * `path`: compiled source paths; `transform`: value transforms and date-times;
+//! * `path`: compiled source paths; `transform`: value transforms; `datetime`:
+//!   date-time parsing and writing;
 //!   `plan`: applying a field; `compile`: TOML to plan; `outbound`: update documents.
+//! * [`wsdl`]: the WSDL 1.1 + XSD of an XML integration, generated from its plan.
 //! * [`check`]: the `mapping check` / `mapping test` commands (the only file I/O).
 //!
 //! Invariants: applying a plan never panics and never does I/O; every problem found
@@ -25,13 +27,30 @@ use std::path::Path;
 
 pub mod check;
 mod compile;
+mod datetime;
 pub use compile::CANCEL_REASON_LIMIT;
 pub(crate) use transform::truncate;
 mod outbound;
 mod path;
 mod plan;
 mod transform;
+pub mod wsdl;
 pub mod xml;
+
+/// How many characters of a value a problem repeats: an error body (and a gRPC status,
+/// which travels in headers) must stay small however large the value was.
+pub(crate) const QUOTE_LIMIT: usize = 160;
+
+/// `value` quoted for a problem message as it was received, cut to [`QUOTE_LIMIT`]
+/// characters and marked `…` when cut.
+pub(crate) fn quote(value: &str) -> String {
+    let kept = truncate(std::borrow::Cow::Borrowed(value), QUOTE_LIMIT);
+    if kept.len() == value.len() {
+        format!("{value:?}")
+    } else {
+        format!("{:?}… ({} characters)", &*kept, value.chars().count())
+    }
+}
 
 #[cfg(test)]
 mod tests;
@@ -39,7 +58,6 @@ mod tests;
 use outbound::OutboundPlan;
 use path::SourcePath;
 use plan::{FieldPlan, Input, Overflow, Part, Source};
-use xml::SoapVersion;
 
 /// The kind of input a mapping reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -311,14 +329,28 @@ pub struct MappingPlan {
     default_cancel_reason: String,
     outbound: OutboundPlan,
     has_outbound: bool,
+    /// The headers of an update post (content type, SOAPAction), prepared once.
+    update_headers: Vec<(&'static str, String)>,
 }
 
 impl MappingPlan {
-    /// Reads and compiles a mapping file.
+    /// Reads and compiles a mapping file, and reads the secrets it names (`secret_env`)
+    /// from the environment: an unset or empty variable is a load error at the line of
+    /// its `secret_env`.
     pub fn load(path: &Path) -> Result<MappingPlan, LoadErrors> {
+        Self::load_with_secrets(path, &env_secret)
+    }
+
+    /// [`MappingPlan::load`] with the secrets taken from `secrets` (variable name to
+    /// value) instead of the environment; `mapping check` and `mapping test` pass
+    /// [`placeholder_secret`], so that fixtures never hold a secret.
+    pub fn load_with_secrets(
+        path: &Path,
+        secrets: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<MappingPlan, LoadErrors> {
         let origin = path.display().to_string();
         match std::fs::read_to_string(path) {
-            Ok(text) => Self::from_str(&text, &origin),
+            Ok(text) => Self::from_str_with_secrets(&text, &origin, secrets),
             Err(e) => Err(LoadErrors {
                 errors: vec![LoadError {
                     file: origin,
@@ -339,9 +371,48 @@ impl MappingPlan {
     }
 
     /// Compiles mapping text; `origin` names it in errors (usually the file path).
+    /// Secrets come from the environment, as in [`MappingPlan::load`].
     #[allow(clippy::should_implement_trait)]
     pub fn from_str(text: &str, origin: &str) -> Result<MappingPlan, LoadErrors> {
-        compile::compile(text, origin)
+        Self::from_str_with_secrets(text, origin, &env_secret)
+    }
+
+    /// [`MappingPlan::from_str`] with the secrets taken from `secrets`.
+    pub fn from_str_with_secrets(
+        text: &str,
+        origin: &str,
+        secrets: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<MappingPlan, LoadErrors> {
+        let mut plan = compile::compile(text, origin)?;
+        let mut errors = Vec::new();
+        for s in plan.outbound.secrets_mut() {
+            match secrets(&s.env).filter(|v| !v.is_empty()) {
+                Some(v) => s.value = Some(v.into()),
+                None => errors.push(LoadError {
+                    file: origin.to_string(),
+                    line: s.line,
+                    column: s.column,
+                    message: format!(
+                        "secret_env: the environment variable {} is not set (or empty); set it before starting the gateway",
+                        s.env
+                    ),
+                }),
+            }
+        }
+        if errors.is_empty() {
+            Ok(plan)
+        } else {
+            Err(LoadErrors { errors })
+        }
+    }
+
+    /// The environment variables the mapping reads secrets from (`secret_env`).
+    pub fn secret_envs(&self) -> Vec<String> {
+        let mut copy = self.outbound.clone();
+        let mut names: Vec<String> = copy.secrets_mut().iter().map(|s| s.env.clone()).collect();
+        names.sort();
+        names.dedup();
+        names
     }
 
     /// Where the plan came from (as given to `load`/`from_str`).
@@ -383,8 +454,9 @@ impl MappingPlan {
         for (_, f) in &self.fields {
             let paths: Vec<&SourcePath> = match &f.source {
                 Source::Paths(p) => p.iter().collect(),
-                Source::Template { parts, .. } => parts
+                Source::Template(ts) => ts
                     .iter()
+                    .flat_map(|t| &t.parts)
                     .filter_map(|p| match p {
                         Part::Value(sp) => Some(sp),
                         Part::Literal(_) => None,
@@ -501,17 +573,14 @@ impl MappingPlan {
     }
 
     /// The headers an update post carries: the content type of the outbound document
-    /// (`text/xml` plus an empty `SOAPAction` for SOAP 1.1, `application/soap+xml` for
-    /// SOAP 1.2, `application/xml` otherwise).
-    pub fn update_headers(&self) -> &'static [(&'static str, &'static str)] {
-        match self.outbound.envelope {
-            Some(SoapVersion::Soap11) => &[
-                ("content-type", "text/xml; charset=utf-8"),
-                ("soapaction", "\"\""),
-            ],
-            Some(SoapVersion::Soap12) => &[("content-type", "application/soap+xml; charset=utf-8")],
-            None => &[("content-type", "application/xml; charset=utf-8")],
-        }
+    /// (`text/xml` plus the `SOAPAction` for SOAP 1.1, `application/soap+xml` with an
+    /// `action` parameter when one is set for SOAP 1.2, `application/xml` otherwise).
+    /// The SOAPAction is `""` unless the mapping sets `[outbound] soap_action`.
+    pub fn update_headers(&self) -> Vec<(&'static str, &str)> {
+        self.update_headers
+            .iter()
+            .map(|(n, v)| (*n, v.as_str()))
+            .collect()
     }
 
     /// Renders the outbound XML document for an update (the mapping's `[outbound]`, or
@@ -525,6 +594,18 @@ impl MappingPlan {
 /// `[outbound]`), e.g. for integrations that have no mapping-specific needs.
 pub fn render_default_update(update: &UpdateView) -> Result<Vec<u8>, RenderError> {
     OutboundPlan::default_document().render(update)
+}
+
+/// A secret from the process environment.
+fn env_secret(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// The stand-in `mapping check` and `mapping test` use for a secret: the variable's
+/// name between asterisks (`***REMEDY_PASSWORD***`), so that rendered fixtures show
+/// where a secret goes without holding one.
+pub fn placeholder_secret(name: &str) -> Option<String> {
+    Some(format!("***{name}***"))
 }
 
 fn kind_problem(got: &str, declared: &str) -> Problem {

@@ -6,9 +6,18 @@
 //! from the [`UpdateView`], omits elements that end up with no text, no attributes and
 //! no children (unless `keep_empty`), and writes the result with `quick_xml::Writer`, so
 //! the output is always well-formed and escaped.
+//!
+//! Several siblings of one name are told apart by a key written in the path
+//! (`DynamicField[Name='LoomisIncidentId']/Value`): each key is its own element, and the
+//! key child (or attribute) is written only when the element has other content. An
+//! element can be made conditional (only for some kinds, only when an update field has a
+//! value), and with a SOAP envelope the plan may carry header blocks (credentials, some
+//! of them secrets resolved from the environment when the gateway loads the mapping).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
 
 use jiff::tz::TimeZone;
 use quick_xml::events::{BytesDecl, BytesEnd, BytesStart, BytesText, Event};
@@ -118,6 +127,56 @@ pub(crate) enum OutSource {
     Field(UpdateField),
     Const(String),
     Template(Vec<OutPart>),
+    /// A secret named by an environment variable (`secret_env`).
+    Secret(SecretRef),
+}
+
+/// A secret an outbound document carries (a password in a SOAP header), named in the
+/// mapping by its environment variable. The value is filled in once, when the gateway
+/// loads the mapping, and never printed: `Debug` shows only the variable's name.
+#[derive(Clone)]
+pub(crate) struct SecretRef {
+    /// The environment variable's name.
+    pub(crate) env: String,
+    /// Where `secret_env` is written in the mapping file, for load errors.
+    pub(crate) line: usize,
+    pub(crate) column: usize,
+    /// The value, once resolved.
+    pub(crate) value: Option<Arc<str>>,
+}
+
+impl fmt::Debug for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "SecretRef({}, {})",
+            self.env,
+            if self.value.is_some() {
+                "***"
+            } else {
+                "unresolved"
+            }
+        )
+    }
+}
+
+/// A key that tells siblings of one name apart: `[Name='X']` writes `<Name>X</Name>`
+/// (or `[@type='X']` the attribute) in the element, first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OutKey {
+    pub(crate) attr: bool,
+    /// Qualified name as written.
+    pub(crate) name: String,
+    pub(crate) value: String,
+}
+
+/// When an element (with everything in it) is written.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Condition {
+    /// Only for these kinds (all when `None`).
+    pub(crate) kinds: Option<Vec<String>>,
+    /// Only when each of these update fields has a non-blank value.
+    pub(crate) when: Vec<UpdateField>,
 }
 
 /// One candidate value for an element's text or an attribute.
@@ -129,6 +188,8 @@ pub(crate) struct OutValue {
     pub(crate) kinds: Option<Vec<String>>,
     /// Write the element even when its value is empty.
     pub(crate) keep_empty: bool,
+    /// Only when each of these update fields has a non-blank value.
+    pub(crate) when: Vec<UpdateField>,
     /// The declared path, for problems.
     pub(crate) path: String,
 }
@@ -138,25 +199,41 @@ pub(crate) struct OutValue {
 pub(crate) struct OutNode {
     /// Qualified name as written (`prefix:local` or `local`).
     pub(crate) name: String,
+    /// What tells this element apart from siblings of the same name.
+    pub(crate) keys: Vec<OutKey>,
+    /// All must hold for the element to be written.
+    pub(crate) conditions: Vec<Condition>,
     pub(crate) values: Vec<OutValue>,
     pub(crate) attrs: Vec<(String, Vec<OutValue>)>,
     pub(crate) children: Vec<OutNode>,
 }
 
 impl OutNode {
-    /// The child named `name`, created at the end when absent.
-    pub(crate) fn child(&mut self, name: &str) -> &mut OutNode {
-        let i = match self.children.iter().position(|c| c.name == name) {
+    /// The child named `name` with `keys`, created at the end when absent.
+    pub(crate) fn child(&mut self, name: &str, keys: &[OutKey]) -> &mut OutNode {
+        let i = match self
+            .children
+            .iter()
+            .position(|c| c.name == name && c.keys == keys)
+        {
             Some(i) => i,
             None => {
                 self.children.push(OutNode {
                     name: name.to_string(),
+                    keys: keys.to_vec(),
                     ..OutNode::default()
                 });
                 self.children.len() - 1
             }
         };
         &mut self.children[i]
+    }
+
+    /// The child named `name` with `keys`, if declared.
+    pub(crate) fn find(&self, name: &str, keys: &[OutKey]) -> Option<&OutNode> {
+        self.children
+            .iter()
+            .find(|c| c.name == name && c.keys == keys)
     }
 
     /// The value list of attribute `name`, created when absent.
@@ -183,6 +260,11 @@ pub(crate) struct OutboundPlan {
     /// namespace.
     pub(crate) namespaces: Vec<(String, String)>,
     pub(crate) envelope: Option<SoapVersion>,
+    /// The SOAP `Header` and its blocks (`[[outbound.header]]`), with the declarations
+    /// written on it; only with an envelope.
+    pub(crate) header: Option<(OutNode, Vec<(String, String)>)>,
+    /// `SOAPAction` (SOAP 1.1) or the `action` parameter of the content type (SOAP 1.2).
+    pub(crate) soap_action: Option<String>,
     pub(crate) indent: usize,
     pub(crate) dates: Dates,
 }
@@ -216,11 +298,12 @@ impl OutboundPlan {
             ("EventTime", UpdateField::EventTime),
             ("ReceivedAt", UpdateField::ReceivedAt),
         ] {
-            root.child(element).values.push(OutValue {
+            root.child(element, &[]).values.push(OutValue {
                 source: OutSource::Field(field),
                 transforms: Vec::new(),
                 kinds: None,
                 keep_empty: false,
+                when: Vec::new(),
                 path: element.to_string(),
             });
         }
@@ -229,6 +312,8 @@ impl OutboundPlan {
             root_by_kind: HashMap::new(),
             namespaces: Vec::new(),
             envelope: None,
+            header: None,
+            soap_action: None,
             indent: 2,
             dates: Dates {
                 format: DateFormat::Rfc3339,
@@ -248,6 +333,14 @@ impl OutboundPlan {
                 text: None,
                 children: Vec::new(),
             });
+        let header = self.header.as_ref().and_then(|(node, decls)| {
+            let mut h = self.eval(node, update, &mut problems)?;
+            for (prefix, uri) in decls.iter().rev() {
+                h.attrs
+                    .insert(0, (Cow::Owned(format!("xmlns:{prefix}")), uri.clone()));
+            }
+            Some(h)
+        });
         if !problems.is_empty() {
             return Err(RenderError::Problems(problems));
         }
@@ -281,6 +374,9 @@ impl OutboundPlan {
             let mut start = BytesStart::new(env);
             start.push_attribute((format!("xmlns:{prefix}").as_str(), v.namespace()));
             writer.write_event(Event::Start(start)).map_err(io)?;
+            if let Some(h) = &header {
+                write_element(&mut writer, h).map_err(io)?;
+            }
             writer
                 .write_event(Event::Start(BytesStart::new(body)))
                 .map_err(io)?;
@@ -305,6 +401,9 @@ impl OutboundPlan {
         u: &UpdateView,
         problems: &mut Vec<Problem>,
     ) -> Option<Rendered<'p>> {
+        if !node.conditions.iter().all(|c| self.holds(c, u)) {
+            return None;
+        }
         let text = self.pick(&node.values, u, problems);
         let mut attrs = Vec::new();
         for (name, values) in &node.attrs {
@@ -312,7 +411,7 @@ impl OutboundPlan {
                 attrs.push((Cow::Borrowed(name.as_str()), v));
             }
         }
-        let children: Vec<Rendered<'p>> = node
+        let mut children: Vec<Rendered<'p>> = node
             .children
             .iter()
             .filter_map(|c| self.eval(c, u, problems))
@@ -320,12 +419,42 @@ impl OutboundPlan {
         if text.is_none() && attrs.is_empty() && children.is_empty() {
             return None;
         }
+        // The keys go first: `<DynamicField><Name>X</Name><Value>..`.
+        let mut key_children = Vec::new();
+        for (i, k) in node.keys.iter().enumerate() {
+            if k.attr {
+                attrs.insert(i, (Cow::Borrowed(k.name.as_str()), k.value.clone()));
+            } else {
+                key_children.push(Rendered {
+                    name: &k.name,
+                    attrs: Vec::new(),
+                    text: Some(k.value.clone()),
+                    children: Vec::new(),
+                });
+            }
+        }
+        if !key_children.is_empty() {
+            key_children.append(&mut children);
+            children = key_children;
+        }
         Some(Rendered {
             name: &node.name,
             attrs,
             text,
             children,
         })
+    }
+
+    /// Whether `c` holds for this update.
+    fn holds(&self, c: &Condition, u: &UpdateView) -> bool {
+        applies(c.kinds.as_deref(), &u.kind) && self.present(&c.when, u)
+    }
+
+    /// Whether each of `fields` has a non-blank value in this update.
+    fn present(&self, fields: &[UpdateField], u: &UpdateView) -> bool {
+        fields
+            .iter()
+            .all(|f| f.value(u, &self.dates).is_ok_and(|v| !is_blank(&v)))
     }
 
     /// The first candidate for this kind with a non-blank value; `Some("")` when only
@@ -338,10 +467,8 @@ impl OutboundPlan {
     ) -> Option<String> {
         let mut keep_empty = false;
         for v in values {
-            if let Some(kinds) = &v.kinds {
-                if !kinds.iter().any(|k| k.eq_ignore_ascii_case(&u.kind)) {
-                    continue;
-                }
+            if !applies(v.kinds.as_deref(), &u.kind) || !self.present(&v.when, u) {
+                continue;
             }
             match self.value(v, u) {
                 Ok(s) if !is_blank(&s) => return Some(sanitize(&s)),
@@ -353,6 +480,7 @@ impl OutboundPlan {
                         OutSource::Field(f) => f.name().to_string(),
                         OutSource::Const(_) => "constant".to_string(),
                         OutSource::Template(_) => "template".to_string(),
+                        OutSource::Secret(s) => format!("secret_env {}", s.env),
                     },
                 }),
             }
@@ -364,6 +492,15 @@ impl OutboundPlan {
         let mut value = match &v.source {
             OutSource::Field(f) => f.value(u, &self.dates)?,
             OutSource::Const(c) => Cow::Borrowed(c.as_str()),
+            OutSource::Secret(s) => match &s.value {
+                Some(v) => Cow::Borrowed(&**v),
+                None => {
+                    return Err(format!(
+                        "the secret in environment variable {} was not loaded",
+                        s.env
+                    ))
+                }
+            },
             OutSource::Template(parts) => {
                 let mut s = String::new();
                 let mut any = false;
@@ -388,6 +525,57 @@ impl OutboundPlan {
             value = t.apply(value)?;
         }
         Ok(value)
+    }
+}
+
+/// Whether an entry limited to `kinds` applies to an update of `kind`.
+pub(crate) fn applies(kinds: Option<&[String]>, kind: &str) -> bool {
+    kinds.is_none_or(|ks| ks.iter().any(|k| k.eq_ignore_ascii_case(kind)))
+}
+
+impl OutboundPlan {
+    /// Every secret reference in the plan (header blocks and elements), to resolve.
+    pub(crate) fn secrets_mut(&mut self) -> Vec<&mut SecretRef> {
+        fn walk<'a>(node: &'a mut OutNode, out: &mut Vec<&'a mut SecretRef>) {
+            let attrs = node.attrs.iter_mut().flat_map(|(_, vs)| vs.iter_mut());
+            for v in node.values.iter_mut().chain(attrs) {
+                if let OutSource::Secret(s) = &mut v.source {
+                    out.push(s);
+                }
+            }
+            for c in &mut node.children {
+                walk(c, out);
+            }
+        }
+        let mut out = Vec::new();
+        walk(&mut self.root, &mut out);
+        if let Some((h, _)) = &mut self.header {
+            walk(h, &mut out);
+        }
+        out
+    }
+
+    /// The headers of an update post: the content type of the document and, for SOAP
+    /// 1.1, the `SOAPAction` (`""` unless the mapping sets `soap_action`).
+    pub(crate) fn headers(&self) -> Vec<(&'static str, String)> {
+        let quoted = |a: &Option<String>| format!("\"{}\"", a.as_deref().unwrap_or(""));
+        match self.envelope {
+            Some(SoapVersion::Soap11) => vec![
+                ("content-type", "text/xml; charset=utf-8".to_string()),
+                ("soapaction", quoted(&self.soap_action)),
+            ],
+            Some(SoapVersion::Soap12) => vec![(
+                "content-type",
+                match &self.soap_action {
+                    Some(_) => format!(
+                        "application/soap+xml; charset=utf-8; action={}",
+                        quoted(&self.soap_action)
+                    ),
+                    None => "application/soap+xml; charset=utf-8".to_string(),
+                },
+            )],
+            None => vec![("content-type", "application/xml; charset=utf-8".to_string())],
+        }
     }
 }
 

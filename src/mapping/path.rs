@@ -6,9 +6,17 @@
 //! ```text
 //! path      := "/" steps | steps | "."            absolute, relative, the payload root
 //! steps     := step ("/" step)* ("/" "@" qname)?  | "@" qname
-//! step      := qname
+//! step      := qname predicate*
+//! predicate := "[" ("@")? qname "=" literal "]"   a child's (or attribute's) value
+//! literal   := "'" text "'" | '"' text '"'
 //! qname     := prefix ":" local | local           prefix declared in [namespaces]
 //! ```
+//!
+//! A predicate keeps only the elements that have a child element (or an attribute) of
+//! that name whose value, trimmed, equals the literal: `DynamicField[Name='SafeSerial']/Value`
+//! reads the `Value` of the one `DynamicField` whose `Name` is `SafeSerial` (OTRS
+//! GenericInterface). The literal is compared as written, case included; it may hold
+//! `/`, `[` or `]` (no escapes, as in XPath 1.0).
 //!
 //! An absolute path names the payload root first (`/incident/number`); a relative path
 //! starts below it (`number`). Unprefixed element steps match the mapping's
@@ -36,7 +44,157 @@ pub(crate) struct XmlPath {
     /// Whether the first step names the payload root itself.
     pub(crate) absolute: bool,
     pub(crate) steps: Vec<Name>,
+    /// The predicates of each step (same length as `steps`; mostly empty).
+    pub(crate) preds: Vec<Box<[Predicate]>>,
     pub(crate) attr: Option<Name>,
+}
+
+/// A condition on an element: a child element (or an attribute) with this value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Predicate {
+    /// The child element's name, or the attribute's when `attr`.
+    pub(crate) name: Name,
+    pub(crate) attr: bool,
+    /// The value the child's trimmed text (or the attribute, trimmed) must equal.
+    pub(crate) value: Box<str>,
+}
+
+/// A predicate as written, before its name is resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RawPredicate<'t> {
+    pub(crate) attr: bool,
+    pub(crate) name: &'t str,
+    pub(crate) value: &'t str,
+}
+
+/// Splits a path (without its leading `/`) into steps at the `/` that are not inside a
+/// predicate. A `//` or an unclosed `[` or quote is an error.
+pub(crate) fn split_steps(path: &str) -> Result<Vec<&str>, String> {
+    let mut parts = Vec::new();
+    let mut start = 0;
+    let mut depth = false;
+    let mut quote: Option<char> = None;
+    let mut prev_slash = false;
+    for (i, c) in path.char_indices() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') if depth => quote = Some(c),
+            (None, '[') if !depth => depth = true,
+            (None, '[') => return Err(format!("{path:?}: a predicate cannot contain `[`")),
+            (None, ']') if depth => depth = false,
+            (None, ']') => return Err(format!("{path:?}: `]` without `[`")),
+            (None, '/') if !depth => {
+                if prev_slash {
+                    return Err(format!(
+                        "{path:?}: `//` (descendant search) is not supported; spell out every step"
+                    ));
+                }
+                parts.push(&path[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+        prev_slash = c == '/' && !depth && quote.is_none();
+    }
+    if quote.is_some() {
+        return Err(format!(
+            "{path:?}: a quoted value in a predicate is not closed"
+        ));
+    }
+    if depth {
+        return Err(format!("{path:?}: `[` is not closed with `]`"));
+    }
+    parts.push(&path[start..]);
+    Ok(parts)
+}
+
+/// Splits one step into its name and its predicates (`DynamicField[Name='SafeSerial']`).
+pub(crate) fn split_step(step: &str) -> Result<(&str, Vec<RawPredicate<'_>>), String> {
+    let Some(open) = step.find('[') else {
+        return Ok((step, Vec::new()));
+    };
+    let name = &step[..open];
+    let mut preds = Vec::new();
+    let mut rest = &step[open..];
+    while !rest.is_empty() {
+        let Some(body) = rest.strip_prefix('[') else {
+            return Err(format!(
+                "step {step:?}: unexpected {rest:?} after a predicate; write name[child='value']"
+            ));
+        };
+        // split_steps has checked the brackets and quotes: find this predicate's `]`
+        // outside its quotes.
+        let mut quote = None;
+        let mut end = None;
+        for (i, c) in body.char_indices() {
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), _) => {}
+                (None, '\'' | '"') => quote = Some(c),
+                (None, ']') => {
+                    end = Some(i);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let Some(end) = end else {
+            return Err(format!("step {step:?}: `[` is not closed with `]`"));
+        };
+        preds.push(predicate(&body[..end], step)?);
+        rest = &body[end + 1..];
+    }
+    Ok((name, preds))
+}
+
+fn predicate<'t>(inner: &'t str, step: &str) -> Result<RawPredicate<'t>, String> {
+    let shape = || {
+        format!(
+            "predicate [{inner}] in {step:?}: expected [child='value'] or [@attribute='value'], \
+             e.g. DynamicField[Name='SafeSerial']"
+        )
+    };
+    let t = inner.trim();
+    if !t.is_empty() && t.chars().all(|c| c.is_ascii_digit()) {
+        return Err(format!(
+            "predicate [{inner}] in {step:?}: positions are not supported; select by a \
+             child's value (e.g. [Name='SafeSerial']) or use repeated = \"first\" / \"last\""
+        ));
+    }
+    let Some((lhs, rhs)) = t.split_once('=') else {
+        return Err(shape());
+    };
+    let (lhs, rhs) = (lhs.trim(), rhs.trim());
+    let (attr, name) = match lhs.strip_prefix('@') {
+        Some(a) => (true, a.trim()),
+        None => (false, lhs),
+    };
+    let quoted = |q: char| rhs.len() >= 2 && rhs.starts_with(q) && rhs.ends_with(q);
+    if name.is_empty() || !(quoted('\'') || quoted('"')) {
+        return Err(shape());
+    }
+    let value = &rhs[1..rhs.len() - 1];
+    if rhs[..1].chars().any(|q| value.contains(q)) {
+        return Err(shape());
+    }
+    Ok(RawPredicate { attr, name, value })
+}
+
+/// Resolves the names of a step's predicates.
+pub(crate) fn resolve_predicates(
+    raw: &[RawPredicate<'_>],
+    ctx: &NsContext<'_>,
+) -> Result<Box<[Predicate]>, String> {
+    raw.iter()
+        .map(|p| {
+            Ok(Predicate {
+                name: resolve_qname(p.name, ctx, !p.attr)?,
+                attr: p.attr,
+                value: p.value.into(),
+            })
+        })
+        .collect()
 }
 
 /// A compiled source path of either kind.
@@ -112,19 +270,20 @@ pub(crate) fn compile_xml_path(text: &str, ctx: &NsContext<'_>) -> Result<XmlPat
     if t.is_empty() {
         return Err("empty path".into());
     }
-    if t.contains("//") {
-        return Err(format!(
-            "{t:?}: `//` (descendant search) is not supported; spell out every step"
-        ));
-    }
     let (absolute, rest) = match t.strip_prefix('/') {
         Some(r) => (true, r),
         None => (false, t),
     };
+    if rest.starts_with('/') {
+        return Err(format!(
+            "{t:?}: `//` (descendant search) is not supported; spell out every step"
+        ));
+    }
     let mut steps = Vec::new();
+    let mut preds = Vec::new();
     let mut attr = None;
     if rest != "." || absolute {
-        let parts: Vec<&str> = rest.split('/').collect();
+        let parts = split_steps(rest)?;
         for (i, part) in parts.iter().enumerate() {
             if part.is_empty() {
                 return Err(format!("{t:?}: empty step"));
@@ -133,9 +292,16 @@ pub(crate) fn compile_xml_path(text: &str, ctx: &NsContext<'_>) -> Result<XmlPat
                 if i + 1 != parts.len() {
                     return Err(format!("{t:?}: an attribute step (@{a}) must come last"));
                 }
+                if a.contains('[') {
+                    return Err(format!(
+                        "{t:?}: an attribute step (@{a}) cannot have a predicate; put it on the element"
+                    ));
+                }
                 attr = Some(resolve_qname(a, ctx, false).map_err(|e| format!("{t:?}: {e}"))?);
             } else {
-                steps.push(resolve_qname(part, ctx, true).map_err(|e| format!("{t:?}: {e}"))?);
+                let (name, raw) = split_step(part).map_err(|e| format!("{t:?}: {e}"))?;
+                steps.push(resolve_qname(name, ctx, true).map_err(|e| format!("{t:?}: {e}"))?);
+                preds.push(resolve_predicates(&raw, ctx).map_err(|e| format!("{t:?}: {e}"))?);
             }
         }
     }
@@ -151,6 +317,7 @@ pub(crate) fn compile_xml_path(text: &str, ctx: &NsContext<'_>) -> Result<XmlPat
         text: t.into(),
         absolute,
         steps,
+        preds,
         attr,
     })
 }
@@ -164,38 +331,49 @@ impl XmlPath {
     ) {
         let root = doc.payload_root();
         if self.absolute {
-            let first = &self.steps[0];
-            if matches(root, first) {
-                let _ = self.walk(root, &self.steps[1..], f);
+            if self.step_matches(root, 0) {
+                let _ = self.walk(root, 1, f);
             }
         } else {
-            let _ = self.walk(root, &self.steps, f);
+            let _ = self.walk(root, 0, f);
         }
     }
 
     fn walk<'d>(
         &self,
         el: Element<'d>,
-        steps: &[Name],
+        step: usize,
         f: &mut impl FnMut(&'d str) -> ControlFlow<()>,
     ) -> ControlFlow<()> {
-        match steps.split_first() {
-            None => match &self.attr {
+        if step == self.steps.len() {
+            return match &self.attr {
                 Some(a) => match el.attribute(&a.ns, &a.local) {
                     Some(v) => f(v),
                     None => ControlFlow::Continue(()),
                 },
                 None => f(el.text()),
-            },
-            Some((step, rest)) => {
-                for child in el.children() {
-                    if matches(child, step) {
-                        self.walk(child, rest, f)?;
-                    }
-                }
-                ControlFlow::Continue(())
+            };
+        }
+        for child in el.children() {
+            if self.step_matches(child, step) {
+                self.walk(child, step + 1, f)?;
             }
         }
+        ControlFlow::Continue(())
+    }
+
+    /// Whether `el` has the name of step `i` and satisfies its predicates.
+    fn step_matches(&self, el: Element<'_>, i: usize) -> bool {
+        matches(el, &self.steps[i])
+            && self.preds[i].iter().all(|p| {
+                if p.attr {
+                    el.attribute(&p.name.ns, &p.name.local)
+                        .is_some_and(|v| v.trim() == &*p.value)
+                } else {
+                    el.children()
+                        .any(|c| matches(c, &p.name) && c.text().trim() == &*p.value)
+                }
+            })
     }
 }
 
@@ -306,9 +484,110 @@ mod tests {
             ("/", "empty step"),
             ("/@id", "payload root"),
             ("a/", "empty step"),
+            ("a[b='1'", "not closed"),
+            ("a[b='1]", "not closed"),
+            ("a[b]", "expected [child='value']"),
+            ("a[b=1]", "expected [child='value']"),
+            ("a[1]/v", "positions are not supported"),
+            ("a[x:b='1']", "not declared"),
+            ("a]/v", "without `[`"),
+            ("a[b='1']x/v", "unexpected"),
+            ("@k[b='1']", "cannot have a predicate"),
+            ("a[b='1'][c=''/v", "not closed"),
         ] {
             let err = compile_xml_path(bad, &c).unwrap_err();
             assert!(err.contains(expect), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn predicates_select_by_a_childs_or_attributes_value() {
+        let xml = "<T><DynamicField><Name>FaultType</Name><Value>Door/Lock</Value></DynamicField>\
+                   <DynamicField><Name> SafeSerial </Name><Value>UG1234</Value></DynamicField>\
+                   <DynamicField><Name>SafeSerial2</Name><Value>x</Value></DynamicField>\
+                   <F k='a/b'><v>1</v></F><F k='c'><v>2</v></F></T>";
+        assert_eq!(
+            all("DynamicField[Name='SafeSerial']/Value", &[], xml),
+            ["UG1234"]
+        );
+        assert_eq!(
+            all("/T/DynamicField[Name=\"FaultType\"]/Value", &[], xml),
+            ["Door/Lock"]
+        );
+        assert!(all("DynamicField[Name='safeserial']/Value", &[], xml).is_empty());
+        assert_eq!(all("F[@k='a/b']/v", &[], xml), ["1"]);
+        assert_eq!(all("F[ @k = 'c' ]/v", &[], xml), ["2"]);
+        // Several predicates must all hold; the predicate may sit on the root step.
+        assert_eq!(
+            all(
+                "DynamicField[Name='FaultType'][Value='Door/Lock']/Value",
+                &[],
+                xml
+            ),
+            ["Door/Lock"]
+        );
+        assert!(all("DynamicField[Name='FaultType'][Value='x']/Value", &[], xml).is_empty());
+        assert_eq!(all("/T[F='1']/F[@k='c']/@k", &[], xml), ["c"]);
+        assert!(all("/T[F='9']/F/@k", &[], xml).is_empty());
+        // Predicate names are namespace-resolved like steps.
+        let ns = r#"<o:T xmlns:o="urn:o"><o:D><o:N>A</o:N><o:V>1</o:V></o:D><o:D><o:N>B</o:N><o:V>2</o:V></o:D></o:T>"#;
+        assert_eq!(all("o:D[o:N='B']/o:V", &[("o", "urn:o")], ns), ["2"]);
+        assert!(all("o:D[N='B']/o:V", &[("o", "urn:o")], ns).is_empty());
+    }
+
+    #[test]
+    fn split_steps_keeps_slashes_inside_predicates() {
+        assert_eq!(split_steps("a[b='x/y']/c").unwrap(), ["a[b='x/y']", "c"]);
+        assert_eq!(split_steps("a[b=\"]\"]/c").unwrap(), ["a[b=\"]\"]", "c"]);
+        let (name, preds) = split_step("D[N='1'][@k=\"2\"]").unwrap();
+        assert_eq!(name, "D");
+        assert_eq!(
+            preds,
+            [
+                RawPredicate {
+                    attr: false,
+                    name: "N",
+                    value: "1"
+                },
+                RawPredicate {
+                    attr: true,
+                    name: "k",
+                    value: "2"
+                }
+            ]
+        );
+    }
+
+    proptest::proptest! {
+        /// `D[N='a']/V` yields, in document order, the values of exactly the blocks
+        /// that have a name child equal to `a` after trimming, whatever the blocks hold.
+        #[test]
+        fn predicate_selects_exactly_the_matching_blocks(
+            blocks in proptest::collection::vec(
+                (
+                    proptest::collection::vec("[ a-b]{0,3}", 0..3),
+                    proptest::collection::vec("[a-c]{0,2}", 0..3),
+                ),
+                0..6,
+            )
+        ) {
+            let mut xml = String::from("<T>");
+            let mut want = Vec::new();
+            for (names, values) in &blocks {
+                xml.push_str("<D>");
+                for n in names {
+                    xml.push_str(&format!("<N>{n}</N>"));
+                }
+                for v in values {
+                    xml.push_str(&format!("<V>{v}</V>"));
+                }
+                xml.push_str("</D>");
+                if names.iter().any(|n| n.trim() == "a") {
+                    want.extend(values.iter().cloned());
+                }
+            }
+            xml.push_str("</T>");
+            proptest::prop_assert_eq!(all("D[N='a']/V", &[], &xml), want);
         }
     }
 }

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::ops::ControlFlow;
 
 use super::path::SourcePath;
-use super::transform::{is_blank, truncate, Transform};
+use super::transform::{is_blank, quote, truncate, Transform};
 use super::xml::Document;
 use super::Problem;
 
@@ -55,8 +55,17 @@ pub(crate) enum Source {
     Paths(Vec<SourcePath>),
     /// A constant.
     Const(String),
-    /// Literal text and values; empty when every value in it is missing or blank.
-    Template { text: String, parts: Vec<Part> },
+    /// One template, or alternatives: the first one with a value wins. A template is
+    /// empty when every value in it is missing or blank.
+    Template(Vec<Template>),
+}
+
+/// Literal text and values, e.g. `{Contact/First} {Contact/Last}`.
+#[derive(Debug, Clone)]
+pub(crate) struct Template {
+    /// The template as written, for messages.
+    pub(crate) text: String,
+    pub(crate) parts: Vec<Part>,
 }
 
 /// What happens to a value longer than the field's limit.
@@ -106,7 +115,11 @@ impl FieldPlan {
                 .collect::<Vec<_>>()
                 .join(" | "),
             Source::Const(_) => "constant".to_string(),
-            Source::Template { text, .. } => format!("template {text:?}"),
+            Source::Template(ts) => ts
+                .iter()
+                .map(|t| format!("template {:?}", t.text))
+                .collect::<Vec<_>>()
+                .join(" | "),
         }
     }
 
@@ -147,8 +160,8 @@ impl FieldPlan {
                     Overflow::Truncate => value = truncate(value, limit),
                     Overflow::Reject => {
                         problems.push(self.problem(format!(
-                            "{:?} is longer than {limit} characters (Loomis limit)",
-                            &*value
+                            "{} is longer than {limit} characters (Loomis limit)",
+                            quote(&value)
                         )));
                         return None;
                     }
@@ -186,31 +199,47 @@ impl FieldPlan {
                     found,
                 })
             }
-            Source::Template { parts, .. } => {
-                let mut out = String::new();
-                let mut any = false;
+            Source::Template(alternatives) => {
                 let mut found = false;
-                for part in parts {
-                    match part {
-                        Part::Literal(l) => out.push_str(l),
-                        Part::Value(p) => {
-                            let e = self.lookup(p, input)?;
-                            found |= e.found;
-                            any |= !is_blank(&e.value);
-                            out.push_str(&e.value);
-                        }
+                for t in alternatives {
+                    let e = self.fill(t, input)?;
+                    found |= e.found;
+                    if !is_blank(&e.value) {
+                        return Ok(e);
                     }
                 }
                 Ok(Extracted {
-                    value: if any {
-                        Cow::Owned(out)
-                    } else {
-                        Cow::Borrowed("")
-                    },
+                    value: Cow::Borrowed(""),
                     found,
                 })
             }
         }
+    }
+
+    /// A template's text, empty when every value in it is missing or blank.
+    fn fill<'d>(&'d self, t: &'d Template, input: Input<'d>) -> Result<Extracted<'d>, String> {
+        let mut out = String::new();
+        let mut any = false;
+        let mut found = false;
+        for part in &t.parts {
+            match part {
+                Part::Literal(l) => out.push_str(l),
+                Part::Value(p) => {
+                    let e = self.lookup(p, input)?;
+                    found |= e.found;
+                    any |= !is_blank(&e.value);
+                    out.push_str(&e.value);
+                }
+            }
+        }
+        Ok(Extracted {
+            value: if any {
+                Cow::Owned(out)
+            } else {
+                Cow::Borrowed("")
+            },
+            found,
+        })
     }
 
     fn lookup<'d>(

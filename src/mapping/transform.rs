@@ -6,14 +6,14 @@
 //! untouched, so that "missing" is reported once, by the required check, and not as a
 //! lookup or date-time failure.
 
+pub(crate) use super::quote;
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::Arc;
 
-use jiff::tz::{AmbiguousOffset, TimeZone};
-use jiff::Timestamp;
 use regex::Regex;
+
+pub(crate) use super::datetime::{format_in, DateFormat, DateTimeSpec, DstPolicy};
 
 /// A compiled lookup table.
 #[derive(Debug)]
@@ -34,63 +34,6 @@ impl Lookup {
         };
         hit.or(self.default.as_ref()).map(String::as_str)
     }
-}
-
-/// What to do with a local time that a DST change makes ambiguous or non-existent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum DstPolicy {
-    /// Ambiguous (clocks fall back): the earlier instant; non-existent (clocks spring
-    /// forward): shifted forward by the gap. What most software (and RFC 5545, and
-    /// Temporal) does.
-    Compatible,
-    /// Always the earlier of the two candidate instants.
-    Earlier,
-    /// Always the later of the two candidate instants.
-    Later,
-    /// Refuse the value with a problem.
-    Reject,
-}
-
-impl DstPolicy {
-    pub(crate) const NAMES: &'static [&'static str] = &["compatible", "earlier", "later", "reject"];
-
-    pub(crate) fn parse(s: &str) -> Option<DstPolicy> {
-        Some(match s {
-            "compatible" => DstPolicy::Compatible,
-            "earlier" => DstPolicy::Earlier,
-            "later" => DstPolicy::Later,
-            "reject" => DstPolicy::Reject,
-            _ => return None,
-        })
-    }
-}
-
-/// How a date-time is written.
-#[derive(Debug, Clone)]
-pub(crate) enum DateFormat {
-    /// RFC 3339 with any offset (`2021-01-16T09:17:48-06:00`, `...Z`).
-    Rfc3339,
-    /// A strftime format (jiff's `strtime`).
-    Strftime(String),
-}
-
-impl DateFormat {
-    pub(crate) fn describe(&self) -> &str {
-        match self {
-            DateFormat::Rfc3339 => "rfc3339",
-            DateFormat::Strftime(f) => f,
-        }
-    }
-}
-
-/// A compiled date-time transform: parse in `format` and `tz`, output UTC RFC 3339
-/// with `Z`, whole seconds.
-#[derive(Debug, Clone)]
-pub(crate) struct DateTimeSpec {
-    pub(crate) format: DateFormat,
-    pub(crate) tz: TimeZone,
-    pub(crate) tz_name: String,
-    pub(crate) policy: DstPolicy,
 }
 
 /// One compiled transform.
@@ -165,8 +108,8 @@ impl Transform {
                     value
                 } else {
                     return Err(match message {
-                        Some(m) => format!("{:?} {m}", &*value),
-                        None => format!("{:?} does not match {}", &*value, regex.as_str()),
+                        Some(m) => format!("{} {m}", quote(&value)),
+                        None => format!("{} does not match {}", quote(&value), regex.as_str()),
                     });
                 }
             }
@@ -178,8 +121,9 @@ impl Transform {
                     Some(v) => Cow::Owned(v.to_string()),
                     None => {
                         return Err(format!(
-                            "{:?} is not in lookup {} and the lookup has no default",
-                            &*value, table.name
+                            "{} is not in lookup {} and the lookup has no default",
+                            quote(&value),
+                            table.name
                         ))
                     }
                 }
@@ -253,107 +197,6 @@ pub(crate) fn truncate(value: Cow<'_, str>, n: usize) -> Cow<'_, str> {
     }
 }
 
-/// Formats a timestamp as `YYYY-MM-DDTHH:MM:SSZ` (UTC, whole seconds).
-pub(crate) fn format_utc(ts: Timestamp) -> String {
-    let dt = jiff::tz::Offset::UTC.to_datetime(ts);
-    let mut s = String::with_capacity(20);
-    let _ = write!(
-        s,
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        dt.year(),
-        dt.month(),
-        dt.day(),
-        dt.hour(),
-        dt.minute(),
-        dt.second()
-    );
-    s
-}
-
-/// Formats a timestamp in `format` and `tz` (RFC 3339 keeps `Z` for UTC and a numeric
-/// offset otherwise).
-pub(crate) fn format_in(
-    ts: Timestamp,
-    format: &DateFormat,
-    tz: &TimeZone,
-) -> Result<String, String> {
-    let zoned = ts.to_zoned_datetime(tz.clone());
-    match format {
-        DateFormat::Rfc3339 => {
-            if zoned.offset() == jiff::tz::Offset::UTC {
-                Ok(format_utc(ts))
-            } else {
-                jiff::fmt::strtime::format("%Y-%m-%dT%H:%M:%S%:z", &zoned)
-                    .map_err(|e| e.to_string())
-            }
-        }
-        DateFormat::Strftime(f) => {
-            jiff::fmt::strtime::format(f.as_str(), &zoned).map_err(|e| e.to_string())
-        }
-    }
-}
-
-impl DateTimeSpec {
-    /// Parses `value` and returns it as UTC RFC 3339 with `Z`, whole seconds.
-    pub(crate) fn normalize(&self, value: &str) -> Result<String, String> {
-        let ts = self.parse(value.trim())?;
-        Ok(format_utc(ts))
-    }
-
-    fn parse(&self, value: &str) -> Result<Timestamp, String> {
-        let not_in_format = || {
-            format!(
-                "{value:?} is not a date-time in format {}",
-                self.format.describe()
-            )
-        };
-        match &self.format {
-            DateFormat::Rfc3339 => {
-                let ts: Timestamp = value.parse().map_err(|_| {
-                    format!("{value:?} is not an RFC 3339 date-time with offset (e.g. 2021-01-16T15:17:48Z)")
-                })?;
-                Ok(ts)
-            }
-            DateFormat::Strftime(f) => {
-                let tm =
-                    jiff::fmt::strtime::parse(f.as_str(), value).map_err(|_| not_in_format())?;
-                if tm.offset().is_some() {
-                    return tm.to_timestamp().map_err(|_| not_in_format());
-                }
-                let dt = tm.to_datetime().map_err(|_| not_in_format())?;
-                let (tz, tz_name) = match tm.iana_time_zone() {
-                    Some(name) => (
-                        TimeZone::get(name)
-                            .map_err(|_| format!("{value:?}: unknown time zone {name:?}"))?,
-                        name,
-                    ),
-                    None => (self.tz.clone(), self.tz_name.as_str()),
-                };
-                let amb = tz.to_ambiguous_timestamp(dt);
-                let result = match self.policy {
-                    DstPolicy::Compatible => amb.compatible(),
-                    DstPolicy::Earlier => amb.earlier(),
-                    DstPolicy::Later => amb.later(),
-                    DstPolicy::Reject => match amb.offset() {
-                        AmbiguousOffset::Unambiguous { .. } => amb.compatible(),
-                        AmbiguousOffset::Gap { .. } => {
-                            return Err(format!(
-                                "{value:?} does not exist in {tz_name} (clocks skip it at a DST change)"
-                            ))
-                        }
-                        AmbiguousOffset::Fold { .. } => {
-                            return Err(format!(
-                                "{value:?} is ambiguous in {tz_name} (it happens twice at a DST change)"
-                            ))
-                        }
-                    },
-                };
-                result.map_err(|_| format!("{value:?} is out of range"))
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -362,17 +205,20 @@ mod tests {
         t.apply(Cow::Borrowed(v)).map(|c| c.into_owned())
     }
 
-    fn dt(format: &str, tz: &str, policy: DstPolicy) -> Transform {
-        Transform::DateTime(Box::new(DateTimeSpec {
-            format: if format == "rfc3339" {
-                DateFormat::Rfc3339
-            } else {
-                DateFormat::Strftime(format.into())
-            },
-            tz: TimeZone::get(tz).unwrap(),
-            tz_name: tz.into(),
-            policy,
-        }))
+    #[test]
+    fn problems_quote_at_most_160_characters() {
+        let long = "x".repeat(1000);
+        let t = Transform::Matches {
+            regex: Regex::new("^y$").unwrap(),
+            message: Some("is not y".into()),
+        };
+        let err = run(&t, &long).unwrap_err();
+        assert!(
+            err.starts_with(&format!("\"{}\"… (1000 characters)", "x".repeat(160))),
+            "{err}"
+        );
+        assert!(err.len() < 200, "{err}");
+        assert_eq!(quote("short"), "\"short\"");
     }
 
     #[test]
@@ -467,113 +313,5 @@ mod tests {
         }));
         assert_eq!(run(&lenient, "DOOR").unwrap(), "ZZ99");
         assert_eq!(run(&lenient, "door").unwrap(), "AC12");
-    }
-
-    #[test]
-    fn datetime_in_zone_to_utc() {
-        let t = dt(
-            "%Y-%m-%d %H:%M:%S",
-            "America/Chicago",
-            DstPolicy::Compatible,
-        );
-        assert_eq!(
-            run(&t, "2021-01-16 09:17:48").unwrap(),
-            "2021-01-16T15:17:48Z"
-        );
-        // Summer time: UTC-5.
-        assert_eq!(
-            run(&t, "2021-07-16 09:17:48").unwrap(),
-            "2021-07-16T14:17:48Z"
-        );
-        assert_eq!(
-            run(&t, "16/01/2021").unwrap_err(),
-            "\"16/01/2021\" is not a date-time in format %Y-%m-%d %H:%M:%S"
-        );
-        assert_eq!(run(&t, "").unwrap(), "");
-    }
-
-    #[test]
-    fn datetime_with_offset_in_input_ignores_zone() {
-        let t = dt(
-            "%Y-%m-%d %H:%M:%S %z",
-            "America/Chicago",
-            DstPolicy::Compatible,
-        );
-        assert_eq!(
-            run(&t, "2021-01-16 09:17:48 +0100").unwrap(),
-            "2021-01-16T08:17:48Z"
-        );
-    }
-
-    #[test]
-    fn dst_gap_and_fold_policies() {
-        // America/Chicago 2021-03-14: 02:00 -> 03:00 (gap); 2021-11-07: 02:00 -> 01:00 (fold).
-        let gap = "2021-03-14 02:30:00";
-        let fold = "2021-11-07 01:30:00";
-        let f = "%Y-%m-%d %H:%M:%S";
-        let c = dt(f, "America/Chicago", DstPolicy::Compatible);
-        assert_eq!(run(&c, gap).unwrap(), "2021-03-14T08:30:00Z"); // 03:30 CDT
-        assert_eq!(run(&c, fold).unwrap(), "2021-11-07T06:30:00Z"); // first 01:30, CDT
-        let e = dt(f, "America/Chicago", DstPolicy::Earlier);
-        assert_eq!(run(&e, gap).unwrap(), "2021-03-14T07:30:00Z"); // 01:30 CST
-        assert_eq!(run(&e, fold).unwrap(), "2021-11-07T06:30:00Z");
-        let l = dt(f, "America/Chicago", DstPolicy::Later);
-        assert_eq!(run(&l, gap).unwrap(), "2021-03-14T08:30:00Z");
-        assert_eq!(run(&l, fold).unwrap(), "2021-11-07T07:30:00Z"); // second 01:30, CST
-        let r = dt(f, "America/Chicago", DstPolicy::Reject);
-        assert!(run(&r, gap)
-            .unwrap_err()
-            .contains("does not exist in America/Chicago"));
-        assert!(run(&r, fold)
-            .unwrap_err()
-            .contains("is ambiguous in America/Chicago"));
-        assert_eq!(
-            run(&r, "2021-01-16 09:17:48").unwrap(),
-            "2021-01-16T15:17:48Z"
-        );
-    }
-
-    #[test]
-    fn rfc3339_any_offset_to_utc_whole_seconds() {
-        let t = dt("rfc3339", "UTC", DstPolicy::Compatible);
-        assert_eq!(
-            run(&t, "2021-01-16T09:17:48-06:00").unwrap(),
-            "2021-01-16T15:17:48Z"
-        );
-        assert_eq!(
-            run(&t, "2021-01-16T15:17:48Z").unwrap(),
-            "2021-01-16T15:17:48Z"
-        );
-        assert_eq!(
-            run(&t, "2021-01-16T16:17:48.987+01:00").unwrap(),
-            "2021-01-16T15:17:48Z"
-        );
-        assert!(run(&t, "2021-01-16T15:17:48")
-            .unwrap_err()
-            .contains("RFC 3339"));
-        assert!(run(&t, "yesterday").is_err());
-    }
-
-    #[test]
-    fn format_in_zone() {
-        let ts: Timestamp = "2021-01-16T15:17:48Z".parse().unwrap();
-        let chicago = TimeZone::get("America/Chicago").unwrap();
-        assert_eq!(
-            format_in(
-                ts,
-                &DateFormat::Strftime("%Y-%m-%d %H:%M:%S".into()),
-                &chicago
-            )
-            .unwrap(),
-            "2021-01-16 09:17:48"
-        );
-        assert_eq!(
-            format_in(ts, &DateFormat::Rfc3339, &chicago).unwrap(),
-            "2021-01-16T09:17:48-06:00"
-        );
-        assert_eq!(
-            format_in(ts, &DateFormat::Rfc3339, &TimeZone::UTC).unwrap(),
-            "2021-01-16T15:17:48Z"
-        );
     }
 }

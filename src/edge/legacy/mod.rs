@@ -78,6 +78,7 @@ pub fn routes(state: LegacyState) -> Router {
             "/v1/integrations/{name}/incidents/{reference}/cancel",
             post(cancel),
         )
+        .route("/v1/integrations/{name}/wsdl", get(wsdl))
         .with_state(state)
 }
 
@@ -443,6 +444,35 @@ async fn cancel(
         )
         .in_envelope(env)),
         Err(CancelError::Store(e)) => Err(store_unavailable(env, e)),
+    }
+}
+
+/// The integration's WSDL, generated from its mapping, with the service addresses of
+/// this gateway as the caller reached it (`Host`, and `X-Forwarded-Proto` behind a proxy).
+async fn wsdl(
+    State(s): State<LegacyState>,
+    LegacyPath(name): LegacyPath<String>,
+    headers: HeaderMap,
+) -> Result<Response, LegacyError> {
+    let rt = authenticate(&s, &name, &headers)?;
+    let header = |h: &str| headers.get(h).and_then(|v| v.to_str().ok());
+    let host = header("host").unwrap_or("localhost");
+    let scheme = match header("x-forwarded-proto") {
+        Some("https") => "https",
+        _ => "http",
+    };
+    match crate::mapping::wsdl::wsdl(&rt.plan, &name, &format!("{scheme}://{host}")) {
+        Some(doc) => Ok((
+            StatusCode::OK,
+            [(http::header::CONTENT_TYPE, "text/xml; charset=utf-8")],
+            doc,
+        )
+            .into_response()),
+        None => Err(LegacyError::new(
+            StatusCode::NOT_FOUND,
+            "NoXmlRoutes",
+            format!("integration {name:?} takes gRPC field maps (source = \"fields\"); it has no XML routes to describe"),
+        )),
     }
 }
 
