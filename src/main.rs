@@ -47,6 +47,8 @@ enum Command {
     DeadLetters(DeadLetterCommand),
     /// List Loomis messages that matched no incident (asks a running gateway).
     Orphans(AdminArgs),
+    /// GET a health URL (default /readyz): exit 0 on 2xx, 1 otherwise (Docker HEALTHCHECK).
+    Probe(safepoint_gateway::probe::ProbeArgs),
 }
 
 #[derive(Subcommand)]
@@ -177,6 +179,7 @@ fn main() -> ExitCode {
             &format!("/v1/admin/dead-letters/{id}/replay"),
         ),
         Command::Orphans(a) => admin(&a, reqwest::Method::GET, "/v1/admin/orphans"),
+        Command::Probe(a) => safepoint_gateway::probe::run(&a),
     }
 }
 
