@@ -363,6 +363,7 @@ impl Running {
 
 /// Runs until SIGTERM or Ctrl-C, then shuts down gracefully.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let _hangup = crate::systemd::HangupGuard::start();
     let running = start(config).await?;
     // systemd (Type=notify): ready now that the store is open and the listeners bound.
     crate::systemd::ready(running.http_addr, running.grpc_addr);

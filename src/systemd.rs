@@ -95,6 +95,31 @@ impl Drop for Watchdog {
     }
 }
 
+/// Keeps SIGHUP (`systemctl reload`, ExecReload) from ending the process, whose default
+/// action it is, and says in the log that this build needs a restart to apply changes.
+/// The live-reload feature takes SIGHUP over and removes this. Dropping it stops
+/// listening.
+pub struct HangupGuard(JoinHandle<()>);
+
+impl HangupGuard {
+    /// Listens for SIGHUP; `None` where signals cannot be listened to.
+    pub fn start() -> Option<HangupGuard> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = signal(SignalKind::hangup()).ok()?;
+        Some(HangupGuard(tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::warn!("SIGHUP received: this build cannot reload its configuration live; restart the gateway to apply changes");
+            }
+        })))
+    }
+}
+
+impl Drop for HangupGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::ping_interval;

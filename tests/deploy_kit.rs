@@ -16,6 +16,7 @@ use safepoint_gateway::incident::State;
 use std::collections::BTreeSet;
 use std::process::Stdio;
 use std::time::Duration;
+use tokio::io::AsyncBufReadExt;
 use tokio_stream::StreamExt;
 
 const BIN: &str = env!("CARGO_BIN_EXE_safepoint-gateway");
@@ -62,11 +63,20 @@ async fn under_systemd_the_gateway_notifies_ready_watchdog_and_stopping() {
         // 200 ms: the gateway pings every 100 ms.
         .env("WATCHDOG_USEC", "200000")
         .env_remove("WATCHDOG_PID")
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
+
+    // The log, line by line.
+    let (log_tx, mut log) = tokio::sync::mpsc::unbounded_channel();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let _ = log_tx.send(line);
+        }
+    });
 
     let ready = expect_notification(&sock, "READY=1").await;
     // READY=1 comes once the listeners are bound and the store is open: /readyz answers
@@ -84,7 +94,31 @@ async fn under_systemd_the_gateway_notifies_ready_watchdog_and_stopping() {
     // And again: pings go on, not just once.
     expect_notification(&sock, "WATCHDOG=1").await;
 
+    // `systemctl reload` (ExecReload sends SIGHUP) leaves the gateway serving.
     let pid = child.id().unwrap().to_string();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    tokio::time::timeout(WAIT, async {
+        while let Some(line) = log.recv().await {
+            if line.contains("SIGHUP received") && line.contains("restart the gateway") {
+                return;
+            }
+        }
+        panic!("the gateway's log ended before it noted the SIGHUP");
+    })
+    .await
+    .expect("SIGHUP noted in the log");
+    expect_notification(&sock, "WATCHDOG=1").await;
+    let resp = reqwest::get(format!("http://{http}/readyz")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "SIGHUP ended the gateway"
+    );
+
     let killed = std::process::Command::new("kill")
         .args(["-TERM", &pid])
         .status()
