@@ -515,3 +515,121 @@ async fn every_metric_in_the_dashboard_and_the_alert_rules_is_in_metrics() {
     }
     h.stop().await;
 }
+
+// ---- the configurations shipped in deploy/ ---------------------------------------------
+
+/// The block scalar `key: |` of a ConfigMap's `data`, without its indentation.
+fn configmap_entry(yaml: &str, key: &str) -> String {
+    let mut lines = yaml.lines().skip_while(|l| *l != format!("  {key}: |"));
+    assert!(lines.next().is_some(), "no {key} in the ConfigMap");
+    let mut out = String::new();
+    for l in lines {
+        if !l.trim().is_empty() && !l.starts_with("    ") {
+            break;
+        }
+        out.push_str(l.strip_prefix("    ").unwrap_or(""));
+        out.push('\n');
+    }
+    // A `|` block keeps exactly one final newline.
+    format!("{}\n", out.trim_end_matches('\n'))
+}
+
+/// Splits the `[store]` table out of a gateway.toml: (the file with an embedded store
+/// in its place, the store table's lines).
+fn without_store(text: &str, path: &std::path::Path) -> (String, Vec<String>) {
+    let mut rest = String::new();
+    let mut store = Vec::new();
+    let mut in_store = false;
+    for l in text.lines() {
+        if l.starts_with('[') {
+            in_store = l.trim() == "[store]";
+            if in_store {
+                rest.push_str(&format!("[store]\npath = {:?}\n", path.display()));
+                continue;
+            }
+        }
+        if in_store {
+            if !l.trim().is_empty() && !l.trim_start().starts_with('#') {
+                store.push(l.trim().to_string());
+            }
+        } else {
+            rest.push_str(l);
+            rest.push('\n');
+        }
+    }
+    (rest, store)
+}
+
+/// Loads a shipped gateway.toml as the gateway would at start (every key, every mapping),
+/// with the image's paths pointed at this repository and a temp store; every variable a
+/// `*_env` key names is set.
+fn load_shipped(origin: &str, text: &str, store: &std::path::Path) {
+    let text = text
+        .replace(
+            "/etc/safepoint-gateway/mappings/",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/mappings/"),
+        )
+        .replace("\"/data\"", &format!("{:?}", store.display()));
+    let env = |_: &str| Some("a-secret-value-for-the-test".to_string());
+    let config = safepoint_gateway::config::Config::parse(&text, origin, false, &env)
+        .unwrap_or_else(|e| panic!("{e}"));
+    safepoint_gateway::app::load_integrations(&config).unwrap_or_else(|e| panic!("{origin}: {e}"));
+}
+
+#[test]
+fn the_shipped_configurations_load_and_the_configmaps_carry_the_current_mappings() {
+    let dir = tempfile::tempdir().unwrap();
+    let read = |p: &str| std::fs::read_to_string(format!("{DEPLOY}/{p}")).unwrap();
+    load_shipped(
+        "compose/gateway.toml",
+        &read("compose/gateway.toml"),
+        dir.path(),
+    );
+    let single = read("k8s/single/configmap.yaml");
+    load_shipped(
+        "k8s/single gateway.toml",
+        &configmap_entry(&single, "gateway.toml"),
+        dir.path(),
+    );
+    // The PostgreSQL store engine is not in this build yet: the rest of these files is
+    // loaded with an embedded store, and their [store] tables hold the documented keys.
+    let cluster = read("k8s/cluster/configmap.yaml");
+    for (origin, text, host) in [
+        (
+            "k8s/cluster gateway.toml",
+            configmap_entry(&cluster, "gateway.toml"),
+            "db",
+        ),
+        (
+            "compose/gateway.postgres.toml",
+            read("compose/gateway.postgres.toml"),
+            "postgres",
+        ),
+    ] {
+        let (rest, store) = without_store(&text, dir.path());
+        load_shipped(origin, &rest, dir.path());
+        assert!(
+            store.contains(&"engine = \"postgres\"".to_string()),
+            "{origin}: {store:?}"
+        );
+        assert!(
+            store.contains(&format!("url = \"postgres://gateway@{host}:5432/gateway\"")),
+            "{origin}: {store:?}"
+        );
+        assert!(
+            store.contains(&"password_env = \"GATEWAY_PG_PASSWORD\"".to_string()),
+            "{origin}: {store:?}"
+        );
+    }
+    for yaml in [&single, &cluster] {
+        for m in ["servicenow.toml", "remedy.toml", "internal-grpc.toml"] {
+            let file =
+                std::fs::read_to_string(format!("{}/mappings/{m}", env!("CARGO_MANIFEST_DIR")))
+                    .unwrap();
+            assert!(
+                configmap_entry(yaml, m) == file,
+                "the ConfigMap's {m} differs from mappings/{m}: copy it again"
+            );
+        }
+    }
+}
