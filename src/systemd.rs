@@ -55,6 +55,12 @@ pub(crate) fn ping_interval(
     Some(Duration::from_micros(usec / 2).max(Duration::from_millis(1)))
 }
 
+/// Whether the watchdog may ping, given how long the store has been failing: the rule of
+/// `GET /healthz`, so systemd and a liveness probe restart the gateway alike.
+pub(crate) fn alive(store_failing_for: Option<Duration>) -> bool {
+    store_failing_for.is_none_or(|d| d < crate::http::STORE_FAILURE_LIVENESS)
+}
+
 /// The watchdog pinger; dropping it stops the pings (when the process is about to exit).
 pub struct Watchdog(JoinHandle<()>);
 
@@ -75,9 +81,7 @@ impl Watchdog {
             let mut silent = false;
             loop {
                 tick.tick().await;
-                let alive = store
-                    .failing_for()
-                    .is_none_or(|d| d < crate::http::STORE_FAILURE_LIVENESS);
+                let alive = alive(store.failing_for());
                 if alive {
                     send(&[NotifyState::Watchdog]);
                 } else if !silent {
@@ -122,8 +126,20 @@ impl Drop for HangupGuard {
 
 #[cfg(test)]
 mod tests {
-    use super::ping_interval;
+    use super::{alive, ping_interval};
+    use crate::http::STORE_FAILURE_LIVENESS;
     use std::time::Duration;
+
+    #[test]
+    fn pings_stop_once_the_store_has_failed_as_long_as_liveness_allows() {
+        assert!(alive(None));
+        assert!(alive(Some(Duration::from_secs(5))));
+        assert!(alive(Some(
+            STORE_FAILURE_LIVENESS - Duration::from_millis(1)
+        )));
+        assert!(!alive(Some(STORE_FAILURE_LIVENESS)));
+        assert!(!alive(Some(Duration::from_secs(3600))));
+    }
 
     #[test]
     fn pings_at_half_the_watchdog_timeout() {
