@@ -11,9 +11,9 @@
 //! The load tool, the Loomis side and the gateway share the machine's
 //! cores.
 
-use safepoint_gateway::grpc::proto::incident_gateway_client::IncidentGatewayClient;
-use safepoint_gateway::grpc::proto::CreateIncidentRequest;
-use safepoint_gateway::loomis::simulator::{Simulator, SimulatorConfig};
+use safepoint_gateway::edge::grpc::proto::incident_gateway_client::IncidentGatewayClient;
+use safepoint_gateway::edge::grpc::proto::CreateIncidentRequest;
+use safepoint_gateway::simulator::{Simulator, SimulatorConfig};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -87,7 +87,7 @@ fn main() {
             accept_after: Duration::from_millis(if lifecycle { 100 } else { 3_600_000 }),
             close_after: Duration::from_millis(100),
             callback_url: Some(format!("http://127.0.0.1:{hp}/v1/loomis/messages")),
-            callback_token: Some(safepoint_gateway::loomis::simulator::Secret::new("bench-cb")),
+            callback_token: Some(safepoint_gateway::simulator::Secret::new("bench-cb")),
             max_records: 16,
             seed: Some(1),
             ..SimulatorConfig::default()
@@ -222,7 +222,7 @@ fn main() {
         }
         let e2e = started.elapsed();
         let closed = if lifecycle {
-            let all_closed = |st: &safepoint_gateway::loomis::simulator::SimulatorStats| {
+            let all_closed = |st: &safepoint_gateway::simulator::SimulatorStats| {
                 st.callbacks_sent_by_kind.get("Close").copied().unwrap_or(0) as usize >= n
             };
             assert!(sim.wait_for(all_closed, Duration::from_secs(600)).await, "not every incident closed");

@@ -17,8 +17,8 @@
 
 use safepoint_gateway::app::{self, Running};
 use safepoint_gateway::config::Config;
-use safepoint_gateway::grpc::proto::incident_gateway_client::IncidentGatewayClient;
-use safepoint_gateway::grpc::proto::{
+use safepoint_gateway::edge::grpc::proto::incident_gateway_client::IncidentGatewayClient;
+use safepoint_gateway::edge::grpc::proto::{
     CreateIncidentRequest, IncidentUpdate, UpdateKind as PKind, WatchUpdatesRequest,
 };
 use safepoint_gateway::incident::{State, Update, UpdateKind};
@@ -223,10 +223,10 @@ async fn append(running: &Running, n: usize) {
                     for i in 0..k {
                         let sequence = tx.next_sequence(INTEGRATION)?;
                         tx.append_update(&Update {
-                            sequence,
+                            sequence: sequence.into(),
                             integration: INTEGRATION.into(),
-                            incident_reference: format!("BENCH-{}", sequence / 3),
-                            incident_id: Some(format!("INC{}", 400_000 + sequence / 3)),
+                            incident_reference: format!("BENCH-{}", sequence / 3).into(),
+                            incident_id: Some(format!("INC{}", 400_000 + sequence / 3).into()),
                             customer_number: "C000001".into(),
                             kind: [UpdateKind::Ack, UpdateKind::Accept, UpdateKind::Close][i % 3],
                             state: [State::Acknowledged, State::Accepted, State::Closed][i % 3],

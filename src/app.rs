@@ -3,15 +3,15 @@
 //! period), then flush and close the store.
 
 use crate::config::{Auth, Config, LoomisTarget};
-use crate::delivery::loomis::LoomisRunner;
+use crate::delivery::loomis::{LoomisRunner, HEADERS as LOOMIS_HEADERS};
 use crate::delivery::scheduler::Scheduler;
 use crate::delivery::tool::{ToolRunner, ToolTarget};
 use crate::delivery::{Destination, RetryPolicy};
+use crate::edge::http::HttpState;
 use crate::gateway::{Gateway, IntegrationInfo};
-use crate::http::HttpState;
 use crate::intake::{IntegrationRuntime, Integrations};
-use crate::loomis::simulator::{Simulator, SimulatorConfig, SimulatorHandle};
 use crate::mapping::MappingPlan;
+use crate::simulator::{Simulator, SimulatorConfig, SimulatorHandle};
 use crate::store::records::Target;
 use crate::store::Store;
 use anyhow::Context;
@@ -68,58 +68,85 @@ pub fn load_integrations(config: &Config) -> anyhow::Result<Integrations> {
     Ok(Arc::new(map))
 }
 
-fn simulator_config(config: &Config) -> anyhow::Result<SimulatorConfig> {
-    use clap::ValueEnum;
-    let s = &config.simulator;
-    let mut sim = SimulatorConfig::default();
-    if let Some(a) = &s.ack {
-        sim.ack =
-            ValueEnum::from_str(a, true).map_err(|e| anyhow::anyhow!("simulator.ack: {e}"))?;
+/// What is built from the configuration before anything is opened or bound: every
+/// problem (a mapping that does not compile, a simulator option, delivery credentials
+/// that cannot be a header) is reported at once, and a start that fails here leaves no
+/// store lock or listener behind.
+struct Prepared {
+    integrations: Integrations,
+    /// Where Dispatches go.
+    loomis: Loomis,
+    /// Tool delivery targets by integration name.
+    tools: HashMap<String, ToolTarget>,
+}
+
+/// The real Loomis, or the built-in simulator's configuration.
+enum Loomis {
+    Url(url::Url),
+    Simulator(Box<SimulatorConfig>),
+}
+
+fn prepare(config: &Config) -> anyhow::Result<Prepared> {
+    let mut problems = Vec::new();
+    let integrations = load_integrations(config)
+        .map_err(|e| problems.push(format!("{e:#}")))
+        .ok();
+    let loomis = match &config.loomis {
+        LoomisTarget::Simulator => SimulatorConfig::from_section(&config.simulator)
+            .map(|c| Loomis::Simulator(Box::new(c)))
+            .map_err(|p| problems.extend(p))
+            .ok(),
+        LoomisTarget::Url(u) => Destination::new(u, &config.loomis_auth, LOOMIS_HEADERS)
+            .map(|_| Loomis::Url(u.clone()))
+            .map_err(|e| problems.push(format!("loomis.auth: {e}")))
+            .ok(),
+    };
+    let mut tools = HashMap::new();
+    for it in &config.integrations {
+        let (Some(d), Some(integrations)) = (&it.delivery, &integrations) else {
+            continue;
+        };
+        let plan = integrations[&it.name].plan.clone();
+        let to = match Destination::new(&d.url, &d.auth, plan.update_headers()) {
+            Ok(to) => to,
+            Err(e) => {
+                problems.push(format!("integrations {:?}: delivery: {e}", it.name));
+                continue;
+            }
+        };
+        let render: crate::delivery::tool::Renderer = Arc::new(move |u| {
+            plan.render_update(&crate::edge::legacy::update_view(u))
+                .map_err(|e| e.to_string())
+        });
+        tools.insert(
+            it.name.clone(),
+            ToolTarget {
+                to,
+                delivery: d.clone(),
+                policy: RetryPolicy::from(&d.retry),
+                render,
+            },
+        );
     }
-    if let Some(o) = &s.outcome {
-        sim.outcome =
-            ValueEnum::from_str(o, true).map_err(|e| anyhow::anyhow!("simulator.outcome: {e}"))?;
+    match (integrations, loomis) {
+        (Some(integrations), Some(loomis)) if problems.is_empty() => Ok(Prepared {
+            integrations,
+            loomis,
+            tools,
+        }),
+        _ => anyhow::bail!("{}", problems.join("\n")),
     }
-    if let Some(ms) = s.accept_after_ms {
-        sim.accept_after = Duration::from_millis(ms);
-    }
-    if let Some(ms) = s.close_after_ms {
-        sim.close_after = Duration::from_millis(ms);
-    }
-    if let Some(d) = &s.devices {
-        sim.devices = d.clone();
-    }
-    if let Some(f) = &s.fault_codes {
-        sim.fault_codes = f.clone();
-    }
-    if let Some(r) = s.fail_rate {
-        sim.faults.fail_rate = r;
-    }
-    if let Some(r) = s.timeout_rate {
-        sim.faults.timeout_rate = r;
-    }
-    let problems = sim.problems();
-    if !problems.is_empty() {
-        anyhow::bail!("simulator: {}", problems.join("; "));
-    }
-    Ok(sim)
 }
 
 /// Starts the gateway: store, schedulers, HTTP and gRPC listeners, and the built-in
 /// simulator when `loomis.url = "simulator"`. Returns once everything listens.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
-    let integrations = load_integrations(&config)?;
-    std::fs::create_dir_all(&config.store.path).with_context(|| {
-        format!(
-            "cannot create store directory {}",
-            config.store.path.display()
-        )
-    })?;
-    let store = Store::open(
-        config.store.engine,
-        &config.store.path,
-        config.store.cache_mb << 20,
-    )?;
+    let Prepared {
+        integrations,
+        loomis,
+        tools,
+    } = prepare(&config)?;
+    let store = Store::open_configured(&config.store)?;
     let infos = config
         .integrations
         .iter()
@@ -130,7 +157,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .collect();
     let shutdown = CancellationToken::new();
     // Installs the recorder before the gateway and the runners take their metric handles.
-    let metrics = crate::http::metrics_handle();
+    let metrics = crate::edge::http::metrics_handle();
     crate::ops_metrics::register();
     let gateway = Gateway::new(store.clone(), infos).stopping_with(shutdown.clone());
     let ready = Arc::new(AtomicBool::new(false));
@@ -155,11 +182,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let grpc_addr = grpc_listener.local_addr()?;
 
     // Loomis: the real endpoint, or the built-in simulator calling us back on loopback.
-    let (loomis_url, simulator) = match &config.loomis {
-        LoomisTarget::Url(u) => (u.clone(), None),
-        LoomisTarget::Simulator => {
+    let (loomis_url, simulator) = match loomis {
+        Loomis::Url(u) => (u, None),
+        Loomis::Simulator(sim_config) => {
             let sim_listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
-            let sim = Simulator::start(simulator_config(&config)?, sim_listener).await?;
+            let sim = Simulator::start(*sim_config, sim_listener).await?;
             let token = match &config.callback_auth {
                 Auth::Bearer(t) => Some(t.expose().to_string()),
                 Auth::None => None,
@@ -175,7 +202,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             sim.set_callback(format!("http://{cb_host}/v1/loomis/messages"), token);
             tracing::warn!(url = %sim.incidents_url(),
                 "LOOMIS SIMULATOR IN USE: no message leaves this machine; set loomis.url in gateway.toml to talk to Loomis");
-            (reqwest::Url::parse(&sim.incidents_url())?, Some(sim))
+            (url::Url::parse(&sim.incidents_url())?, Some(sim))
         }
     };
     if config.embedded {
@@ -201,19 +228,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     }
     let ls = &config.loomis_section;
     // One pool of connections for Loomis and the tools.
-    let client = crate::delivery::http::Client::new(
+    let client = crate::client::Client::new(
         Duration::from_millis(ls.connect_timeout_ms),
         Duration::from_millis(ls.pool_idle_timeout_ms),
     );
     let loomis_runner = LoomisRunner {
         gateway: gateway.clone(),
         client: client.clone(),
-        to: Destination::new(
-            &loomis_url,
-            &config.loomis_auth,
-            crate::delivery::loomis::HEADERS,
-        )
-        .map_err(anyhow::Error::msg)?,
+        to: Destination::new(&loomis_url, &config.loomis_auth, LOOMIS_HEADERS)
+            .map_err(anyhow::Error::msg)?,
         timeout: Duration::from_millis(ls.timeout_ms),
         policy: RetryPolicy::from(&config.loomis_retry),
         concurrency: ls.concurrency,
@@ -233,34 +256,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             shutdown.clone(),
         ),
     ));
-    let mut targets = HashMap::new();
-    for it in &config.integrations {
-        if let Some(d) = &it.delivery {
-            let plan = integrations[&it.name].plan.clone();
-            let render: crate::delivery::tool::Renderer = Arc::new(move |u| {
-                plan.render_update(&crate::legacy::update_view(u))
-                    .map_err(|e| e.to_string())
-            });
-            targets.insert(
-                it.name.clone(),
-                ToolTarget {
-                    to: Destination::new(
-                        &d.url,
-                        &d.auth,
-                        integrations[&it.name].plan.update_headers(),
-                    )
-                    .map_err(anyhow::Error::msg)?,
-                    delivery: d.clone(),
-                    policy: RetryPolicy::from(&d.retry),
-                    render,
-                },
-            );
-        }
-    }
     let tool_runner = ToolRunner {
         gateway: gateway.clone(),
         client,
-        targets: Arc::new(targets),
+        targets: Arc::new(tools),
     };
     workers.push(tokio::spawn(
         Scheduler::new("tools", Arc::new(tool_runner)).run(tool_jobs, tool_rx, shutdown.clone()),
@@ -291,23 +290,23 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         ready: ready.clone(),
         metrics,
     };
-    let legacy = crate::legacy::routes(crate::legacy::LegacyState {
+    let legacy = crate::edge::legacy::routes(crate::edge::legacy::LegacyState {
         gateway: gateway.clone(),
         integrations: integrations.clone(),
-        limits: crate::legacy::Limits::from(&config.server),
+        limits: crate::edge::legacy::Limits::from(&config.server),
     });
-    let router = crate::http::layered(
-        crate::http::routes(http_state, config.server.max_callback_bytes).merge(legacy),
+    let router = crate::edge::http::layered(
+        crate::edge::http::routes(http_state, config.server.max_callback_bytes).merge(legacy),
         Duration::from_millis(config.server.request_timeout_ms),
     );
     let servers = vec![
-        tokio::spawn(crate::http::serve(
+        tokio::spawn(crate::edge::http::serve(
             http_listener,
             router,
             shutdown.clone(),
             Duration::from_millis(config.server.header_timeout_ms),
         )),
-        crate::grpc::serve(
+        crate::edge::grpc::serve(
             grpc_listener,
             gateway.clone(),
             integrations.clone(),
@@ -378,7 +377,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or Ctrl-C (SIGINT).
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

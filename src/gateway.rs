@@ -4,7 +4,7 @@
 //! implies are written together and acknowledged only once flushed.
 
 use crate::incident::machine::{self, Event, Outcome, Via};
-use crate::incident::{Incident, IncidentKey, State};
+use crate::incident::{Incident, IncidentKey, IncidentReference, Sequence, State};
 use crate::loomis::message::{Dispatch, InboundMessage};
 use crate::store::records::{DeadLetter, Job, JobKind, Orphan, Target};
 use crate::store::{Store, StoreError, Tx};
@@ -27,13 +27,13 @@ pub enum SubmitError {
     UnknownIntegration(String),
     #[error("incident {reference:?} exists with different content in: {}", fields.join(", "))]
     Conflict {
-        reference: String,
+        reference: IncidentReference,
         fields: Vec<String>,
         existing: Box<Incident>,
     },
     #[error("reference {reference:?} of customer {customer} is already used by integration {other:?}; Loomis could not tell the two apart")]
     ReferenceTaken {
-        reference: String,
+        reference: IncidentReference,
         customer: String,
         other: String,
     },
@@ -45,7 +45,7 @@ pub enum SubmitError {
 #[derive(Debug, thiserror::Error)]
 pub enum CancelError {
     #[error("no incident {0:?}")]
-    NotFound(String),
+    NotFound(IncidentReference),
     #[error("incident is already {0}")]
     AlreadyTerminal(State, Box<Incident>),
     #[error(transparent)]
@@ -430,7 +430,7 @@ fn persist(
     let key = inc.key();
     for draft in &t.updates {
         let seq = tx.next_sequence(&inc.integration)?;
-        let update = inc.update_from(draft, seq, now);
+        let update = inc.update_from(draft, Sequence::new(seq), now);
         tx.append_update(&update)?;
         if delivers {
             enqueue(

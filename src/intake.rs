@@ -33,21 +33,7 @@ fn problems(p: Vec<Problem>) -> Vec<FieldProblem> {
 
 /// Completes mapped fields into a Dispatch and applies the Loomis rules.
 pub fn dispatch(rt: &IntegrationRuntime, f: DispatchFields) -> Result<Dispatch, Vec<FieldProblem>> {
-    let d = Dispatch {
-        message_type: "Dispatch".into(),
-        customer_number: rt.customer_number.clone(),
-        incident_reference: f.incident_reference,
-        device_id: f.device_id,
-        contact_name: f.contact_name,
-        contact_number: f.contact_number,
-        contact_email: f.contact_email.filter(|e| !e.is_empty()),
-        subject: f.subject,
-        description: f.description,
-        fault_code: f.fault_code.filter(|c| !c.is_empty()),
-        fault_date_time: f.fault_date_time,
-    };
-    d.validate().map_err(|e| e.0)?;
-    Ok(d)
+    f.checked_dispatch(&rt.customer_number)
 }
 
 /// Maps an XML (or SOAP) document through the integration's mapping.

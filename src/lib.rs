@@ -9,19 +9,20 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod client;
 pub mod config;
 pub mod delivery;
+pub mod edge;
 pub mod gateway;
-pub mod grpc;
-pub mod http;
 pub mod incident;
 pub mod intake;
-pub mod legacy;
 pub mod loomis;
 pub mod mapping;
 pub mod ops_metrics;
-pub mod probe;
 pub mod retention;
+pub mod simulator;
 pub mod store;
 pub mod systemd;
 pub mod telemetry;

@@ -15,7 +15,7 @@ pub const RELOAD_FAILURES: &str = "gateway_config_reload_failures_total";
 pub const STREAM_LAG: &str = "gateway_grpc_stream_lag_seconds";
 
 /// Describes the series and registers the counters at 0. Call it once the recorder is
-/// installed ([`crate::http::metrics_handle`]).
+/// installed ([`crate::edge::http::metrics_handle`]).
 pub fn register() {
     metrics::describe_counter!(
         RELOAD_FAILURES,

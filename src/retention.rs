@@ -112,8 +112,8 @@ async fn prune_updates(
         let page = store.updates_after(integration, from, CHUNK)?;
         let seqs: Vec<u64> = page
             .iter()
-            .take_while(|u| u.received_at < cutoff && u.sequence < last)
-            .map(|u| u.sequence)
+            .take_while(|u| u.received_at < cutoff && u.sequence.get() < last)
+            .map(|u| u.sequence.get())
             .collect();
         let Some(&through) = seqs.last() else {
             return Ok(count);

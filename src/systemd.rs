@@ -5,7 +5,7 @@
 //! variable is unset and every function here does nothing.
 //!
 //! The watchdog follows the same rule as `GET /healthz`: once the store has refused
-//! writes for [`crate::http::STORE_FAILURE_LIVENESS`], pings stop, and systemd restarts
+//! writes for [`crate::edge::http::STORE_FAILURE_LIVENESS`], pings stop, and systemd restarts
 //! the gateway (`WatchdogSec=` with `Restart=on-failure`), as a Kubernetes liveness probe
 //! would. A wedged runtime stops the pings too, since they are sent from a tokio task.
 
@@ -58,7 +58,7 @@ pub(crate) fn ping_interval(
 /// Whether the watchdog may ping, given how long the store has been failing: the rule of
 /// `GET /healthz`, so systemd and a liveness probe restart the gateway alike.
 pub(crate) fn alive(store_failing_for: Option<Duration>) -> bool {
-    store_failing_for.is_none_or(|d| d < crate::http::STORE_FAILURE_LIVENESS)
+    store_failing_for.is_none_or(|d| d < crate::edge::http::STORE_FAILURE_LIVENESS)
 }
 
 /// The watchdog pinger; dropping it stops the pings (when the process is about to exit).
@@ -127,7 +127,7 @@ impl Drop for HangupGuard {
 #[cfg(test)]
 mod tests {
     use super::{alive, ping_interval};
-    use crate::http::STORE_FAILURE_LIVENESS;
+    use crate::edge::http::STORE_FAILURE_LIVENESS;
     use std::time::Duration;
 
     #[test]

@@ -50,3 +50,94 @@ fn dead_letters_without_the_token_names_the_variable() {
         "{err}"
     );
 }
+
+#[test]
+fn serve_reports_every_configuration_problem_before_opening_anything() {
+    // A mapping that does not compile and a simulator option that does not exist: both are
+    // named in one run, and the store directory is never created (nothing was opened).
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("broken.toml"), "this is not = = toml\n").unwrap();
+    let store = dir.path().join("data");
+    let config = format!(
+        r#"
+[server]
+http_listen = "127.0.0.1:0"
+grpc_listen = "127.0.0.1:0"
+
+[store]
+path = "{store}"
+
+[loomis]
+url = "simulator"
+
+[simulator]
+ack = "sometimes"
+
+[callbacks]
+auth = {{ type = "none" }}
+
+[[integrations]]
+name = "tool"
+customer_number = "A123456"
+mapping = "{mapping}"
+api_key_env = "TOOL_API_KEY"
+"#,
+        store = store.display(),
+        mapping = dir.path().join("broken.toml").display(),
+    );
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = gateway()
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("TOOL_API_KEY", "k")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("broken.toml"), "{err}");
+    assert!(err.contains("simulator.ack"), "{err}");
+    assert!(
+        !store.exists(),
+        "the store was opened before the configuration was checked"
+    );
+}
+
+#[test]
+fn mapping_test_refuses_what_the_gateway_refuses() {
+    // Every field maps, but the email is not one: the gateway answers 422, so
+    // `mapping test` must not print a Dispatch either (it checks through the same path).
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("input.json");
+    std::fs::write(
+        &input,
+        r#"{"reference":"OPS-1","device":"UG1234","contact.name":"Jo","contact.phone":"1",
+            "contact.email":"not an address","subject":"Door","description":"Door",
+            "fault_time":"2021-01-16T09:17:48Z"}"#,
+    )
+    .unwrap();
+    let mapping = concat!(env!("CARGO_MANIFEST_DIR"), "/mappings/internal-grpc.toml");
+    let out = gateway()
+        .args(["mapping", "test", "--mapping", mapping, "--input"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("ContactEmail"), "{err}");
+    assert!(err.contains("is not an email address"), "{err}");
+    // With the address fixed the same input yields the Dispatch.
+    let fixed = std::fs::read_to_string(&input)
+        .unwrap()
+        .replace("not an address", "jo@example.com");
+    std::fs::write(&input, fixed).unwrap();
+    let out = gateway()
+        .args(["mapping", "test", "--mapping", mapping, "--input"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let dispatch: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(dispatch["ContactEmail"], "jo@example.com");
+    assert_eq!(dispatch["MessageType"], "Dispatch");
+}

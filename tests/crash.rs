@@ -9,7 +9,7 @@ mod common;
 use common::*;
 use rand::{Rng, SeedableRng};
 use safepoint_gateway::incident::{State, UpdateKind};
-use safepoint_gateway::loomis::simulator::SimulatorConfig;
+use safepoint_gateway::simulator::SimulatorConfig;
 use safepoint_gateway::store::Store;
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -219,8 +219,8 @@ async fn kill_9_under_load_loses_nothing() {
     let updates = store.updates_after("servicenow", 0, usize::MAX).unwrap();
     let mut prev = 0;
     for u in &updates {
-        assert_eq!(u.sequence, prev + 1, "sequences are gap-free");
-        prev = u.sequence;
+        assert_eq!(u.sequence.get(), prev + 1, "sequences are gap-free");
+        prev = u.sequence.get();
     }
     let mut not_closed = Vec::new();
     for reference in &acked {

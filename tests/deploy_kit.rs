@@ -10,8 +10,8 @@
 mod common;
 
 use common::{sn_xml, Harness, Options, SN_KEY, WAIT};
-use safepoint_gateway::grpc::proto::incident_gateway_client::IncidentGatewayClient;
-use safepoint_gateway::grpc::proto::WatchUpdatesRequest;
+use safepoint_gateway::edge::grpc::proto::incident_gateway_client::IncidentGatewayClient;
+use safepoint_gateway::edge::grpc::proto::WatchUpdatesRequest;
 use safepoint_gateway::incident::State;
 use std::collections::BTreeSet;
 use std::process::Stdio;

@@ -5,8 +5,8 @@
 
 use safepoint_gateway::app::{self, Running};
 use safepoint_gateway::config::Config;
-use safepoint_gateway::grpc::proto::incident_gateway_client::IncidentGatewayClient;
-use safepoint_gateway::grpc::proto::{
+use safepoint_gateway::edge::grpc::proto::incident_gateway_client::IncidentGatewayClient;
+use safepoint_gateway::edge::grpc::proto::{
     create_incidents_response, CancelIncidentRequest, CreateIncidentRequest, GetIncidentRequest,
     IncidentState, IncidentUpdate, UpdateKind, WatchUpdatesRequest,
 };

@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use common::*;
 use safepoint_gateway::incident::State;
 use safepoint_gateway::loomis::message::{CustomerCancel, Dispatch};
-use safepoint_gateway::loomis::simulator::{Faults, SimulatorConfig};
+use safepoint_gateway::simulator::{Faults, SimulatorConfig};
 use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -41,7 +41,11 @@ async fn ack_in_body_then_accept_then_close() {
         "2021-01-16T15:17:48Z"
     );
     // Sequences are gap-free per integration.
-    let seqs: Vec<u64> = h.updates("servicenow").iter().map(|u| u.sequence).collect();
+    let seqs: Vec<u64> = h
+        .updates("servicenow")
+        .iter()
+        .map(|u| u.sequence.get())
+        .collect();
     assert_eq!(seqs, [1, 2, 3]);
     // The ACK from the answer's body is counted like a callback.
     assert!(
@@ -202,7 +206,7 @@ async fn customer_cancel_before_and_after_ack() {
         .collect();
     assert_eq!(cancels.len(), 1);
     let c = CustomerCancel::from_json(cancels[0].message.as_ref().unwrap()).unwrap();
-    assert_eq!(c.incident_id, inc.incident_id.clone().unwrap());
+    assert_eq!(inc.incident_id.clone().unwrap(), c.incident_id);
     assert_eq!(c.response_text, "Fixed by staff");
 
     // After ACK (and Accept): cancel is sent at once.

@@ -5,8 +5,8 @@
 mod common;
 
 use common::*;
-use safepoint_gateway::grpc::proto::incident_gateway_client::IncidentGatewayClient;
-use safepoint_gateway::grpc::proto::WatchUpdatesRequest;
+use safepoint_gateway::edge::grpc::proto::incident_gateway_client::IncidentGatewayClient;
+use safepoint_gateway::edge::grpc::proto::WatchUpdatesRequest;
 use safepoint_gateway::incident::State;
 use safepoint_gateway::retention;
 use serde_json::json;
@@ -38,7 +38,7 @@ async fn old_terminal_incidents_and_updates_go_open_ones_stay() {
     h.wait_state("RET1", State::Closed).await;
     let store = h.running().gateway.store().clone();
     let before = h.updates("servicenow");
-    let last = before.last().unwrap().sequence;
+    let last = before.last().unwrap().sequence.get();
     assert_eq!(last, 5, "ACK+ACCEPT for each, CLOSE for one: {before:?}");
 
     // Nothing is old yet.
@@ -69,7 +69,10 @@ async fn old_terminal_incidents_and_updates_go_open_ones_stay() {
         "open incidents stay"
     );
     let kept = h.updates("servicenow");
-    assert_eq!(kept.iter().map(|u| u.sequence).collect::<Vec<_>>(), [5]);
+    assert_eq!(
+        kept.iter().map(|u| u.sequence.get()).collect::<Vec<_>>(),
+        [5]
+    );
     assert_eq!(store.pruned_through("servicenow"), 4);
 
     // A second pass finds nothing more; the freed reference is accepted again.

@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing;
 use axum::{Json, Router};
 use safepoint_gateway::loomis::message::{is_exact_utc_z, InboundKind, InboundMessage};
-use safepoint_gateway::loomis::simulator::{
+use safepoint_gateway::simulator::{
     AckMode, CallbackRetry, Faults, Outcome, ReceivedKind, Secret, Simulator, SimulatorConfig,
     SimulatorHandle,
 };

@@ -19,7 +19,7 @@ use tracing::Instrument;
 /// Sends jobs of target Loomis.
 pub struct LoomisRunner {
     pub gateway: Gateway,
-    pub client: super::http::Client,
+    pub client: crate::client::Client,
     pub to: Destination,
     pub timeout: Duration,
     pub policy: RetryPolicy,
@@ -97,7 +97,7 @@ struct Attempt {
     /// Given back once Loomis has answered (or not), before the outcome is settled.
     slot: Slot,
     gateway: Gateway,
-    client: super::http::Client,
+    client: crate::client::Client,
     to: Destination,
     timeout: Duration,
     policy: RetryPolicy,
@@ -116,7 +116,7 @@ fn body_message(body: &[u8], inc: &Incident) -> Result<Option<InboundMessage>, S
     }
     match InboundMessage::parse(body) {
         Ok(m)
-            if m.incident_reference == inc.reference
+            if inc.reference == m.incident_reference
                 && m.customer_number == inc.customer_number =>
         {
             Ok(Some(m))
@@ -203,8 +203,8 @@ impl Attempt {
                 serde_json::to_vec(&CustomerCancel {
                     message_type: "Cancel".into(),
                     customer_number: inc.customer_number.clone(),
-                    incident_id: id,
-                    incident_reference: inc.reference.clone(),
+                    incident_id: id.into_string(),
+                    incident_reference: inc.reference.to_string(),
                     response_text: inc.cancel_reason.clone().unwrap_or_default(),
                     date_time: format_utc(Timestamp::now()),
                 })

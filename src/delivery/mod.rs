@@ -7,7 +7,6 @@
 //! hands due jobs to a [`scheduler::Runner`] ([`loomis::LoomisRunner`],
 //! [`tool::ToolRunner`]) that makes one attempt and settles the outcome in the store.
 
-pub mod http;
 pub mod loomis;
 pub mod scheduler;
 pub mod tool;
@@ -187,31 +186,6 @@ pub fn parse_retry_after(value: &str, now: Timestamp) -> Option<Duration> {
     Some(Duration::try_from(d).unwrap_or(Duration::ZERO))
 }
 
-/// The header carrying the configured credentials, if any.
-pub fn auth_header(auth: &Auth) -> Result<Option<(HeaderName, HeaderValue)>, String> {
-    use base64::Engine as _;
-    let (name, value) = match auth {
-        Auth::None => return Ok(None),
-        Auth::Bearer(t) => (
-            ::http::header::AUTHORIZATION,
-            format!("Bearer {}", t.expose()),
-        ),
-        Auth::Basic { username, password } => (
-            ::http::header::AUTHORIZATION,
-            format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD
-                    .encode(format!("{username}:{}", password.expose()))
-            ),
-        ),
-        Auth::Header { name, value } => (name.clone(), value.expose().to_string()),
-    };
-    let mut value = HeaderValue::try_from(value)
-        .map_err(|_| format!("the credentials for {name} are not a valid header value"))?;
-    value.set_sensitive(true);
-    Ok(Some((name, value)))
-}
-
 /// The most of a response body we read (Loomis answers are small JSON).
 pub const MAX_RESPONSE_BYTES: usize = 64 << 10;
 
@@ -235,7 +209,7 @@ impl Destination {
     /// Fails for credentials no header can carry (configuration validation refuses them
     /// first) and for a URL hyper cannot take. `headers` are lowercase names.
     pub fn new(
-        url: &reqwest::Url,
+        url: &url::Url,
         auth: &Auth,
         headers: &[(&'static str, &'static str)],
     ) -> Result<Destination, String> {
@@ -244,14 +218,14 @@ impl Destination {
             .map(|(n, v)| (HeaderName::from_static(n), HeaderValue::from_static(v)));
         Ok(Destination {
             uri: url.as_str().parse().map_err(|e| format!("{url}: {e}"))?,
-            headers: auth_header(auth)?.into_iter().chain(fixed).collect(),
+            headers: auth.header()?.into_iter().chain(fixed).collect(),
         })
     }
 }
 
 /// POSTs `body` and classifies the result by the retry rules of the contract.
 pub async fn post(
-    client: &http::Client,
+    client: &crate::client::Client,
     to: &Destination,
     body: Vec<u8>,
     timeout: Duration,

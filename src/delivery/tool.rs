@@ -31,7 +31,7 @@ pub struct ToolTarget {
 /// Sends jobs of target Tool.
 pub struct ToolRunner {
     pub gateway: Gateway,
-    pub client: super::http::Client,
+    pub client: crate::client::Client,
     pub targets: Arc<HashMap<String, ToolTarget>>,
 }
 
@@ -70,7 +70,7 @@ async fn settle(gateway: &Gateway, job: &Job, action: JobAction) -> Verdict {
 
 async fn attempt(
     gateway: Gateway,
-    client: super::http::Client,
+    client: crate::client::Client,
     target: Option<ToolTarget>,
     job: Job,
     slot: Slot,
@@ -86,7 +86,7 @@ async fn attempt(
 /// once the tool has answered (or not).
 async fn post_update(
     gateway: Gateway,
-    client: super::http::Client,
+    client: crate::client::Client,
     target: Option<ToolTarget>,
     job: Job,
     slot: Slot,

@@ -2,7 +2,11 @@
 //! the updates it tells callers about, and the state machine that moves it (pure: values
 //! in, values out; no I/O). See [`machine`].
 
+pub mod ids;
 pub mod machine;
+pub mod wire;
+
+pub use ids::{IncidentReference, LoomisIncidentId, Sequence};
 
 use crate::loomis::message::Dispatch;
 use jiff::Timestamp;
@@ -14,11 +18,11 @@ use std::fmt;
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct IncidentKey {
     pub integration: String,
-    pub reference: String,
+    pub reference: IncidentReference,
 }
 
 impl IncidentKey {
-    pub fn new(integration: impl Into<String>, reference: impl Into<String>) -> Self {
+    pub fn new(integration: impl Into<String>, reference: impl Into<IncidentReference>) -> Self {
         Self {
             integration: integration.into(),
             reference: reference.into(),
@@ -132,23 +136,23 @@ impl fmt::Display for UpdateKind {
 /// `sequence` is strictly increasing (and gap-free) per integration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Update {
-    pub sequence: u64,
+    pub sequence: Sequence,
     pub integration: String,
-    pub incident_reference: String,
-    pub incident_id: Option<String>,
+    pub incident_reference: IncidentReference,
+    pub incident_id: Option<LoomisIncidentId>,
     pub customer_number: String,
     pub kind: UpdateKind,
     /// The incident's state after this change.
     pub state: State,
     pub response_code: Option<String>,
     pub response_text: Option<String>,
-    #[serde(default, with = "crate::store::codec::option_timestamp")]
+    #[serde(default, with = "crate::incident::wire::option_timestamp")]
     pub sla_time: Option<Timestamp>,
     /// When it happened according to Loomis (`DateTime`), or the gateway for its own kinds.
-    #[serde(default, with = "crate::store::codec::option_timestamp")]
+    #[serde(default, with = "crate::incident::wire::option_timestamp")]
     pub event_time: Option<Timestamp>,
     /// When the gateway received or decided it.
-    #[serde(with = "crate::store::codec::timestamp")]
+    #[serde(with = "crate::incident::wire::timestamp")]
     pub received_at: Timestamp,
 }
 
@@ -190,7 +194,7 @@ pub enum EntryOutcome {
 /// One line of an incident's audit trail: every message in and out, and why.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TimelineEntry {
-    #[serde(with = "crate::store::codec::timestamp")]
+    #[serde(with = "crate::incident::wire::timestamp")]
     pub at: Timestamp,
     pub direction: Direction,
     /// `Dispatch`, `ACK`, `Cancel`, `CustomerCancel`, ...
@@ -199,7 +203,7 @@ pub struct TimelineEntry {
     pub detail: String,
     /// The message as sent or received, unknown fields included. None on the caller's
     /// Dispatch entry: see [`Incident::timeline_message`].
-    #[serde(default, with = "crate::store::codec::json_message")]
+    #[serde(default, with = "crate::incident::wire::json_message")]
     pub message: Option<JsonText>,
 }
 
@@ -239,18 +243,18 @@ pub const TIMELINE_CAP: usize = 200;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Incident {
     pub integration: String,
-    pub reference: String,
+    pub reference: IncidentReference,
     pub customer_number: String,
     pub state: State,
     /// Where a customer cancel returns the incident if Loomis refuses it.
     pub resume_state: Option<State>,
-    pub incident_id: Option<String>,
+    pub incident_id: Option<LoomisIncidentId>,
     /// The Dispatch exactly as sent (and as compared for idempotent re-submission).
-    #[serde(with = "crate::store::codec::dispatch")]
+    #[serde(with = "crate::incident::wire::dispatch")]
     pub dispatch: Dispatch,
     /// ACK's `Status`.
     pub loomis_status: Option<String>,
-    #[serde(default, with = "crate::store::codec::option_timestamp")]
+    #[serde(default, with = "crate::incident::wire::option_timestamp")]
     pub sla_time: Option<Timestamp>,
     pub response_code: Option<String>,
     pub response_text: Option<String>,
@@ -261,9 +265,9 @@ pub struct Incident {
     /// Some Dispatch attempt ended without a known outcome (timeout, dropped connection):
     /// Loomis may have it, so a `Duplicate` NAK is the answer to our own retry.
     pub dispatch_uncertain: bool,
-    #[serde(with = "crate::store::codec::timestamp")]
+    #[serde(with = "crate::incident::wire::timestamp")]
     pub created_at: Timestamp,
-    #[serde(with = "crate::store::codec::timestamp")]
+    #[serde(with = "crate::incident::wire::timestamp")]
     pub updated_at: Timestamp,
     pub timeline: Vec<TimelineEntry>,
     pub timeline_dropped: u32,
@@ -278,7 +282,7 @@ impl Incident {
     pub fn new(integration: &str, dispatch: Dispatch, now: Timestamp) -> Self {
         let mut inc = Incident {
             integration: integration.to_string(),
-            reference: dispatch.incident_reference.clone(),
+            reference: IncidentReference::new(&dispatch.incident_reference),
             customer_number: dispatch.customer_number.clone(),
             state: State::Queued,
             resume_state: None,
@@ -329,7 +333,7 @@ impl Incident {
     }
 
     pub fn key(&self) -> IncidentKey {
-        IncidentKey::new(&self.integration, &self.reference)
+        IncidentKey::new(&self.integration, self.reference.clone())
     }
 
     /// Appends to the timeline, within [`TIMELINE_CAP`].
@@ -360,7 +364,7 @@ impl Incident {
     pub fn update_from(
         &self,
         draft: &UpdateDraft,
-        sequence: u64,
+        sequence: Sequence,
         received_at: Timestamp,
     ) -> Update {
         Update {

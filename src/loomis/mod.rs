@@ -1,6 +1,6 @@
-//! The Loomis SafePoint side: protocol messages, the HTTP client that sends them, the
-//! callback route that receives them, and a built-in simulator that plays Loomis.
+//! The Loomis SafePoint protocol: the messages as the vendor's spec names them, and the
+//! rules that make one valid. Wire types and validation only: the HTTP client that sends
+//! them is [`crate::client`], the callback route that receives them is
+//! [`crate::edge::http::callback`], and the built-in Loomis is [`crate::simulator`].
 
-pub mod callback;
 pub mod message;
-pub mod simulator;

@@ -26,7 +26,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::xml::{Document, Limits};
-use super::{DispatchFields, MappingPlan, Problem, SourceKind, UpdateView};
+use super::{MappingPlan, Problem, SourceKind, UpdateView};
+use crate::loomis::message::Dispatch;
 
 /// The outcome of [`check_paths`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -130,8 +131,8 @@ pub fn test_dispatch(
     let plan = MappingPlan::load(mapping).map_err(|e| e.to_string())?;
     let bytes =
         std::fs::read(input).map_err(|e| format!("{}: cannot read: {e}", input.display()))?;
-    match dispatch(&plan, &bytes) {
-        Ok(fields) => Ok(loomis_json_pretty(&fields, customer_number)),
+    match dispatch(&plan, &bytes, customer_number) {
+        Ok(d) => Ok(serde_json::to_string_pretty(&d).unwrap_or_default()),
         Err(lines) => Err(lines.join("\n")),
     }
 }
@@ -147,52 +148,27 @@ pub fn test_update(mapping: &Path, update_json: &Path) -> Result<String, String>
     String::from_utf8(xml).map_err(|e| e.to_string())
 }
 
-/// Writes the Dispatch JSON in Loomis document order.
-pub fn loomis_json_pretty(fields: &DispatchFields, customer_number: &str) -> String {
-    let mut pairs: Vec<(&str, &str)> = vec![
-        ("MessageType", "Dispatch"),
-        ("CustomerNumber", customer_number),
-        ("IncidentReference", &fields.incident_reference),
-        ("DeviceId", &fields.device_id),
-        ("ContactName", &fields.contact_name),
-        ("ContactNumber", &fields.contact_number),
-    ];
-    if let Some(e) = &fields.contact_email {
-        pairs.push(("ContactEmail", e));
-    }
-    pairs.push(("Subject", &fields.subject));
-    pairs.push(("Description", &fields.description));
-    if let Some(f) = &fields.fault_code {
-        pairs.push(("FaultCode", f));
-    }
-    pairs.push(("FaultDateTime", &fields.fault_date_time));
-    let mut out = String::from("{\n");
-    for (i, (k, v)) in pairs.iter().enumerate() {
-        let v = serde_json::to_string(v).unwrap_or_default();
-        out.push_str(&format!("  \"{k}\": {v}"));
-        out.push_str(if i + 1 < pairs.len() { ",\n" } else { "\n" });
-    }
-    out.push('}');
-    out
-}
-
 fn problem_lines(ps: &[Problem]) -> Vec<String> {
     ps.iter().map(|p| p.to_string()).collect()
 }
 
-/// Maps raw input per the plan's source kind; errors as display lines.
-fn dispatch(plan: &MappingPlan, bytes: &[u8]) -> Result<DispatchFields, Vec<String>> {
-    match plan.source_kind() {
+/// Maps raw input per the plan's source kind and applies the Loomis rules, through the
+/// gateway's own path ([`DispatchFields::checked_dispatch`]); errors as display lines.
+fn dispatch(plan: &MappingPlan, bytes: &[u8], customer: &str) -> Result<Dispatch, Vec<String>> {
+    let fields = match plan.source_kind() {
         SourceKind::Xml => {
             let doc = Document::parse(bytes, &Limits::default())
                 .map_err(|e| vec![format!("xml: {e}")])?;
-            plan.map_document(&doc).map_err(|p| problem_lines(&p))
+            plan.map_document(&doc).map_err(|p| problem_lines(&p))?
         }
         SourceKind::Fields => {
             let fields = parse_fields(bytes).map_err(|e| vec![format!("json: {e}")])?;
-            plan.map_fields(&fields).map_err(|p| problem_lines(&p))
+            plan.map_fields(&fields).map_err(|p| problem_lines(&p))?
         }
-    }
+    };
+    fields
+        .checked_dispatch(customer)
+        .map_err(|ps| ps.iter().map(ToString::to_string).collect())
 }
 
 fn parse_fields(bytes: &[u8]) -> Result<HashMap<String, String>, String> {
@@ -469,18 +445,25 @@ fn run_case(plan: &MappingPlan, dir: &Path, name: &str, case: &Case, report: &mu
                 .push(format!("{}:1:1: cannot read", input.display()));
             return;
         };
-        let result = dispatch(plan, &bytes);
+        let customer = case
+            .expected_json
+            .as_deref()
+            .and_then(|exp| std::fs::read_to_string(exp).ok())
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v.get("CustomerNumber")?.as_str().map(str::to_string))
+            .unwrap_or_else(|| "A123456".to_string());
+        let result = dispatch(plan, &bytes, &customer);
         match (&case.expected_json, &case.expected_errors, result) {
-            (Some(exp), _, Ok(fields)) => compare_dispatch(exp, &fields, report),
+            (Some(exp), _, Ok(d)) => compare_dispatch(exp, &d, report),
             (Some(exp), _, Err(lines)) => report.errors.push(format!(
                 "{}:1:1: fixture {name}: expected a Dispatch, the mapping reported:\n    {}",
                 exp.display(),
                 lines.join("\n    ")
             )),
-            (None, Some(exp), Ok(fields)) => report.errors.push(format!(
+            (None, Some(exp), Ok(d)) => report.errors.push(format!(
                 "{}:1:1: fixture {name}: expected errors, the mapping produced:\n{}",
                 exp.display(),
-                loomis_json_pretty(&fields, "?")
+                serde_json::to_string_pretty(&d).unwrap_or_default()
             )),
             (None, Some(exp), Err(lines)) => {
                 if let Some(text) = read(exp, report) {
@@ -587,7 +570,7 @@ fn run_case(plan: &MappingPlan, dir: &Path, name: &str, case: &Case, report: &mu
     }
 }
 
-fn compare_dispatch(expected: &Path, fields: &DispatchFields, report: &mut CheckReport) {
+fn compare_dispatch(expected: &Path, dispatch: &Dispatch, report: &mut CheckReport) {
     let Some(text) = read(expected, report) else {
         return;
     };
@@ -603,11 +586,7 @@ fn compare_dispatch(expected: &Path, fields: &DispatchFields, report: &mut Check
             return;
         }
     };
-    let customer = want
-        .get("CustomerNumber")
-        .and_then(|c| c.as_str())
-        .unwrap_or("A123456");
-    let got = fields.to_loomis_json(customer);
+    let got = serde_json::to_value(dispatch).unwrap_or_default();
     if want == got {
         return;
     }

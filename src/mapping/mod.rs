@@ -18,6 +18,7 @@
 //! in a document is reported, not just the first; the only time zone data used comes
 //! from the mapping file, never from the host's local zone.
 
+use crate::loomis::message::{Dispatch, FieldProblem};
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
@@ -153,28 +154,38 @@ pub struct DispatchFields {
 }
 
 impl DispatchFields {
+    /// The Dispatch these fields make for `customer_number`, as the gateway sends it: an
+    /// optional field mapped to an empty value is left out. The one place that lists the
+    /// Dispatch's fields for a mapping.
+    pub fn into_dispatch(self, customer_number: &str) -> Dispatch {
+        Dispatch {
+            message_type: "Dispatch".into(),
+            customer_number: customer_number.to_string(),
+            incident_reference: self.incident_reference,
+            device_id: self.device_id,
+            contact_name: self.contact_name,
+            contact_number: self.contact_number,
+            contact_email: self.contact_email.filter(|e| !e.is_empty()),
+            subject: self.subject,
+            description: self.description,
+            fault_code: self.fault_code.filter(|c| !c.is_empty()),
+            fault_date_time: self.fault_date_time,
+        }
+    }
+
+    /// [`DispatchFields::into_dispatch`], then the Loomis rules: exactly what the
+    /// gateway's intake accepts or refuses (with 422 / INVALID_ARGUMENT), so that
+    /// `mapping test` and the golden fixtures cannot approve what the gateway refuses.
+    pub fn checked_dispatch(self, customer_number: &str) -> Result<Dispatch, Vec<FieldProblem>> {
+        let d = self.into_dispatch(customer_number);
+        d.validate().map_err(|e| e.0)?;
+        Ok(d)
+    }
+
     /// The Loomis Dispatch JSON object for these fields.
     pub fn to_loomis_json(&self, customer_number: &str) -> serde_json::Value {
-        let mut m = serde_json::Map::new();
-        let mut put = |k: &str, v: &str| {
-            m.insert(k.to_string(), serde_json::Value::String(v.to_string()));
-        };
-        put("MessageType", "Dispatch");
-        put("CustomerNumber", customer_number);
-        put("IncidentReference", &self.incident_reference);
-        put("DeviceId", &self.device_id);
-        put("ContactName", &self.contact_name);
-        put("ContactNumber", &self.contact_number);
-        if let Some(e) = &self.contact_email {
-            put("ContactEmail", e);
-        }
-        put("Subject", &self.subject);
-        put("Description", &self.description);
-        if let Some(f) = &self.fault_code {
-            put("FaultCode", f);
-        }
-        put("FaultDateTime", &self.fault_date_time);
-        serde_json::Value::Object(m)
+        serde_json::to_value(self.clone().into_dispatch(customer_number))
+            .unwrap_or(serde_json::Value::Null)
     }
 }
 

@@ -11,30 +11,12 @@
 //! the other engine is refused with a message naming both (see [`open`]).
 
 use super::StoreError;
-use serde::Deserialize;
 use std::path::Path;
-use std::sync::Arc;
 
 /// Writes of one atomic batch, in key order: key -> `Some(value)` or `None` (removed).
 pub type Writes = std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
-/// Which engine a store uses (`store.engine`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EngineKind {
-    #[default]
-    Fjall,
-    Sled,
-}
-
-impl EngineKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            EngineKind::Fjall => "fjall",
-            EngineKind::Sled => "sled",
-        }
-    }
-}
+pub use crate::config::EngineKind;
 
 /// Key and value of one stored entry.
 pub type Entry<B> = (B, B);
@@ -56,36 +38,6 @@ pub trait Engine: Send + Sync + 'static {
         end: &[u8],
         limit: usize,
     ) -> Result<Vec<Entry<Self::Bytes>>, StoreError>;
-}
-
-/// Opens (or creates) the store at `path` with the engine `kind`, refusing a directory
-/// that holds the other engine's files. `cache_bytes` bounds the engine's block cache.
-pub fn open(
-    kind: EngineKind,
-    path: &Path,
-    cache_bytes: u64,
-) -> Result<Arc<dyn super::Backend>, StoreError> {
-    let found = detect(path);
-    if let Some(found) = found.filter(|f| *f != kind) {
-        return Err(StoreError::Database(format!(
-            "the store at {} was written by the {} engine, but store.engine is \"{}\": \
-             set store.engine = \"{}\" to keep using it, or point store.path at another directory",
-            path.display(),
-            found.name(),
-            kind.name(),
-            found.name()
-        )));
-    }
-    Ok(match kind {
-        EngineKind::Fjall => Arc::new(super::kv::KvBackend::new(FjallEngine::open(
-            path,
-            cache_bytes,
-        )?)?),
-        EngineKind::Sled => Arc::new(super::kv::KvBackend::new(SledEngine::open(
-            path,
-            cache_bytes,
-        )?)?),
-    })
 }
 
 /// Which engine's files a directory holds, if any: sled keeps `conf` and `db` at the top,
@@ -324,40 +276,5 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         exercise(&FjallEngine::open(&dir.path().join("f"), 1 << 20).unwrap());
         exercise(&SledEngine::open(&dir.path().join("s"), 1 << 20).unwrap());
-    }
-
-    #[test]
-    fn a_second_gateway_cannot_open_a_store_in_use() {
-        for kind in [EngineKind::Fjall, EngineKind::Sled] {
-            let dir = tempfile::tempdir().unwrap();
-            let first = open(kind, dir.path(), 1 << 20).unwrap();
-            let err = open(kind, dir.path(), 1 << 20)
-                .err()
-                .unwrap_or_else(|| panic!("two writers on one {} directory", kind.name()))
-                .to_string();
-            assert!(err.contains("in use by another process"), "{err}");
-            drop(first);
-        }
-    }
-
-    #[test]
-    fn a_directory_of_the_other_engine_is_refused_by_name() {
-        let dir = tempfile::tempdir().unwrap();
-        drop(FjallEngine::open(dir.path(), 1 << 20).unwrap());
-        assert_eq!(detect(dir.path()), Some(EngineKind::Fjall));
-        let err = open(EngineKind::Sled, dir.path(), 1 << 20)
-            .err()
-            .expect("sled must refuse a fjall store")
-            .to_string();
-        assert!(err.contains("fjall engine"), "{err}");
-        assert!(err.contains("store.engine = \"fjall\""), "{err}");
-
-        let dir = tempfile::tempdir().unwrap();
-        drop(SledEngine::open(dir.path(), 1 << 20).unwrap());
-        assert_eq!(detect(dir.path()), Some(EngineKind::Sled));
-        assert!(open(EngineKind::Fjall, dir.path(), 1 << 20).is_err());
-        // An empty directory is new: either engine may create its store there.
-        let empty = tempfile::tempdir().unwrap();
-        assert_eq!(detect(empty.path()), None);
     }
 }

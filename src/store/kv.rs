@@ -18,7 +18,7 @@
 //!
 //! Binary records and JSON records: see [`super::codec`].
 
-use super::engine::{prefix_end, Engine, Entry, Writes};
+use super::engine::{self, prefix_end, Engine, Entry, Writes};
 use super::records::{DeadLetter, Job, Orphan};
 use super::{Backend, Group, StoreError, Txn};
 use crate::incident::{Incident, IncidentKey, Update};
@@ -293,7 +293,7 @@ impl<E: Engine> Txn for KvTxn<'_, E> {
     }
     fn put_update(&self, update: &Update) -> Result<(), StoreError> {
         self.put(
-            seq_key(&update.integration, update.sequence),
+            seq_key(&update.integration, update.sequence.get()),
             encode_binary(update),
         )
     }
@@ -499,6 +499,36 @@ impl<E: Engine> KvBackend<E> {
     }
 }
 
+/// Opens (or creates) the store at `path` with the engine `kind`, refusing a directory
+/// that holds the other engine's files. `cache_bytes` bounds the engine's block cache.
+pub fn open(
+    kind: engine::EngineKind,
+    path: &std::path::Path,
+    cache_bytes: u64,
+) -> Result<Arc<dyn Backend>, StoreError> {
+    let found = engine::detect(path);
+    if let Some(found) = found.filter(|f| *f != kind) {
+        return Err(StoreError::Database(format!(
+            "the store at {} was written by the {} engine, but store.engine is \"{}\": \
+             set store.engine = \"{}\" to keep using it, or point store.path at another directory",
+            path.display(),
+            found.name(),
+            kind.name(),
+            found.name()
+        )));
+    }
+    Ok(match kind {
+        engine::EngineKind::Fjall => Arc::new(KvBackend::new(engine::FjallEngine::open(
+            path,
+            cache_bytes,
+        )?)?),
+        engine::EngineKind::Sled => Arc::new(KvBackend::new(engine::SledEngine::open(
+            path,
+            cache_bytes,
+        )?)?),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -531,7 +561,7 @@ mod tests {
                 // lock for a moment after it is dropped.
                 let mut tries = 0;
                 let backend = loop {
-                    match engine::open(kind, dir.path(), 1 << 20) {
+                    match super::open(kind, dir.path(), 1 << 20) {
                         Ok(b) => break b,
                         Err(e) if tries < 100 => {
                             tries += 1;
@@ -561,7 +591,7 @@ mod tests {
     fn records_from_a_failed_operation_are_not_written() {
         for kind in ENGINES {
             let dir = tempfile::tempdir().unwrap();
-            let backend = engine::open(kind, dir.path(), 1 << 20).unwrap();
+            let backend = super::open(kind, dir.path(), 1 << 20).unwrap();
             let mut group = backend.group();
             let k = IncidentKey::new("servicenow", "INC1");
             let err = group.run(&|txn| {
@@ -584,7 +614,7 @@ mod tests {
     fn updates_between_includes_both_ends_and_stays_in_its_integration() {
         for kind in ENGINES {
             let dir = tempfile::tempdir().unwrap();
-            let backend = engine::open(kind, dir.path(), 1 << 20).unwrap();
+            let backend = super::open(kind, dir.path(), 1 << 20).unwrap();
             let mut group = backend.group();
             for integration in ["a", "ab"] {
                 for _ in 0..5 {
@@ -592,7 +622,7 @@ mod tests {
                         .run(&|txn| {
                             let sequence = txn.next_sequence(integration)?;
                             txn.put_update(&Update {
-                                sequence,
+                                sequence: sequence.into(),
                                 integration: integration.into(),
                                 incident_reference: "INC1".into(),
                                 incident_id: None,
@@ -615,7 +645,7 @@ mod tests {
                     .updates_between("a", after, upto, limit)
                     .unwrap()
                     .iter()
-                    .map(|u| u.sequence)
+                    .map(|u| u.sequence.get())
                     .collect()
             };
             assert_eq!(seqs(1, 4, 10), vec![2, 3, 4], "{kind:?}");
@@ -741,5 +771,40 @@ mod tests {
         // The engine shows the applied batch; so must every read.
         let new = Some("new".to_string());
         assert_eq!(subjects(&*backend, "INC1"), (new.clone(), new));
+    }
+
+    #[test]
+    fn a_second_gateway_cannot_open_a_store_in_use() {
+        for kind in [EngineKind::Fjall, EngineKind::Sled] {
+            let dir = tempfile::tempdir().unwrap();
+            let first = super::open(kind, dir.path(), 1 << 20).unwrap();
+            let err = super::open(kind, dir.path(), 1 << 20)
+                .err()
+                .unwrap_or_else(|| panic!("two writers on one {} directory", kind.name()))
+                .to_string();
+            assert!(err.contains("in use by another process"), "{err}");
+            drop(first);
+        }
+    }
+
+    #[test]
+    fn a_directory_of_the_other_engine_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(engine::FjallEngine::open(dir.path(), 1 << 20).unwrap());
+        assert_eq!(engine::detect(dir.path()), Some(EngineKind::Fjall));
+        let err = super::open(EngineKind::Sled, dir.path(), 1 << 20)
+            .err()
+            .expect("sled must refuse a fjall store")
+            .to_string();
+        assert!(err.contains("fjall engine"), "{err}");
+        assert!(err.contains("store.engine = \"fjall\""), "{err}");
+
+        let dir = tempfile::tempdir().unwrap();
+        drop(engine::SledEngine::open(dir.path(), 1 << 20).unwrap());
+        assert_eq!(engine::detect(dir.path()), Some(EngineKind::Sled));
+        assert!(super::open(EngineKind::Fjall, dir.path(), 1 << 20).is_err());
+        // An empty directory is new: either engine may create its store there.
+        let empty = tempfile::tempdir().unwrap();
+        assert_eq!(engine::detect(empty.path()), None);
     }
 }

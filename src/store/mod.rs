@@ -146,7 +146,7 @@ impl Tx<'_> {
         self.inner.put_update(update)?;
         let mut e = self.effects.borrow_mut();
         let w = e.watermarks.entry(update.integration.clone()).or_insert(0);
-        *w = (*w).max(update.sequence);
+        *w = (*w).max(update.sequence.get());
         Ok(())
     }
 }
@@ -260,7 +260,18 @@ impl Store {
         path: &std::path::Path,
         cache_bytes: u64,
     ) -> Result<Store, StoreError> {
-        Ok(Store::new(engine::open(kind, path, cache_bytes)?))
+        Ok(Store::new(kv::open(kind, path, cache_bytes)?))
+    }
+
+    /// Opens the store `[store]` describes, creating its directory if needed.
+    pub fn open_configured(section: &crate::config::StoreSection) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(&section.path).map_err(|e| {
+            StoreError::Database(format!(
+                "cannot create store directory {}: {e}",
+                section.path.display()
+            ))
+        })?;
+        Store::open(section.engine, &section.path, section.cache_mb << 20)
     }
 
     /// Starts the writer thread over `backend`.
@@ -371,7 +382,7 @@ impl Store {
         Ok(self
             .updates_after(integration, sequence.saturating_sub(1), 1)?
             .into_iter()
-            .find(|u| u.sequence == sequence))
+            .find(|u| u.sequence.get() == sequence))
     }
 
     /// The last update sequence of `integration` that retention may have removed (0: none).

@@ -36,9 +36,9 @@ pub struct Job {
     /// Attempts made so far.
     pub attempts: u32,
     /// When the job was queued: the retry age limit counts from here.
-    #[serde(with = "crate::store::codec::timestamp")]
+    #[serde(with = "crate::incident::wire::timestamp")]
     pub created_at: Timestamp,
-    #[serde(with = "crate::store::codec::timestamp")]
+    #[serde(with = "crate::incident::wire::timestamp")]
     pub next_attempt_at: Timestamp,
     pub last_error: Option<String>,
 }
@@ -64,7 +64,7 @@ impl Job {
 pub struct DeadLetter {
     pub id: u64,
     pub job: Job,
-    #[serde(with = "crate::store::codec::timestamp")]
+    #[serde(with = "crate::incident::wire::timestamp")]
     pub failed_at: Timestamp,
     pub reason: String,
 }
@@ -73,7 +73,7 @@ pub struct DeadLetter {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Orphan {
     pub id: u64,
-    #[serde(with = "crate::store::codec::timestamp")]
+    #[serde(with = "crate::incident::wire::timestamp")]
     pub received_at: Timestamp,
     pub reason: String,
     pub message: serde_json::Value,

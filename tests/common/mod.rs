@@ -7,7 +7,7 @@
 use safepoint_gateway::app::{self, Running};
 use safepoint_gateway::config::Config;
 use safepoint_gateway::incident::{Incident, State, Update};
-use safepoint_gateway::loomis::simulator::{Simulator, SimulatorConfig, SimulatorHandle};
+use safepoint_gateway::simulator::{Simulator, SimulatorConfig, SimulatorHandle};
 use std::time::Duration;
 
 pub const SN_KEY: &str = "sn-key-123";

@@ -1,21 +1,23 @@
 //! The simulator's HTTP face. Its own accept loop (hyper, HTTP/1.1) gives every
 //! connection a kill switch, so that the "timeout" and "down" faults can really drop a
 //! connection without answering, as a dead or wedged Loomis would. Every path that is
-//! not the `/_sim/` control API is the incident path: one Dispatch or Cancel per POST.
+//! not the `/_sim/` control API ([`control`]) is the incident path: one Dispatch or
+//! Cancel per POST.
+
+mod control;
 
 use super::callback::deliver;
-use super::config::{matches_any, DownMode, FaultsPatch};
-use super::incident::{self, IncidentKey};
-use super::state::{FaultDecision, Incident, IncidentState, ReceivedKind, Shared};
+use super::config::{matches_any, DownMode};
+use super::incident;
+use super::state::{FaultDecision, Incident, IncidentKey, IncidentState, ReceivedKind, Shared};
 use crate::loomis::message::{CustomerCancel, Dispatch, FieldProblem, ValidationErrors};
-use axum::body::{Body, Bytes};
-use axum::extract::{Query, Request, State};
+use axum::body::Body;
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use hyper_util::rt::TokioIo;
-use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,9 +73,9 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
 
 fn router(shared: Arc<Shared>) -> Router {
     Router::new()
-        .route("/_sim/state", get(control_state))
-        .route("/_sim/faults", post(control_faults))
-        .route("/_sim/received", get(control_received))
+        .route("/_sim/state", get(control::state))
+        .route("/_sim/faults", post(control::faults))
+        .route("/_sim/received", get(control::received))
         .fallback(incident_path)
         .with_state(shared)
 }
@@ -653,91 +655,6 @@ fn customer_cancel(sim: &Arc<Shared>, value: &Value, obj: &Map<String, Value>) -
             )
         }
     }
-}
-
-async fn control_state(State(sim): State<Arc<Shared>>) -> Json<Value> {
-    let c = &sim.config;
-    let stats = sim.stats.borrow().clone();
-    let rt = sim.lock();
-    let down_remaining_ms = rt
-        .down_until
-        .map(|u| u.saturating_duration_since(Instant::now()).as_millis() as u64)
-        .unwrap_or(0);
-    let open = rt
-        .incidents
-        .values()
-        .filter(|i| !i.state.is_terminal())
-        .count();
-    Json(json!({
-        "seed": sim.seed,
-        "callback_url": rt.callback.as_ref().map(|t| t.url.clone()),
-        "callback_token_set": rt.callback.as_ref().is_some_and(|t| t.token.is_some()),
-        "faults": rt.faults,
-        "down_remaining_ms": down_remaining_ms,
-        "incidents": {"total": rt.incidents.len(), "open": open},
-        "received_total": rt.received_total,
-        "config": {
-            "customer_numbers": c.customer_numbers,
-            "devices": c.devices,
-            "fault_codes": c.fault_codes,
-            "expect_token_set": c.expect_token.is_some(),
-            "ack": c.ack,
-            "accept_after_ms": c.accept_after.as_millis() as u64,
-            "close_after_ms": c.close_after.as_millis() as u64,
-            "sla_ms": c.sla.as_millis() as u64,
-            "outcome": c.outcome,
-            "confirm_customer_cancel": c.confirm_customer_cancel,
-            "duplicate_window_ms": c.duplicate_window.as_millis() as u64,
-            "nak_duplicate_with_incident_id": c.nak_duplicate_with_incident_id,
-            "first_incident_number": c.first_incident_number,
-            "hang_ms": c.hang.as_millis() as u64,
-            "process_before_hang": c.process_before_hang,
-            "max_records": c.max_records,
-            "max_body_bytes": c.max_body_bytes,
-            "callback_retry": {
-                "request_timeout_ms": c.callback_retry.request_timeout.as_millis() as u64,
-                "initial_backoff_ms": c.callback_retry.initial_backoff.as_millis() as u64,
-                "max_backoff_ms": c.callback_retry.max_backoff.as_millis() as u64,
-                "max_attempts": c.callback_retry.max_attempts,
-                "max_elapsed_ms": c.callback_retry.max_elapsed.as_millis() as u64,
-            },
-        },
-        "stats": stats,
-    }))
-}
-
-async fn control_faults(State(sim): State<Arc<Shared>>, body: Bytes) -> Response {
-    let patch: FaultsPatch = match serde_json::from_slice(&body) {
-        Ok(p) => p,
-        Err(e) => {
-            return Answer::error(StatusCode::BAD_REQUEST, "InvalidFaults", e.to_string(), &[])
-                .into_response()
-        }
-    };
-    match sim.patch_faults(&patch) {
-        Ok(faults) => {
-            tracing::info!(?faults, "simulator faults changed");
-            Json(json!({ "faults": faults })).into_response()
-        }
-        Err(problems) => Answer::invalid(problems).into_response(),
-    }
-}
-
-#[derive(Deserialize)]
-struct ReceivedQuery {
-    /// The newest this many records (default 100).
-    limit: Option<usize>,
-}
-
-async fn control_received(
-    State(sim): State<Arc<Shared>>,
-    Query(q): Query<ReceivedQuery>,
-) -> Json<Value> {
-    let rt = sim.lock();
-    let limit = q.limit.unwrap_or(100);
-    let skip = rt.received.len().saturating_sub(limit);
-    let received: Vec<_> = rt.received.iter().skip(skip).map(|r| r.message()).collect();
-    Json(json!(received))
 }
 
 #[cfg(test)]

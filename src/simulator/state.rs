@@ -18,6 +18,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// Who an incident is, for messages and logs.
+#[derive(Debug, Clone)]
+pub(crate) struct IncidentKey {
+    pub(crate) customer_number: String,
+    pub(crate) reference: String,
+    pub(crate) incident_id: String,
+}
+
 /// What a received request turned out to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum ReceivedKind {
@@ -198,7 +206,7 @@ pub(crate) struct Shared {
     pub(crate) seed: u64,
     pub(crate) runtime: Mutex<Runtime>,
     pub(crate) stats: watch::Sender<SimulatorStats>,
-    pub(crate) http: reqwest::Client,
+    pub(crate) http: crate::client::Client,
     /// Fires on shutdown; every task listens.
     pub(crate) shutdown: CancellationToken,
     /// Every task the simulator spawned, so that shutdown can wait for them.
@@ -215,10 +223,10 @@ impl Shared {
             ));
         }
         let seed = config.seed.unwrap_or_else(|| rand::rng().random());
-        let http = reqwest::Client::builder()
-            .timeout(config.callback_retry.request_timeout)
-            .build()
-            .map_err(std::io::Error::other)?;
+        let http = crate::client::Client::new(
+            config.callback_retry.request_timeout,
+            std::time::Duration::from_secs(30),
+        );
         let callback = config.callback_url.clone().map(|url| CallbackTarget {
             url,
             token: config.callback_token.clone(),

@@ -8,9 +8,9 @@
 
 pub mod xml_out;
 
+use crate::auth::bearer_matches;
 use crate::config::ServerSection;
 use crate::gateway::{CancelError, Gateway, SubmitError};
-use crate::http::bearer_matches;
 use crate::incident::Update;
 use crate::intake::{self, IntegrationRuntime, Integrations};
 use crate::loomis::message::FieldProblem;
@@ -54,10 +54,10 @@ pub struct LegacyState {
 /// The stored update as the outbound mapping sees it.
 pub fn update_view(u: &Update) -> UpdateView {
     UpdateView {
-        sequence: u.sequence,
+        sequence: u.sequence.get(),
         integration: u.integration.clone(),
-        incident_reference: u.incident_reference.clone(),
-        incident_id: u.incident_id.clone(),
+        incident_reference: u.incident_reference.to_string(),
+        incident_id: u.incident_id.as_ref().map(ToString::to_string),
         customer_number: u.customer_number.clone(),
         kind: u.kind.as_str().to_string(),
         state: u.state.as_str().to_string(),

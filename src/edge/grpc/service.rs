@@ -194,9 +194,13 @@ impl IncidentGateway for GatewayService {
             incident_id = inc.incident_id.as_deref().unwrap_or(""), state = %inc.state, "gRPC CancelIncident");
         Ok(Response::new(proto::CancelIncidentResponse {
             integration: inc.integration.clone(),
-            incident_reference: inc.reference.clone(),
+            incident_reference: inc.reference.to_string(),
             state: convert::state(inc.state).into(),
-            incident_id: inc.incident_id.clone().unwrap_or_default(),
+            incident_id: inc
+                .incident_id
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
             reason: inc.cancel_reason.clone().unwrap_or_default(),
         }))
     }

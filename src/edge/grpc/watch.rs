@@ -115,7 +115,7 @@ async fn pump(
         let n = batch.len() as u64;
         for u in batch {
             // Sequences are gap-free; anything else means the log lost an update.
-            if u.sequence != last_sent + 1 {
+            if u.sequence.get() != last_sent + 1 {
                 return missing(store, integration, last_sent);
             }
             let seq = u.sequence;
@@ -128,7 +128,7 @@ async fn pump(
                 }
                 _ = shutdown.cancelled() => return shutting_down(last_sent),
             }
-            last_sent = seq;
+            last_sent = seq.get();
         }
         metrics::counter!("gateway_grpc_updates_streamed_total").increment(n);
     }

@@ -4,8 +4,8 @@
 //! bad field named, correlated by CustomerNumber + IncidentReference, and answered 200
 //! only after the change (or the fact that it is a duplicate) is durable.
 
+use crate::edge::http::{HttpState, JsonError};
 use crate::gateway::MessageError;
-use crate::http::{authorized, HttpState, JsonError};
 use crate::incident::machine::{Outcome, Via};
 use crate::loomis::message::InboundMessage;
 use axum::body::Bytes;
@@ -20,7 +20,7 @@ pub(crate) async fn receive(
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, JsonError> {
-    if !authorized(&headers, &s.callback_auth) {
+    if !s.callback_auth.admits(&headers) {
         metrics::counter!("gateway_callbacks_refused_total", "reason" => "auth").increment(1);
         return Err(JsonError::new(
             StatusCode::UNAUTHORIZED,

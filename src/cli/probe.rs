@@ -18,7 +18,7 @@ pub struct ProbeArgs {
 }
 
 /// Parses `2s`, `500ms`, `1m` or `3` (seconds) into a positive duration.
-pub(crate) fn parse_timeout(s: &str) -> Result<Duration, String> {
+fn parse_timeout(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (digits, unit) = s.split_at(split);
@@ -59,27 +59,24 @@ pub fn run(args: &ProbeArgs) -> ExitCode {
 
 /// One GET: `Ok` with a line saying so for a 2xx, `Err` with the reason otherwise.
 async fn check(url: &str, timeout: Duration) -> Result<String, String> {
-    // No proxy: the probe asks the gateway next to it, even where HTTPS_PROXY is set for
-    // the gateway's deliveries.
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(timeout)
-        .build()
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-    let resp = client.get(url).send().await.map_err(|e| {
-        if e.is_timeout() {
-            format!("no answer within {timeout:?}")
-        } else {
-            // `{:#}` writes the error with its causes (e.g. "Connection refused").
-            format!("{:#}", anyhow::Error::new(e))
-        }
-    })?;
-    let status = resp.status();
-    if status.is_success() {
+    let uri: http::Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
+    // The gateway's own client: it follows no redirect, and never goes through a proxy
+    // for loopback (the gateway next to the probe), even where HTTPS_PROXY is set.
+    let client = crate::client::Client::new(timeout, Duration::from_secs(1));
+    let resp = client
+        .request(http::Method::GET, &uri, &[], Vec::new(), timeout, 4096)
+        .await
+        .map_err(|e| match e {
+            crate::client::HttpError::Timeout => format!("no answer within {timeout:?}"),
+            e => e.to_string(),
+        })?;
+    let status = http::StatusCode::from_u16(resp.status)
+        .map(|s| s.to_string())
+        .unwrap_or_else(|_| resp.status.to_string());
+    if (200..300).contains(&resp.status) {
         return Ok(format!("ok: {url} answered {status}"));
     }
-    let body = resp.text().await.unwrap_or_default();
+    let body = String::from_utf8_lossy(&resp.body);
     let body: String = body.split_whitespace().collect::<Vec<_>>().join(" ");
     let body: String = body.chars().take(200).collect();
     Err(if body.is_empty() {

@@ -1,4 +1,5 @@
-//! The HTTP client of deliveries to Loomis and to the tools: hyper's pooled client over
+//! The gateway's one HTTP client, for deliveries to Loomis and to the tools, the
+//! simulator's callbacks and the operators' CLI: hyper's pooled client over
 //! TCP or TLS (rustls, with the system's trusted roots and the Mozilla roots), and nothing
 //! between the delivery layer and the wire. It never follows redirects and retries on its
 //! own only a request it had not begun to send (a pooled connection the server had
@@ -209,8 +210,22 @@ impl Client {
         timeout: Duration,
         max_body: usize,
     ) -> Result<Response, HttpError> {
+        self.request(http::Method::POST, uri, headers, body, timeout, max_body)
+            .await
+    }
+
+    /// [`Client::post`] with any method.
+    pub async fn request(
+        &self,
+        method: http::Method,
+        uri: &http::Uri,
+        headers: &[(HeaderName, HeaderValue)],
+        body: Vec<u8>,
+        timeout: Duration,
+        max_body: usize,
+    ) -> Result<Response, HttpError> {
         let mut req = http::Request::new(Full::new(Bytes::from(body)));
-        *req.method_mut() = http::Method::POST;
+        *req.method_mut() = method;
         *req.uri_mut() = uri.clone();
         let h = req.headers_mut();
         h.insert(

@@ -4,7 +4,7 @@
 
 use super::callback::deliver;
 use super::config::{AckMode, Outcome};
-use super::state::{IncidentState, Shared};
+use super::state::{IncidentKey, IncidentState, Shared};
 use crate::loomis::message::format_utc;
 use jiff::{SignedDuration, Timestamp};
 use serde_json::{json, Value};
@@ -39,14 +39,6 @@ pub(crate) fn plan(ack: AckMode, outcome: Outcome, reorder: bool) -> Vec<Step> {
     }
     steps.extend(rest);
     steps
-}
-
-/// Who an incident is, for messages and logs.
-#[derive(Debug, Clone)]
-pub(crate) struct IncidentKey {
-    pub(crate) customer_number: String,
-    pub(crate) reference: String,
-    pub(crate) incident_id: String,
 }
 
 /// `ACK` as in the spec (3.3).

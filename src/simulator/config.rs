@@ -3,32 +3,11 @@
 //! faults it injects. `SimulatorArgs` is the stand-alone command line; both it and
 //! `SimulatorConfig::default()` give the same useful demo.
 
+pub use crate::auth::Secret;
 use serde::{Deserialize, Serialize};
-use std::fmt;
+
 use std::net::SocketAddr;
 use std::time::Duration;
-
-/// A credential the simulator checks or presents; never printed, logged or served.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a token.
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The token itself, for the one place that must send or compare it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
 
 /// Where ACK and NAK go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -298,6 +277,51 @@ impl Default for SimulatorConfig {
 }
 
 impl SimulatorConfig {
+    /// The built-in simulator's configuration from `[simulator]` of gateway.toml, or
+    /// every problem with it (each named by its key), so that the gateway reports them
+    /// with the rest of its configuration before it opens anything.
+    pub fn from_section(s: &crate::config::SimulatorSection) -> Result<Self, Vec<String>> {
+        use clap::ValueEnum;
+        let mut sim = SimulatorConfig::default();
+        let mut problems = Vec::new();
+        if let Some(a) = &s.ack {
+            match ValueEnum::from_str(a, true) {
+                Ok(v) => sim.ack = v,
+                Err(e) => problems.push(format!("simulator.ack: {e}")),
+            }
+        }
+        if let Some(o) = &s.outcome {
+            match ValueEnum::from_str(o, true) {
+                Ok(v) => sim.outcome = v,
+                Err(e) => problems.push(format!("simulator.outcome: {e}")),
+            }
+        }
+        if let Some(ms) = s.accept_after_ms {
+            sim.accept_after = Duration::from_millis(ms);
+        }
+        if let Some(ms) = s.close_after_ms {
+            sim.close_after = Duration::from_millis(ms);
+        }
+        if let Some(d) = &s.devices {
+            sim.devices = d.clone();
+        }
+        if let Some(f) = &s.fault_codes {
+            sim.fault_codes = f.clone();
+        }
+        if let Some(r) = s.fail_rate {
+            sim.faults.fail_rate = r;
+        }
+        if let Some(r) = s.timeout_rate {
+            sim.faults.timeout_rate = r;
+        }
+        problems.extend(sim.problems().into_iter().map(|p| format!("simulator.{p}")));
+        if problems.is_empty() {
+            Ok(sim)
+        } else {
+            Err(problems)
+        }
+    }
+
     /// Every problem with this configuration, not just the first.
     pub fn problems(&self) -> Vec<String> {
         let mut p: Vec<String> = self
@@ -330,7 +354,7 @@ impl SimulatorConfig {
 }
 
 pub(crate) fn check_http_url(url: &str) -> Result<(), String> {
-    match reqwest::Url::parse(url) {
+    match url::Url::parse(url) {
         Ok(u) if u.scheme() == "http" || u.scheme() == "https" => Ok(()),
         Ok(u) => Err(format!(
             "{url:?} has scheme {:?}, want http or https",

@@ -4,8 +4,7 @@
 //! 4xx are logged and dropped. The caller awaits delivery, which is what keeps an
 //! incident's callbacks in order.
 
-use super::incident::IncidentKey;
-use super::state::Shared;
+use super::state::{CallbackTarget, IncidentKey, Shared};
 use serde_json::Value;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -57,16 +56,12 @@ async fn deliver_once(shared: &Shared, key: &IncidentKey, message: &Value) -> De
         };
         attempt += 1;
         shared.count(|s| s.callback_attempts += 1);
-        let mut request = shared.http.post(&target.url).json(message);
-        if let Some(token) = &target.token {
-            request = request.bearer_auth(token.expose());
-        }
         let sent = tokio::select! {
             _ = shared.shutdown.cancelled() => return Delivery::Shutdown,
-            r = request.send() => r,
+            r = post(shared, &target, message) => r,
         };
         let (failure, retry_after) = match sent {
-            Ok(resp) if resp.status().is_success() => {
+            Ok(resp) if (200..300).contains(&resp.status) => {
                 shared.count(|s| {
                     s.callbacks_sent += 1;
                     *s.callbacks_sent_by_kind.entry(kind.clone()).or_default() += 1;
@@ -80,13 +75,13 @@ async fn deliver_once(shared: &Shared, key: &IncidentKey, message: &Value) -> De
                 );
                 return Delivery::Sent;
             }
-            Ok(resp) if is_retryable(resp.status()) => {
+            Ok(resp) if is_retryable(resp.status) => {
                 let ra = retry_after(&resp);
-                (format!("answered {}", resp.status()), ra)
+                (format!("answered {}", resp.status), ra)
             }
             Ok(resp) => {
-                let status = resp.status();
-                let body = resp.text().await.unwrap_or_default();
+                let status = resp.status;
+                let body = String::from_utf8_lossy(&resp.body);
                 shared.count(|s| s.callbacks_rejected += 1);
                 tracing::warn!(
                     incident_reference = %key.reference,
@@ -98,7 +93,7 @@ async fn deliver_once(shared: &Shared, key: &IncidentKey, message: &Value) -> De
                 );
                 return Delivery::Rejected;
             }
-            Err(e) => (format!("failed: {}", error_chain(&e)), None),
+            Err(e) => (format!("failed: {e}"), None),
         };
         let wait = retry_after
             .unwrap_or_else(|| shared.jittered(retry.backoff(attempt)))
@@ -130,30 +125,42 @@ async fn deliver_once(shared: &Shared, key: &IncidentKey, message: &Value) -> De
     }
 }
 
-fn is_retryable(status: reqwest::StatusCode) -> bool {
-    status.is_server_error()
-        || status == reqwest::StatusCode::REQUEST_TIMEOUT
-        || status == reqwest::StatusCode::TOO_MANY_REQUESTS
-}
-
-fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
-    let v = resp
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?;
-    v.trim().parse::<u64>().ok().map(Duration::from_secs)
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
+/// POSTs one callback as JSON, with the bearer token when one is set.
+async fn post(
+    shared: &Shared,
+    target: &CallbackTarget,
+    message: &Value,
+) -> Result<crate::client::Response, String> {
+    use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+    let uri: http::Uri = target.url.parse().map_err(|e| format!("{e}"))?;
+    let mut headers = vec![(CONTENT_TYPE, HeaderValue::from_static("application/json"))];
+    if let Some(token) = &target.token {
+        let mut v = HeaderValue::try_from(format!("Bearer {}", token.expose()))
+            .map_err(|_| "the callback token is not a valid header value".to_string())?;
+        v.set_sensitive(true);
+        headers.push((AUTHORIZATION, v));
     }
-    s
+    let body = serde_json::to_vec(message).map_err(|e| e.to_string())?;
+    shared
+        .http
+        .post(
+            &uri,
+            &headers,
+            body,
+            shared.config.callback_retry.request_timeout,
+            64 << 10,
+        )
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn is_retryable(status: u16) -> bool {
+    status >= 500 || status == 408 || status == 429
+}
+
+fn retry_after(resp: &crate::client::Response) -> Option<Duration> {
+    let v = resp.headers.get(http::header::RETRY_AFTER)?.to_str().ok()?;
+    v.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
 fn truncate(s: &str, max: usize) -> &str {
@@ -170,16 +177,10 @@ mod tests {
     #[test]
     fn retryable_statuses() {
         for s in [500, 502, 503, 408, 429] {
-            assert!(
-                is_retryable(reqwest::StatusCode::from_u16(s).unwrap()),
-                "{s}"
-            );
+            assert!(is_retryable(s), "{s}");
         }
         for s in [400, 401, 404, 409] {
-            assert!(
-                !is_retryable(reqwest::StatusCode::from_u16(s).unwrap()),
-                "{s}"
-            );
+            assert!(!is_retryable(s), "{s}");
         }
     }
 

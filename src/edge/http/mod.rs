@@ -1,8 +1,10 @@
 //! The HTTP listener: routes, the layers every request passes, and the JSON error body
 //! of the Loomis-facing and operator routes. The legacy XML routes live in
-//! [`crate::legacy`] and answer in XML; both are merged here.
+//! [`crate::edge::legacy`] and answer in XML; both are merged here.
 
-use crate::config::{Auth, Secret};
+pub mod callback;
+
+use crate::auth::{bearer_matches, Auth, Secret};
 use crate::gateway::Gateway;
 use crate::loomis::message::FieldProblem;
 use axum::extract::{Path, State};
@@ -10,11 +12,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use base64::Engine;
 use serde_json::json;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-use subtle::ConstantTimeEq;
 
 /// An error answered as JSON: `{"error":{"code":..,"message":..,"problems":[..]}}`.
 #[derive(Debug)]
@@ -53,48 +53,6 @@ impl IntoResponse for JsonError {
     }
 }
 
-/// Checks a request's credentials against `auth` in constant time.
-pub fn authorized(headers: &HeaderMap, auth: &Auth) -> bool {
-    let (name, expected) = match auth {
-        Auth::None => return true,
-        Auth::Bearer(t) => (
-            http::header::AUTHORIZATION,
-            format!("Bearer {}", t.expose()),
-        ),
-        Auth::Basic { username, password } => {
-            let raw = format!("{username}:{}", password.expose());
-            (
-                http::header::AUTHORIZATION,
-                format!(
-                    "Basic {}",
-                    base64::engine::general_purpose::STANDARD.encode(raw)
-                ),
-            )
-        }
-        Auth::Header { name, value } => (name.clone(), value.expose().to_string()),
-    };
-    let Some(got) = headers.get(&name) else {
-        return false;
-    };
-    let got = got.as_bytes();
-    // Accept any case of the scheme word, as RFC 9110 says schemes are case-insensitive.
-    let (g, e) = (got, expected.as_bytes());
-    if g.len() != e.len() {
-        return false;
-    }
-    match g.iter().position(|b| *b == b' ') {
-        Some(sp) if matches!(auth, Auth::Bearer(_) | Auth::Basic { .. }) => {
-            g[..sp].eq_ignore_ascii_case(&e[..sp]) && bool::from(g[sp..].ct_eq(&e[sp..]))
-        }
-        _ => bool::from(g.ct_eq(e)),
-    }
-}
-
-/// A bearer token check for one secret (integration API keys, admin token).
-pub fn bearer_matches(headers: &HeaderMap, secret: &Secret) -> bool {
-    authorized(headers, &Auth::Bearer(secret.clone()))
-}
-
 /// Shared state of the HTTP routes.
 #[derive(Clone)]
 pub struct HttpState {
@@ -125,7 +83,7 @@ pub fn routes(state: HttpState, max_callback_bytes: usize) -> Router {
     Router::new()
         .route(
             "/v1/loomis/messages",
-            post(crate::loomis::callback::receive)
+            post(crate::edge::http::callback::receive)
                 .layer(axum::extract::DefaultBodyLimit::max(max_callback_bytes)),
         )
         .route("/healthz", get(healthz))
@@ -169,7 +127,7 @@ fn edge_error(
     message: String,
 ) -> Response {
     if is_legacy(path) {
-        crate::legacy::edge_error(headers, status, code, message)
+        crate::edge::legacy::edge_error(headers, status, code, message)
     } else {
         JsonError::new(status, code, message).into_response()
     }
@@ -430,44 +388,5 @@ async fn protocol_known(stream: &tokio::net::TcpStream) {
             // until more arrive, so give the socket a moment).
             Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn headers(name: &str, v: &str) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert(
-            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
-            v.parse().unwrap(),
-        );
-        h
-    }
-
-    #[test]
-    fn auth_checks_each_scheme() {
-        let bearer = Auth::Bearer(Secret::new("tok"));
-        assert!(authorized(&headers("authorization", "Bearer tok"), &bearer));
-        assert!(authorized(&headers("authorization", "bearer tok"), &bearer));
-        assert!(!authorized(
-            &headers("authorization", "Bearer tok2"),
-            &bearer
-        ));
-        assert!(!authorized(&HeaderMap::new(), &bearer));
-        let basic = Auth::Basic {
-            username: "u".into(),
-            password: Secret::new("p"),
-        };
-        assert!(authorized(&headers("authorization", "Basic dTpw"), &basic));
-        assert!(!authorized(&headers("authorization", "Basic dTpx"), &basic));
-        let hdr = Auth::Header {
-            name: http::HeaderName::from_static("x-key"),
-            value: Secret::new("k"),
-        };
-        assert!(authorized(&headers("x-key", "k"), &hdr));
-        assert!(!authorized(&headers("x-key", "K"), &hdr));
-        assert!(authorized(&HeaderMap::new(), &Auth::None));
     }
 }

@@ -67,10 +67,10 @@ fn outcome(o: EntryOutcome) -> proto::EntryOutcome {
 /// A stored update as streamed by `WatchUpdates`.
 pub(crate) fn update(u: Update) -> proto::IncidentUpdate {
     proto::IncidentUpdate {
-        sequence: u.sequence,
+        sequence: u.sequence.get(),
         integration: u.integration,
-        incident_reference: u.incident_reference,
-        incident_id: u.incident_id.unwrap_or_default(),
+        incident_reference: u.incident_reference.into_string(),
+        incident_id: u.incident_id.map(String::from).unwrap_or_default(),
         customer_number: u.customer_number,
         kind: kind(u.kind).into(),
         state: state(u.state).into(),
@@ -101,10 +101,14 @@ pub(crate) fn incident(i: &Incident) -> proto::Incident {
     let d = &i.dispatch;
     proto::Incident {
         integration: i.integration.clone(),
-        incident_reference: i.reference.clone(),
+        incident_reference: i.reference.to_string(),
         customer_number: i.customer_number.clone(),
         state: state(i.state).into(),
-        incident_id: i.incident_id.clone().unwrap_or_default(),
+        incident_id: i
+            .incident_id
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
         sla_time: i.sla_time.map(timestamp),
         loomis_status: i.loomis_status.clone().unwrap_or_default(),
         response_code: i.response_code.clone().unwrap_or_default(),
@@ -137,11 +141,15 @@ pub(crate) fn incident(i: &Incident) -> proto::Incident {
 pub(crate) fn created(i: &Incident, created: bool) -> proto::CreateIncidentResponse {
     proto::CreateIncidentResponse {
         integration: i.integration.clone(),
-        incident_reference: i.reference.clone(),
+        incident_reference: i.reference.to_string(),
         state: state(i.state).into(),
         created,
         created_at: Some(timestamp(i.created_at)),
-        incident_id: i.incident_id.clone().unwrap_or_default(),
+        incident_id: i
+            .incident_id
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
     }
 }
 
