@@ -158,6 +158,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let shutdown = CancellationToken::new();
     // Installs the recorder before the gateway and the runners take their metric handles.
     let metrics = crate::edge::http::metrics_handle();
+    crate::ops_metrics::register();
     let gateway = Gateway::new(store.clone(), infos).stopping_with(shutdown.clone());
     let ready = Arc::new(AtomicBool::new(false));
 
@@ -361,12 +362,17 @@ impl Running {
 
 /// Runs until SIGTERM or Ctrl-C, then shuts down gracefully.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let _hangup = crate::systemd::HangupGuard::start();
     let running = start(config).await?;
+    // systemd (Type=notify): ready now that the store is open and the listeners bound.
+    crate::systemd::ready(running.http_addr, running.grpc_addr);
+    let _watchdog = crate::systemd::Watchdog::start(running.gateway.store().clone());
     let token = running.shutdown_token();
     tokio::select! {
         _ = shutdown_signal() => tracing::info!("shutdown requested"),
         _ = token.cancelled() => {}
     }
+    crate::systemd::stopping();
     running.stop().await?;
     Ok(())
 }

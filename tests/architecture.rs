@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 /// Floors from the bottom. A module may use modules of strictly lower floors; modules on
 /// one floor do not use each other.
 const FLOORS: &[&[&str]] = &[
-    // Leaves: credentials, the HTTP client, logging. No gateway imports at all.
-    &["auth", "client", "telemetry"],
+    // Leaves: credentials, the HTTP client, logging, the deploy kit's metrics. No gateway
+    // imports at all.
+    &["auth", "client", "telemetry", "ops_metrics"],
     // gateway.toml as data; reads secrets from the environment.
     &["config"],
     // The vendor protocol: wire types and their validation.
@@ -31,6 +32,8 @@ const FLOORS: &[&[&str]] = &[
     &["simulator"],
     // Listeners.
     &["edge"],
+    // Service-manager notifications (systemd), for `app::serve`.
+    &["systemd"],
     // Composition.
     &["app"],
     // The command line.

@@ -119,6 +119,7 @@ async fn pump(
                 return missing(store, integration, last_sent);
             }
             let seq = u.sequence;
+            crate::ops_metrics::stream_lag(integration, u.received_at);
             tokio::select! {
                 sent = tx.send(Ok(convert::update(u))) => {
                     if sent.is_err() {
