@@ -2,20 +2,24 @@
 //! stop accepting, let in-flight requests and deliveries finish (bounded by the grace
 //! period), then flush and close the store.
 
+mod reload;
+
+pub use reload::{ConfigSource, EnvFn, ReloadError, ReloadReport};
+
 use crate::config::{Auth, Config, LoomisTarget};
 use crate::delivery::loomis::LoomisRunner;
 use crate::delivery::scheduler::Scheduler;
-use crate::delivery::tool::{ToolRunner, ToolTarget};
+use crate::delivery::tool::ToolRunner;
 use crate::delivery::{Destination, RetryPolicy};
 use crate::edge::http::HttpState;
 use crate::gateway::{Gateway, IntegrationInfo};
-use crate::intake::{IntegrationRuntime, Integrations};
-use crate::mapping::MappingPlan;
+use crate::intake::Integrations;
+use crate::live::Live;
 use crate::simulator::{Simulator, SimulatorConfig, SimulatorHandle};
 use crate::store::records::Target;
 use crate::store::Store;
 use anyhow::Context;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -33,31 +37,14 @@ pub struct Running {
     servers: Vec<JoinHandle<()>>,
     workers: Vec<JoinHandle<()>>,
     grace: Duration,
+    /// What a reload replaces (see [`reload`]).
+    live: Arc<reload::LiveSet>,
 }
 
 /// Loads every integration's mapping, reporting every broken file at once.
 pub fn load_integrations(config: &Config) -> anyhow::Result<Integrations> {
-    let mut map = HashMap::new();
-    let mut errors = Vec::new();
-    for it in &config.integrations {
-        match MappingPlan::load(&it.mapping) {
-            Ok(plan) => {
-                map.insert(
-                    it.name.clone(),
-                    IntegrationRuntime {
-                        name: it.name.clone(),
-                        customer_number: it.customer_number.clone(),
-                        api_key: it.api_key.clone(),
-                        plan: Arc::new(plan),
-                    },
-                );
-            }
-            Err(e) => errors.push(format!("integration {:?}: {e}", it.name)),
-        }
-    }
-    if !errors.is_empty() {
-        anyhow::bail!("cannot load mappings:\n{}", errors.join("\n"));
-    }
+    let (map, _) = reload::build_integrations(config, 1)
+        .map_err(|errors| anyhow::anyhow!("cannot load mappings:\n{}", errors.join("\n")))?;
     let mut customers = HashSet::new();
     for it in &config.integrations {
         if !customers.insert(&it.customer_number) {
@@ -66,6 +53,14 @@ pub fn load_integrations(config: &Config) -> anyhow::Result<Integrations> {
         }
     }
     Ok(Arc::new(map))
+}
+
+/// Re-reads the configuration, every mapping and secret, and the TLS files; puts them
+/// in force only if all of them pass the start-up checks and `mapping check` (fixtures
+/// included). On any error the running version keeps serving. SIGHUP and
+/// `POST /v1/admin/reload` both come here.
+pub async fn reload(running: &Running) -> Result<ReloadReport, ReloadError> {
+    running.live.reload().await
 }
 
 fn simulator_config(config: &Config) -> anyhow::Result<SimulatorConfig> {
@@ -108,7 +103,23 @@ fn simulator_config(config: &Config) -> anyhow::Result<SimulatorConfig> {
 /// Starts the gateway: store, schedulers, HTTP and gRPC listeners, and the built-in
 /// simulator when `loomis.url = "simulator"`. Returns once everything listens.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let source = ConfigSource::of(&config);
+    start_from(config, source).await
+}
+
+/// [`start`], with reloads reading the configuration from `source`.
+pub async fn start_from(config: Config, source: ConfigSource) -> anyhow::Result<Running> {
     let integrations = load_integrations(&config)?;
+    let (_, versions) = reload::build_integrations(&config, 1)
+        .map_err(|errors| anyhow::anyhow!("cannot load mappings:\n{}", errors.join("\n")))?;
+    // TLS files are read before anything listens: a bad pair refuses to start.
+    let tls = match &config.server.tls {
+        None => None,
+        Some(section) => Some((
+            crate::tls::TlsServer::new("http", section, vec![b"h2", b"http/1.1"])?,
+            crate::tls::TlsServer::new("grpc", section, vec![b"h2"])?,
+        )),
+    };
     let store = Store::open_configured(&config.store)?;
     let infos = config
         .integrations
@@ -222,34 +233,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             shutdown.clone(),
         ),
     ));
-    let mut targets = HashMap::new();
-    for it in &config.integrations {
-        if let Some(d) = &it.delivery {
-            let plan = integrations[&it.name].plan.clone();
-            let render: crate::delivery::tool::Renderer = Arc::new(move |u| {
-                plan.render_update(&crate::edge::legacy::update_view(u))
-                    .map_err(|e| e.to_string())
-            });
-            targets.insert(
-                it.name.clone(),
-                ToolTarget {
-                    to: Destination::new(
-                        &d.url,
-                        &d.auth,
-                        integrations[&it.name].plan.update_headers(),
-                    )
-                    .map_err(anyhow::Error::msg)?,
-                    delivery: d.clone(),
-                    policy: RetryPolicy::from(&d.retry),
-                    render,
-                },
-            );
-        }
-    }
+    let targets = Live::new(
+        reload::build_targets(&config, &integrations).map_err(|e| anyhow::anyhow!(e.join("\n")))?,
+    );
     let tool_runner = ToolRunner {
         gateway: gateway.clone(),
         client,
-        targets: Arc::new(targets),
+        targets: targets.clone(),
     };
     workers.push(tokio::spawn(
         Scheduler::new("tools", Arc::new(tool_runner)).run(tool_jobs, tool_rx, shutdown.clone()),
@@ -273,16 +263,39 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     }
 
     // HTTP: Loomis callbacks, legacy XML routes, health, metrics, operators.
+    let live_integrations = Live::new((*integrations).clone());
+    let live = Arc::new(reload::LiveSet {
+        source,
+        integrations: live_integrations.clone(),
+        targets,
+        callbacks: Live::new(crate::edge::http::CallbackPolicy {
+            auth: config.callback_auth.clone(),
+            client_cert: config.callback_client_cert.clone(),
+        }),
+        tls: tls
+            .iter()
+            .flat_map(|(h, g)| [h.clone(), g.clone()])
+            .collect(),
+        current: tokio::sync::Mutex::new(config.clone()),
+        versions: std::sync::Mutex::new(versions),
+    });
+    live.publish(None);
+    if let (Some((h, g)), Some(section)) = (&tls, &config.server.tls) {
+        let every = Duration::from_secs(section.watch_secs);
+        h.clone().watch(every, shutdown.clone());
+        g.clone().watch(every, shutdown.clone());
+    }
     let http_state = HttpState {
         gateway: gateway.clone(),
-        callback_auth: config.callback_auth.clone(),
+        callback_auth: live.callbacks.clone(),
         admin_token: config.admin_token.clone(),
+        control: Some(Arc::new(reload::Control(live.clone()))),
         ready: ready.clone(),
         metrics,
     };
     let legacy = crate::edge::legacy::routes(crate::edge::legacy::LegacyState {
         gateway: gateway.clone(),
-        integrations: integrations.clone(),
+        integrations: live_integrations.clone(),
         limits: crate::edge::legacy::Limits::from(&config.server),
     });
     let router = crate::edge::http::layered(
@@ -295,16 +308,18 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             router,
             shutdown.clone(),
             Duration::from_millis(config.server.header_timeout_ms),
+            tls.as_ref().map(|(h, _)| h.clone()),
         )),
         crate::edge::grpc::serve(
             grpc_listener,
             gateway.clone(),
-            integrations.clone(),
+            live_integrations,
             shutdown.clone(),
+            tls.as_ref().map(|(_, g)| g.clone()),
         ),
     ];
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
-    tracing::info!(http = %http_addr, grpc = %grpc_addr, store = %config.store.path.display(), integrations = config.integrations.len(), "gateway listening");
+    tracing::info!(http = %http_addr, grpc = %grpc_addr, tls = tls.is_some(), store = %config.store.path.display(), integrations = config.integrations.len(), "gateway listening");
     Ok(Running {
         http_addr,
         grpc_addr,
@@ -314,6 +329,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         servers,
         workers,
         grace: Duration::from_millis(config.server.shutdown_grace_ms),
+        live,
     })
 }
 
@@ -350,16 +366,51 @@ impl Running {
     }
 }
 
-/// Runs until SIGTERM or Ctrl-C, then shuts down gracefully.
+/// Runs until SIGTERM or Ctrl-C, then shuts down gracefully. SIGHUP reloads.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let running = start(config).await?;
     let token = running.shutdown_token();
-    tokio::select! {
-        _ = shutdown_signal() => tracing::info!("shutdown requested"),
-        _ = token.cancelled() => {}
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    let mut hangups = Hangups::new();
+    loop {
+        tokio::select! {
+            _ = &mut stop => { tracing::info!("shutdown requested"); break }
+            _ = token.cancelled() => break,
+            _ = hangups.next() => {
+                tracing::info!("SIGHUP: reloading the configuration");
+                // The outcome is logged and counted by the reload itself.
+                let _ = reload(&running).await;
+            }
+        }
     }
     running.stop().await?;
     Ok(())
+}
+
+/// SIGHUP as a stream of reload requests; one that never fires where there is none.
+struct Hangups(#[cfg(unix)] Option<tokio::signal::unix::Signal>);
+
+impl Hangups {
+    fn new() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Hangups(signal(SignalKind::hangup()).ok())
+        }
+        #[cfg(not(unix))]
+        Hangups()
+    }
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some(s) = &mut self.0 {
+            if s.recv().await.is_some() {
+                return;
+            }
+        }
+        std::future::pending::<()>().await
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C (SIGINT).

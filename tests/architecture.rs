@@ -10,11 +10,12 @@ use std::path::{Path, PathBuf};
 /// one floor do not use each other.
 const FLOORS: &[&[&str]] = &[
     // Leaves: credentials, the HTTP client, logging. No gateway imports at all.
-    &["auth", "client", "telemetry"],
+    &["auth", "client", "live", "telemetry"],
     // gateway.toml as data; reads secrets from the environment.
     &["config"],
-    // The vendor protocol: wire types and their validation.
-    &["loomis"],
+    // The vendor protocol: wire types and their validation; server TLS from the
+    // configured files.
+    &["loomis", "tls"],
     // The domain, pure: state machine, updates, timeline.
     &["incident"],
     // Mapping files compiled to plans and applied; pure but for loading files.
