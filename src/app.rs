@@ -43,7 +43,17 @@ pub struct Running {
 
 /// Loads every integration's mapping, reporting every broken file at once.
 pub fn load_integrations(config: &Config) -> anyhow::Result<Integrations> {
-    let (map, _) = reload::build_integrations(config, 1)
+    Ok(Arc::new(load_versioned(config)?.0))
+}
+
+/// [`load_integrations`] with the version of what was loaded (generation 1).
+fn load_versioned(
+    config: &Config,
+) -> anyhow::Result<(
+    std::collections::HashMap<String, crate::intake::IntegrationRuntime>,
+    reload::Versions,
+)> {
+    let loaded = reload::build_integrations(config, 1)
         .map_err(|errors| anyhow::anyhow!("cannot load mappings:\n{}", errors.join("\n")))?;
     let mut customers = HashSet::new();
     for it in &config.integrations {
@@ -52,7 +62,7 @@ pub fn load_integrations(config: &Config) -> anyhow::Result<Integrations> {
                 "several integrations share this customer number: a reference used by one is refused for the others");
         }
     }
-    Ok(Arc::new(map))
+    Ok(loaded)
 }
 
 /// Re-reads the configuration, every mapping and secret, and the TLS files; puts them
@@ -109,9 +119,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
 /// [`start`], with reloads reading the configuration from `source`.
 pub async fn start_from(config: Config, source: ConfigSource) -> anyhow::Result<Running> {
-    let integrations = load_integrations(&config)?;
-    let (_, versions) = reload::build_integrations(&config, 1)
-        .map_err(|errors| anyhow::anyhow!("cannot load mappings:\n{}", errors.join("\n")))?;
+    let (integrations, versions) = load_versioned(&config)?;
     // TLS files are read before anything listens: a bad pair refuses to start.
     let tls = match &config.server.tls {
         None => None,
@@ -173,6 +181,9 @@ pub async fn start_from(config: Config, source: ConfigSource) -> anyhow::Result<
                 http_addr
             };
             sim.set_callback(format!("http://{cb_host}/v1/loomis/messages"), token);
+            if config.server.tls.is_some() {
+                tracing::warn!("the built-in simulator calls back over plain HTTP, which the TLS listener refuses: set simulator.ack = \"body\" (callbacks then fail and are logged)");
+            }
             tracing::warn!(url = %sim.incidents_url(),
                 "LOOMIS SIMULATOR IN USE: no message leaves this machine; set loomis.url in gateway.toml to talk to Loomis");
             (url::Url::parse(&sim.incidents_url())?, Some(sim))
@@ -263,7 +274,7 @@ pub async fn start_from(config: Config, source: ConfigSource) -> anyhow::Result<
     }
 
     // HTTP: Loomis callbacks, legacy XML routes, health, metrics, operators.
-    let live_integrations = Live::new((*integrations).clone());
+    let live_integrations = Live::new(integrations);
     let live = Arc::new(reload::LiveSet {
         source,
         integrations: live_integrations.clone(),

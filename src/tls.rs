@@ -198,11 +198,9 @@ impl TlsServer {
     /// Puts a prepared configuration in force for every later connection.
     pub fn install(&self, p: Prepared) {
         self.config.set(p.config);
+        tracing::info!(listener = self.listener, cert = %p.section.cert.display(),
+            "TLS certificate and key (re)loaded");
         *self.source.lock().unwrap_or_else(|e| e.into_inner()) = (p.section, p.stamp);
-        tracing::info!(
-            listener = self.listener,
-            "TLS certificate and key (re)loaded"
-        );
     }
 
     /// Re-reads the files if they changed since they were last read. A pair that does
@@ -223,7 +221,7 @@ impl TlsServer {
             Err(e) => {
                 metrics::counter!("gateway_tls_reload_failures_total", "listener" => self.listener)
                     .increment(1);
-                tracing::error!(listener = self.listener, error = %e,
+                tracing::error!(listener = self.listener, cert = %section.cert.display(), error = %e,
                     "the changed TLS files do not load; the previous certificate keeps serving");
             }
         }

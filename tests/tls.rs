@@ -606,3 +606,31 @@ async fn served_certificate(running: &Running, ca: &str) -> Vec<u8> {
         .unwrap();
     tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
 }
+
+#[tokio::test]
+async fn changed_files_are_picked_up_without_a_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let text = config_text(dir.path(), &pki, "optional", false)
+        .replace("watch_secs = 0", "watch_secs = 1");
+    let running = start(dir.path(), &text).await;
+    let ca = pki.ca.pem();
+    let cert_path = pki.cert.display().to_string();
+    let first = served_certificate(&running, &ca).await;
+
+    // A key that is no key: logged, and the old pair keeps serving.
+    std::fs::write(&pki.key, "not a key\n").unwrap();
+    let line = wait_log(&["do not load", "listener=\"http\"", &cert_path]).await;
+    assert!(line.contains("holds no PEM private key"), "{line}");
+    assert_eq!(served_certificate(&running, &ca).await, first);
+
+    // A good new pair: served from the next connection on.
+    let (cert, key) = pki.ca.leaf("gateway-3", &["127.0.0.1"], false, false);
+    std::fs::write(&pki.key, &key).unwrap();
+    std::fs::write(&pki.cert, &cert).unwrap();
+    // Only the new pair loads (the new key with the old certificate does not), so the
+    // first success logged for these files is the new pair.
+    wait_log(&["(re)loaded", "listener=\"http\"", &cert_path]).await;
+    assert_eq!(served_certificate(&running, &ca).await, new_cert_der(&cert));
+    running.stop().await.unwrap();
+}

@@ -270,6 +270,13 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
     );
     differs("log", format!("{:?}", old.log) != format!("{:?}", new.log));
     differs("admin.token_env", old.admin_token != new.admin_token);
+    // The built-in simulator was given the callback token when it started.
+    differs(
+        "callbacks.auth (the built-in simulator calls back with the old token)",
+        new.loomis == crate::config::LoomisTarget::Simulator
+            && !new.embedded
+            && old.callback_auth != new.callback_auth,
+    );
     let names = |c: &Config| {
         c.integrations
             .iter()
@@ -405,7 +412,7 @@ fn prepare(
     tls: &[Arc<TlsServer>],
     generation: u64,
 ) -> Result<Prepared, ReloadError> {
-    let config = source.read().map_err(|e| {
+    let mut config = source.read().map_err(|e| {
         ReloadError::Invalid(
             e.problems
                 .iter()
@@ -413,6 +420,11 @@ fn prepare(
                 .collect(),
         )
     })?;
+    if config.embedded {
+        // The built-in defaults draw a new random callback token at every read; the
+        // simulator knows the first one.
+        config.callback_auth = old.callback_auth.clone();
+    }
     let restart = restart_needed(old, &config);
     if !restart.is_empty() {
         return Err(ReloadError::RestartNeeded(restart));

@@ -158,3 +158,51 @@ mod tests {
         assert_eq!(peer.to_string(), "CN=remedy-prod, DNS=Remedy.Bank.Example");
     }
 }
+
+#[cfg(test)]
+mod validation {
+    use crate::config::Config;
+
+    const BASE: &str = r#"
+[[integrations]]
+name = "a"
+customer_number = "A1"
+mapping = "m.toml"
+"#;
+
+    fn problems(text: &str) -> String {
+        match Config::parse(text, "gateway.toml", false, &|_| Some("x".into())) {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn certificate_settings_are_checked() {
+        // Neither a key nor a certificate name.
+        assert!(problems(BASE).contains("integrations[0].api_key_env: missing"));
+        // A certificate name needs a CA to verify it against.
+        let p = problems(&format!("{BASE}client_cert = \"CN=a\"\n"));
+        assert!(
+            p.contains("integrations[0].client_cert: client certificates are not verified"),
+            "{p}"
+        );
+        let p = problems(&format!("{BASE}client_cert = \"O=a\"\n"));
+        assert!(p.contains("is not CN, DNS, URI or EMAIL"), "{p}");
+        let p = problems(&format!(
+            "[server.tls]\ncert = \"c\"\nkey = \"k\"\nclient_auth = \"required\"\n{BASE}api_key_env = \"K\"\n"
+        ));
+        assert!(
+            p.contains("server.tls.client_auth: optional or required needs"),
+            "{p}"
+        );
+        let p = problems(&format!(
+            "[server.tls]\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"ca\"\n[callbacks]\nauth = {{ type = \"none\" }}\nclient_cert = \"CN=loomis\"\n{BASE}client_cert = \"DNS=a.example\"\n"
+        ));
+        assert_eq!(p, "");
+        let p = problems(&format!(
+            "[server.tls]\ncert = \"c\"\n{BASE}api_key_env = \"K\"\n"
+        ));
+        assert!(p.contains("missing field `key`"), "{p}");
+    }
+}
