@@ -2,20 +2,24 @@
 //! stop accepting, let in-flight requests and deliveries finish (bounded by the grace
 //! period), then flush and close the store.
 
+mod reload;
+
+pub use reload::{ConfigSource, EnvFn, ReloadError, ReloadReport};
+
 use crate::config::{Auth, Config, LoomisTarget};
-use crate::delivery::loomis::{LoomisRunner, HEADERS as LOOMIS_HEADERS};
+use crate::delivery::loomis::LoomisRunner;
 use crate::delivery::scheduler::Scheduler;
-use crate::delivery::tool::{ToolRunner, ToolTarget};
+use crate::delivery::tool::ToolRunner;
 use crate::delivery::{Destination, RetryPolicy};
 use crate::edge::http::HttpState;
 use crate::gateway::{Gateway, IntegrationInfo};
-use crate::intake::{IntegrationRuntime, Integrations};
-use crate::mapping::MappingPlan;
+use crate::intake::Integrations;
+use crate::live::Live;
 use crate::simulator::{Simulator, SimulatorConfig, SimulatorHandle};
 use crate::store::records::Target;
 use crate::store::Store;
 use anyhow::Context;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -33,31 +37,24 @@ pub struct Running {
     servers: Vec<JoinHandle<()>>,
     workers: Vec<JoinHandle<()>>,
     grace: Duration,
+    /// What a reload replaces (see [`reload`]).
+    live: Arc<reload::LiveSet>,
 }
 
 /// Loads every integration's mapping, reporting every broken file at once.
 pub fn load_integrations(config: &Config) -> anyhow::Result<Integrations> {
-    let mut map = HashMap::new();
-    let mut errors = Vec::new();
-    for it in &config.integrations {
-        match MappingPlan::load(&it.mapping) {
-            Ok(plan) => {
-                map.insert(
-                    it.name.clone(),
-                    IntegrationRuntime {
-                        name: it.name.clone(),
-                        customer_number: it.customer_number.clone(),
-                        api_key: it.api_key.clone(),
-                        plan: Arc::new(plan),
-                    },
-                );
-            }
-            Err(e) => errors.push(format!("integration {:?}: {e}", it.name)),
-        }
-    }
-    if !errors.is_empty() {
-        anyhow::bail!("cannot load mappings:\n{}", errors.join("\n"));
-    }
+    Ok(Arc::new(load_versioned(config)?.0))
+}
+
+/// [`load_integrations`] with the version of what was loaded (generation 1).
+fn load_versioned(
+    config: &Config,
+) -> anyhow::Result<(
+    std::collections::HashMap<String, crate::intake::IntegrationRuntime>,
+    reload::Versions,
+)> {
+    let loaded = reload::build_integrations(config, 1)
+        .map_err(|errors| anyhow::anyhow!("cannot load mappings:\n{}", errors.join("\n")))?;
     let mut customers = HashSet::new();
     for it in &config.integrations {
         if !customers.insert(&it.customer_number) {
@@ -65,19 +62,30 @@ pub fn load_integrations(config: &Config) -> anyhow::Result<Integrations> {
                 "several integrations share this customer number: a reference used by one is refused for the others");
         }
     }
-    Ok(Arc::new(map))
+    Ok(loaded)
+}
+
+/// Re-reads the configuration, every mapping and secret, and the TLS files; puts them
+/// in force only if all of them pass the start-up checks and `mapping check` (fixtures
+/// included). On any error the running version keeps serving. SIGHUP and
+/// `POST /v1/admin/reload` both come here.
+pub async fn reload(running: &Running) -> Result<ReloadReport, ReloadError> {
+    running.live.reload().await
 }
 
 /// What is built from the configuration before anything is opened or bound: every
 /// problem (a mapping that does not compile, a simulator option, delivery credentials
-/// that cannot be a header) is reported at once, and a start that fails here leaves no
-/// store lock or listener behind.
+/// that cannot be a header, a certificate that does not load) is reported at once, and
+/// a start that fails here leaves no store lock or listener behind.
 struct Prepared {
-    integrations: Integrations,
+    integrations: std::collections::HashMap<String, crate::intake::IntegrationRuntime>,
+    versions: reload::Versions,
     /// Where Dispatches go.
     loomis: Loomis,
     /// Tool delivery targets by integration name.
-    tools: HashMap<String, ToolTarget>,
+    tools: std::collections::HashMap<String, crate::delivery::tool::ToolTarget>,
+    /// The HTTP and gRPC listeners' TLS, when `[server.tls]` is set.
+    tls: Option<(Arc<crate::tls::TlsServer>, Arc<crate::tls::TlsServer>)>,
 }
 
 /// The real Loomis, or the built-in simulator's configuration.
@@ -88,7 +96,7 @@ enum Loomis {
 
 fn prepare(config: &Config) -> anyhow::Result<Prepared> {
     let mut problems = Vec::new();
-    let integrations = load_integrations(config)
+    let loaded = load_versioned(config)
         .map_err(|e| problems.push(format!("{e:#}")))
         .ok();
     let loomis = match &config.loomis {
@@ -96,44 +104,44 @@ fn prepare(config: &Config) -> anyhow::Result<Prepared> {
             .map(|c| Loomis::Simulator(Box::new(c)))
             .map_err(|p| problems.extend(p))
             .ok(),
-        LoomisTarget::Url(u) => Destination::new(u, &config.loomis_auth, LOOMIS_HEADERS)
-            .map(|_| Loomis::Url(u.clone()))
-            .map_err(|e| problems.push(format!("loomis.auth: {e}")))
-            .ok(),
+        LoomisTarget::Url(u) => {
+            Destination::new(u, &config.loomis_auth, crate::delivery::loomis::HEADERS)
+                .map(|_| Loomis::Url(u.clone()))
+                .map_err(|e| problems.push(format!("loomis.auth: {e}")))
+                .ok()
+        }
     };
-    let mut tools = HashMap::new();
-    for it in &config.integrations {
-        let (Some(d), Some(integrations)) = (&it.delivery, &integrations) else {
-            continue;
-        };
-        let plan = integrations[&it.name].plan.clone();
-        let to = match Destination::new(&d.url, &d.auth, &plan.update_headers()) {
-            Ok(to) => to,
-            Err(e) => {
-                problems.push(format!("integrations {:?}: delivery: {e}", it.name));
-                continue;
+    let tools = loaded.as_ref().and_then(|(integrations, _)| {
+        reload::build_targets(config, integrations)
+            .map_err(|e| problems.extend(e))
+            .ok()
+    });
+    let tls = match &config.server.tls {
+        None => Some(None),
+        Some(section) => {
+            let http = crate::tls::TlsServer::new("http", section, vec![b"h2", b"http/1.1"]);
+            let grpc = crate::tls::TlsServer::new("grpc", section, vec![b"h2"]);
+            match (http, grpc) {
+                (Ok(h), Ok(g)) => Some(Some((h, g))),
+                (Err(e), _) | (_, Err(e)) => {
+                    problems.push(format!("server.tls: {e}"));
+                    None
+                }
             }
-        };
-        let render: crate::delivery::tool::Renderer = Arc::new(move |u| {
-            plan.render_update(&crate::edge::legacy::update_view(u))
-                .map_err(|e| e.to_string())
-        });
-        tools.insert(
-            it.name.clone(),
-            ToolTarget {
-                to,
-                delivery: d.clone(),
-                policy: RetryPolicy::from(&d.retry),
-                render,
-            },
-        );
-    }
-    match (integrations, loomis) {
-        (Some(integrations), Some(loomis)) if problems.is_empty() => Ok(Prepared {
-            integrations,
-            loomis,
-            tools,
-        }),
+        }
+    };
+    match (loaded, loomis, tools, tls) {
+        (Some((integrations, versions)), Some(loomis), Some(tools), Some(tls))
+            if problems.is_empty() =>
+        {
+            Ok(Prepared {
+                integrations,
+                versions,
+                loomis,
+                tools,
+                tls,
+            })
+        }
         _ => anyhow::bail!("{}", problems.join("\n")),
     }
 }
@@ -141,10 +149,18 @@ fn prepare(config: &Config) -> anyhow::Result<Prepared> {
 /// Starts the gateway: store, schedulers, HTTP and gRPC listeners, and the built-in
 /// simulator when `loomis.url = "simulator"`. Returns once everything listens.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let source = ConfigSource::of(&config);
+    start_from(config, source).await
+}
+
+/// [`start`], with reloads reading the configuration from `source`.
+pub async fn start_from(config: Config, source: ConfigSource) -> anyhow::Result<Running> {
     let Prepared {
         integrations,
+        versions,
         loomis,
         tools,
+        tls,
     } = prepare(&config)?;
     let store = Store::open_configured(&config.store)?;
     let infos = config
@@ -200,6 +216,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 http_addr
             };
             sim.set_callback(format!("http://{cb_host}/v1/loomis/messages"), token);
+            if config.server.tls.is_some() {
+                tracing::warn!("the built-in simulator calls back over plain HTTP, which the TLS listener refuses: set simulator.ack = \"body\" (callbacks then fail and are logged)");
+            }
             tracing::warn!(url = %sim.incidents_url(),
                 "LOOMIS SIMULATOR IN USE: no message leaves this machine; set loomis.url in gateway.toml to talk to Loomis");
             (url::Url::parse(&sim.incidents_url())?, Some(sim))
@@ -235,8 +254,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let loomis_runner = LoomisRunner {
         gateway: gateway.clone(),
         client: client.clone(),
-        to: Destination::new(&loomis_url, &config.loomis_auth, LOOMIS_HEADERS)
-            .map_err(anyhow::Error::msg)?,
+        to: Destination::new(
+            &loomis_url,
+            &config.loomis_auth,
+            crate::delivery::loomis::HEADERS,
+        )
+        .map_err(anyhow::Error::msg)?,
         timeout: Duration::from_millis(ls.timeout_ms),
         policy: RetryPolicy::from(&config.loomis_retry),
         concurrency: ls.concurrency,
@@ -256,10 +279,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             shutdown.clone(),
         ),
     ));
+    let targets = Live::new(tools);
     let tool_runner = ToolRunner {
         gateway: gateway.clone(),
         client,
-        targets: Arc::new(tools),
+        targets: targets.clone(),
     };
     workers.push(tokio::spawn(
         Scheduler::new("tools", Arc::new(tool_runner)).run(tool_jobs, tool_rx, shutdown.clone()),
@@ -283,16 +307,39 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     }
 
     // HTTP: Loomis callbacks, legacy XML routes, health, metrics, operators.
+    let live_integrations = Live::new(integrations);
+    let live = Arc::new(reload::LiveSet {
+        source,
+        integrations: live_integrations.clone(),
+        targets,
+        callbacks: Live::new(crate::edge::http::CallbackPolicy {
+            auth: config.callback_auth.clone(),
+            client_cert: config.callback_client_cert.clone(),
+        }),
+        tls: tls
+            .iter()
+            .flat_map(|(h, g)| [h.clone(), g.clone()])
+            .collect(),
+        current: tokio::sync::Mutex::new(config.clone()),
+        versions: std::sync::Mutex::new(versions),
+    });
+    live.publish(None);
+    if let (Some((h, g)), Some(section)) = (&tls, &config.server.tls) {
+        let every = Duration::from_secs(section.watch_secs);
+        h.clone().watch(every, shutdown.clone());
+        g.clone().watch(every, shutdown.clone());
+    }
     let http_state = HttpState {
         gateway: gateway.clone(),
-        callback_auth: config.callback_auth.clone(),
+        callback_auth: live.callbacks.clone(),
         admin_token: config.admin_token.clone(),
+        control: Some(Arc::new(reload::Control(live.clone()))),
         ready: ready.clone(),
         metrics,
     };
     let legacy = crate::edge::legacy::routes(crate::edge::legacy::LegacyState {
         gateway: gateway.clone(),
-        integrations: integrations.clone(),
+        integrations: live_integrations.clone(),
         limits: crate::edge::legacy::Limits::from(&config.server),
     });
     let router = crate::edge::http::layered(
@@ -305,16 +352,18 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             router,
             shutdown.clone(),
             Duration::from_millis(config.server.header_timeout_ms),
+            tls.as_ref().map(|(h, _)| h.clone()),
         )),
         crate::edge::grpc::serve(
             grpc_listener,
             gateway.clone(),
-            integrations.clone(),
+            live_integrations,
             shutdown.clone(),
+            tls.as_ref().map(|(_, g)| g.clone()),
         ),
     ];
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
-    tracing::info!(http = %http_addr, grpc = %grpc_addr, store = %config.store.path.display(), integrations = config.integrations.len(), "gateway listening");
+    tracing::info!(http = %http_addr, grpc = %grpc_addr, tls = tls.is_some(), store = %config.store.path.display(), integrations = config.integrations.len(), "gateway listening");
     Ok(Running {
         http_addr,
         grpc_addr,
@@ -324,6 +373,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         servers,
         workers,
         grace: Duration::from_millis(config.server.shutdown_grace_ms),
+        live,
     })
 }
 
@@ -360,21 +410,61 @@ impl Running {
     }
 }
 
-/// Runs until SIGTERM or Ctrl-C, then shuts down gracefully.
+/// Runs until SIGTERM or Ctrl-C, then shuts down gracefully. SIGHUP reloads.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
-    let _hangup = crate::systemd::HangupGuard::start();
+    // Listening for SIGHUP from the start: its default action would end the process.
+    let mut hangups = Hangups::new();
     let running = start(config).await?;
     // systemd (Type=notify): ready now that the store is open and the listeners bound.
     crate::systemd::ready(running.http_addr, running.grpc_addr);
     let _watchdog = crate::systemd::Watchdog::start(running.gateway.store().clone());
     let token = running.shutdown_token();
-    tokio::select! {
-        _ = shutdown_signal() => tracing::info!("shutdown requested"),
-        _ = token.cancelled() => {}
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => { tracing::info!("shutdown requested"); break }
+            _ = token.cancelled() => break,
+            _ = hangups.next() => {
+                tracing::info!("SIGHUP: reloading the configuration");
+                crate::systemd::reloading();
+                // The outcome is logged and counted by the reload itself.
+                let status = match reload(&running).await {
+                    Ok(_) => "configuration reloaded".to_string(),
+                    Err(e) => format!("reload refused, the running configuration serves: {e}"),
+                };
+                crate::systemd::reloaded(&status);
+            }
+        }
     }
     crate::systemd::stopping();
     running.stop().await?;
     Ok(())
+}
+
+/// SIGHUP as a stream of reload requests; one that never fires where there is none.
+struct Hangups(#[cfg(unix)] Option<tokio::signal::unix::Signal>);
+
+impl Hangups {
+    fn new() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Hangups(signal(SignalKind::hangup()).ok())
+        }
+        #[cfg(not(unix))]
+        Hangups()
+    }
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some(s) = &mut self.0 {
+            if s.recv().await.is_some() {
+                return;
+            }
+        }
+        std::future::pending::<()>().await
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C (SIGINT).

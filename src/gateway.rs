@@ -142,6 +142,18 @@ impl Gateway {
         integration: &str,
         dispatch: Dispatch,
     ) -> Result<Submission, SubmitError> {
+        self.submit_mapped(integration, dispatch, "").await
+    }
+
+    /// [`Gateway::submit`], noting on the new incident's first timeline entry which
+    /// mapping version (`mapping_version`, empty: none noted) produced its Dispatch.
+    pub async fn submit_mapped(
+        &self,
+        integration: &str,
+        dispatch: Dispatch,
+        mapping_version: &str,
+    ) -> Result<Submission, SubmitError> {
+        let mapping_version = mapping_version.to_string();
         if !self.integrations.contains_key(integration) {
             return Err(SubmitError::UnknownIntegration(integration.to_string()));
         }
@@ -175,7 +187,12 @@ impl Gateway {
                         other: other.integration,
                     }));
                 }
-                let incident = Incident::new(&integration, dispatch.clone(), now);
+                let mut incident = Incident::new(&integration, dispatch.clone(), now);
+                if !mapping_version.is_empty() {
+                    if let Some(entry) = incident.timeline.last_mut() {
+                        entry.detail = format!("{}; mapped by {mapping_version}", entry.detail);
+                    }
+                }
                 tx.put_incident(&incident)?;
                 tx.put_reference(&incident.customer_number, &incident.reference, &key)?;
                 enqueue(tx, Target::Loomis, JobKind::Dispatch, key, now)?;

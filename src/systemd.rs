@@ -22,6 +22,16 @@ pub fn ready(http: SocketAddr, grpc: SocketAddr) {
 }
 
 /// Tells systemd the gateway has begun its graceful shutdown.
+/// Tells systemd a reload began (`RELOADING=1`); [`reloaded`] ends it.
+pub fn reloading() {
+    send(&[NotifyState::Reloading]);
+}
+
+/// Tells systemd a reload ended, whatever its outcome (the running version serves).
+pub fn reloaded(status: &str) {
+    send(&[NotifyState::Ready, NotifyState::Status(status)]);
+}
+
 pub fn stopping() {
     send(&[
         NotifyState::Stopping,
@@ -94,31 +104,6 @@ impl Watchdog {
 }
 
 impl Drop for Watchdog {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// Keeps SIGHUP (`systemctl reload`, ExecReload) from ending the process, whose default
-/// action it is, and says in the log that this build needs a restart to apply changes.
-/// The live-reload feature takes SIGHUP over and removes this. Dropping it stops
-/// listening.
-pub struct HangupGuard(JoinHandle<()>);
-
-impl HangupGuard {
-    /// Listens for SIGHUP; `None` where signals cannot be listened to.
-    pub fn start() -> Option<HangupGuard> {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut hup = signal(SignalKind::hangup()).ok()?;
-        Some(HangupGuard(tokio::spawn(async move {
-            while hup.recv().await.is_some() {
-                tracing::warn!("SIGHUP received: this build cannot reload its configuration live; restart the gateway to apply changes");
-            }
-        })))
-    }
-}
-
-impl Drop for HangupGuard {
     fn drop(&mut self) {
         self.0.abort();
     }

@@ -9,13 +9,14 @@ use std::path::{Path, PathBuf};
 /// Floors from the bottom. A module may use modules of strictly lower floors; modules on
 /// one floor do not use each other.
 const FLOORS: &[&[&str]] = &[
-    // Leaves: credentials, the HTTP client, logging, the deploy kit's metrics. No gateway
-    // imports at all.
-    &["auth", "client", "telemetry", "ops_metrics"],
+    // Leaves: credentials, the HTTP client, logging, the deploy kit's metrics, the
+    // holder of what a reload replaces. No gateway imports at all.
+    &["auth", "client", "live", "ops_metrics", "telemetry"],
     // gateway.toml as data; reads secrets from the environment.
     &["config"],
-    // The vendor protocol: wire types and their validation.
-    &["loomis"],
+    // The vendor protocol: wire types and their validation; server TLS from the
+    // configured files.
+    &["loomis", "tls"],
     // The domain, pure: state machine, updates, timeline.
     &["incident"],
     // Mapping files compiled to plans and applied; pure but for loading files.

@@ -103,7 +103,7 @@ async fn under_systemd_the_gateway_notifies_ready_watchdog_and_stopping() {
     assert!(hup.success());
     tokio::time::timeout(WAIT, async {
         while let Some(line) = log.recv().await {
-            if line.contains("SIGHUP received") && line.contains("restart the gateway") {
+            if line.contains("SIGHUP: reloading the configuration") {
                 return;
             }
         }
@@ -111,6 +111,8 @@ async fn under_systemd_the_gateway_notifies_ready_watchdog_and_stopping() {
     })
     .await
     .expect("SIGHUP noted in the log");
+    expect_notification(&sock, "RELOADING=1").await;
+    expect_notification(&sock, "READY=1").await;
     expect_notification(&sock, "WATCHDOG=1").await;
     let resp = reqwest::get(format!("http://{http}/readyz")).await.unwrap();
     assert_eq!(resp.status(), 200);

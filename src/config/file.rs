@@ -110,6 +110,8 @@ pub struct ServerSection {
     pub max_xml_elements: usize,
     /// Time given to in-flight work at shutdown.
     pub shutdown_grace_ms: u64,
+    /// TLS on both listeners; absent: plain text.
+    pub tls: Option<super::TlsSection>,
 }
 
 impl Default for ServerSection {
@@ -124,6 +126,7 @@ impl Default for ServerSection {
             max_xml_depth: 64,
             max_xml_elements: 10_000,
             shutdown_grace_ms: 10_000,
+            tls: None,
         }
     }
 }
@@ -186,6 +189,10 @@ impl Default for LoomisSection {
 #[serde(deny_unknown_fields)]
 pub struct CallbacksSection {
     pub auth: AuthSpec,
+    /// A name Loomis's client certificate must carry (`CN=...`, `DNS=...`); needs
+    /// `server.tls.client_ca`.
+    #[serde(default)]
+    pub client_cert: Option<String>,
 }
 
 impl Default for CallbacksSection {
@@ -194,6 +201,7 @@ impl Default for CallbacksSection {
             auth: AuthSpec::Bearer {
                 token_env: "LOOMIS_CALLBACK_TOKEN".into(),
             },
+            client_cert: None,
         }
     }
 }
@@ -261,7 +269,11 @@ pub struct IntegrationSection {
     pub name: String,
     pub customer_number: String,
     pub mapping: PathBuf,
-    pub api_key_env: String,
+    /// Callers send this key as a bearer token. Optional when `client_cert` is set.
+    pub api_key_env: Option<String>,
+    /// A name the caller's client certificate carries (`CN=...`, `DNS=...`): such a
+    /// certificate authenticates the caller instead of the bearer key.
+    pub client_cert: Option<String>,
     pub delivery: Option<DeliverySection>,
 }
 

@@ -7,6 +7,7 @@
 //! below, with secrets resolved. A leaf above [`crate::auth`]: no runtime code.
 
 mod file;
+mod tls;
 mod validate;
 
 pub use crate::auth::{Auth, Secret};
@@ -15,6 +16,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+pub use tls::{CertName, ClientAuth, PeerIdentity, TlsSection};
 use validate::Validator;
 pub use validate::{line_col, random_token, toml_error};
 
@@ -53,7 +55,10 @@ pub struct Integration {
     pub name: String,
     pub customer_number: String,
     pub mapping: PathBuf,
+    /// Empty when the integration authenticates by client certificate only.
     pub api_key: Secret,
+    /// The client certificate name that authenticates this integration's callers.
+    pub client_cert: Option<CertName>,
     pub delivery: Option<Delivery>,
 }
 
@@ -90,6 +95,8 @@ pub struct Config {
     /// `loomis.retry` with its defaults filled in.
     pub loomis_retry: RetrySpec,
     pub callback_auth: Auth,
+    /// The name Loomis's client certificate must carry, when set.
+    pub callback_client_cert: Option<CertName>,
     pub simulator: SimulatorSection,
     pub log: LogSection,
     pub admin_token: Option<Secret>,

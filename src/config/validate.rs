@@ -151,6 +151,34 @@ impl Validator<'_> {
         }
     }
 
+    /// A configured certificate name; one can only be verified with a client CA.
+    fn cert_name(&mut self, key: &str, s: &str, server: &ServerSection) -> Option<CertName> {
+        let name = CertName::parse(s).map_err(|e| self.problem(key, e)).ok()?;
+        let verifies = server
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.client_ca.is_some() && t.client_auth() != ClientAuth::None);
+        if !verifies {
+            self.problem(
+                key,
+                "client certificates are not verified: set server.tls.client_ca (and client_auth optional or required)",
+            );
+        }
+        Some(name)
+    }
+
+    /// `[server.tls]`: the files are read when the listeners start (and at each reload);
+    /// here only what can be told without them.
+    fn tls(&mut self, server: &ServerSection) {
+        let Some(t) = &server.tls else { return };
+        if t.client_ca.is_none() && t.client_auth.is_some_and(|m| m != ClientAuth::None) {
+            self.problem(
+                "server.tls.client_auth",
+                "optional or required needs server.tls.client_ca (the CA bundle client certificates chain to)",
+            );
+        }
+    }
+
     fn retry(&mut self, key: &str, r: &RetrySpec) {
         if r.initial_ms == 0 || r.max_ms < r.initial_ms {
             self.problem(key, "needs 0 < initial_ms <= max_ms");
@@ -209,6 +237,12 @@ impl Validator<'_> {
         if callback_auth == Auth::None && !self.embedded {
             tracing::warn!("callbacks.auth is none: anyone who can reach the HTTP listener can post Loomis messages");
         }
+        let callback_client_cert = f
+            .callbacks
+            .client_cert
+            .as_ref()
+            .and_then(|c| self.cert_name("callbacks.client_cert", c, &f.server));
+        self.tls(&f.server);
         let admin_token = f
             .admin
             .token_env
@@ -246,16 +280,30 @@ impl Validator<'_> {
             if it.customer_number.trim().is_empty() {
                 self.problem(&format!("{key}.customer_number"), "must not be empty");
             }
-            let api_key = match (self.env)(&it.api_key_env) {
-                Some(v) if !v.is_empty() => Secret::new(v),
-                _ if self.embedded => Secret::new(DEMO_API_KEY),
-                _ => {
+            let client_cert = it
+                .client_cert
+                .as_ref()
+                .and_then(|c| self.cert_name(&format!("{key}.client_cert"), c, &f.server));
+            let api_key = match &it.api_key_env {
+                None if it.client_cert.is_some() => Secret::new(String::new()),
+                None => {
                     self.problem(
                         &format!("{key}.api_key_env"),
-                        format!("environment variable {} is not set", it.api_key_env),
+                        "missing: an integration needs api_key_env, client_cert, or both",
                     );
                     Secret::new(String::new())
                 }
+                Some(var) => match (self.env)(var) {
+                    Some(v) if !v.is_empty() => Secret::new(v),
+                    _ if self.embedded => Secret::new(DEMO_API_KEY),
+                    _ => {
+                        self.problem(
+                            &format!("{key}.api_key_env"),
+                            format!("environment variable {var} is not set"),
+                        );
+                        Secret::new(String::new())
+                    }
+                },
             };
             let delivery = it.delivery.as_ref().and_then(|d| {
                 let dkey = format!("{key}.delivery");
@@ -280,6 +328,7 @@ impl Validator<'_> {
                 customer_number: it.customer_number.clone(),
                 mapping: it.mapping.clone(),
                 api_key,
+                client_cert,
                 delivery,
             });
         }
@@ -301,6 +350,7 @@ impl Validator<'_> {
             loomis_section: f.loomis,
             loomis_retry,
             callback_auth,
+            callback_client_cert,
             simulator: f.simulator,
             log: f.log,
             admin_token,

@@ -32,14 +32,15 @@ pub struct ToolTarget {
 pub struct ToolRunner {
     pub gateway: Gateway,
     pub client: crate::client::Client,
-    pub targets: Arc<HashMap<String, ToolTarget>>,
+    /// By integration; reload replaces them (an attempt uses the target it started with).
+    pub targets: crate::live::Live<HashMap<String, ToolTarget>>,
 }
 
 impl Runner for ToolRunner {
     fn run(&self, job: Job, slot: Slot) -> BoxFuture<'static, Verdict> {
         let gateway = self.gateway.clone();
         let client = self.client.clone();
-        let target = self.targets.get(&job.incident.integration).cloned();
+        let target = self.targets.get().get(&job.incident.integration).cloned();
         Box::pin(attempt(gateway, client, target, job, slot))
     }
 
@@ -49,6 +50,7 @@ impl Runner for ToolRunner {
 
     fn limit(&self, group: &str) -> usize {
         self.targets
+            .get()
             .get(group)
             .map(|t| t.delivery.concurrency)
             .unwrap_or(1)

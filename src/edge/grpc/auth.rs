@@ -3,13 +3,19 @@
 //! neither timing nor the answer tells which integrations exist to a caller without a
 //! valid key.
 
+use crate::config::PeerIdentity;
 use crate::intake::{IntegrationRuntime, Integrations};
+use std::sync::Arc;
 use subtle::ConstantTimeEq;
 use tonic::metadata::MetadataMap;
 use tonic::Status;
 
-/// The bearer token a call presented, taken once from its metadata. Never logged.
-pub(crate) struct Credentials(Option<String>);
+/// What a call presented: its bearer token, taken once from its metadata (never logged),
+/// and the names of its verified client certificate, if its connection had one.
+pub(crate) struct Credentials {
+    token: Option<String>,
+    peer: Option<Arc<PeerIdentity>>,
+}
 
 impl Credentials {
     /// Reads `authorization: Bearer <token>` (the scheme in any case, as RFC 9110 says).
@@ -21,21 +27,33 @@ impl Credentials {
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, token)| token.trim().to_string())
             .filter(|t| !t.is_empty());
-        Credentials(token)
+        Credentials { token, peer: None }
     }
 
-    /// The integrations whose key this is (one, unless operators shared a key).
+    /// The credentials of a call: its metadata and its connection's client certificate.
+    pub(crate) fn of<T>(request: &tonic::Request<T>) -> Self {
+        let mut creds = Self::from_metadata(request.metadata());
+        creds.peer = request
+            .extensions()
+            .get::<super::tls::ConnInfo>()
+            .and_then(|c| c.peer.clone());
+        creds
+    }
+
+    /// The integrations these credentials authenticate (one, unless operators shared a
+    /// key or a certificate name).
     fn matches<'a>(&self, integrations: &'a Integrations) -> Vec<&'a IntegrationRuntime> {
-        let Some(token) = &self.0 else {
-            return Vec::new();
-        };
+        let peer = self.peer.as_deref();
         // No early exit: every key is compared, so the time taken does not depend on
         // which (if any) matched.
         let mut found = Vec::new();
         for rt in integrations.values() {
             let key = rt.api_key.expose().as_bytes();
-            let equal: bool = token.as_bytes().ct_eq(key).into();
-            if equal && !key.is_empty() {
+            let equal: bool = match &self.token {
+                Some(token) => token.as_bytes().ct_eq(key).into(),
+                None => false,
+            };
+            if (equal && !key.is_empty()) || rt.cert_admits(peer) {
                 found.push(rt);
             }
         }
@@ -44,7 +62,7 @@ impl Credentials {
 
     /// The answer to a call whose key is missing or matches no integration.
     pub(crate) fn refusal(&self) -> Status {
-        match self.0 {
+        match self.token {
             None => unauthenticated(),
             Some(_) => Status::unauthenticated(
                 "the API key in `authorization: Bearer` is not valid (it is no integration's key)",
@@ -67,6 +85,13 @@ impl Credentials {
         integrations: &'a Integrations,
         name: &str,
     ) -> Result<&'a IntegrationRuntime, Status> {
+        if let Some(why) = integrations
+            .get(name)
+            .and_then(|rt| rt.cert_mismatch(self.peer.as_deref()))
+        {
+            tracing::warn!(integration = %name, reason = %why, "gRPC call refused");
+            return Err(Status::permission_denied(why));
+        }
         let matched = self.matches(integrations);
         if matched.is_empty() {
             return Err(self.refusal());
@@ -76,7 +101,7 @@ impl Credentials {
         }
         if integrations.contains_key(name) {
             Err(Status::permission_denied(format!(
-                "this API key is not valid for integration {name:?}"
+                "these credentials (API key or client certificate) are not valid for integration {name:?}"
             )))
         } else {
             Err(Status::not_found(format!(
@@ -129,7 +154,9 @@ path = "fault_time"
             name: name.into(),
             customer_number: "A1".into(),
             api_key: Secret::new(key),
+            client_cert: None,
             plan: plan.clone(),
+            mapping_version: "test".into(),
         };
         Arc::new(HashMap::from([
             ("a".to_string(), rt("a", "key-a")),

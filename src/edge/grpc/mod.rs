@@ -19,11 +19,14 @@ mod auth;
 mod convert;
 mod error;
 mod service;
+mod tls;
 mod watch;
 
 use crate::gateway::Gateway;
-use crate::intake::Integrations;
+use crate::intake::LiveIntegrations;
+use crate::tls::TlsServer;
 use proto::incident_gateway_server::IncidentGatewayServer;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -66,14 +69,15 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the store's health is polled for gRPC health checking.
 const HEALTH_POLL: Duration = Duration::from_secs(1);
 
-/// Serves gRPC on `listener` until `shutdown` is cancelled. Health goes NOT_SERVING when
-/// the store stops flushing and as the first step of shutdown; open watch streams then
+/// Serves gRPC on `listener` (over TLS when `tls` is given) until `shutdown` is
+/// cancelled. Health goes NOT_SERVING when the store stops flushing and as the first step of shutdown; open watch streams then
 /// end with UNAVAILABLE so clients reconnect elsewhere (or later) with their last sequence.
 pub fn serve(
     listener: tokio::net::TcpListener,
     gateway: Gateway,
-    integrations: Integrations,
+    integrations: LiveIntegrations,
     shutdown: CancellationToken,
+    tls: Option<Arc<TlsServer>>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let (reporter, health) = tonic_health::server::health_reporter();
@@ -112,7 +116,7 @@ pub fn serve(
                 set_status(&reporter, ServingStatus::NotServing).await;
             }
         };
-        let result = tonic::transport::Server::builder()
+        let router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
             .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
@@ -122,9 +126,20 @@ pub fn serve(
             .add_service(reflection_v1alpha)
             .add_service(
                 IncidentGatewayServer::new(service).max_decoding_message_size(MAX_MESSAGE_BYTES),
-            )
-            .serve_with_incoming_shutdown(incoming, stopping)
-            .await;
+            );
+        let result = match tls {
+            None => {
+                router
+                    .serve_with_incoming_shutdown(incoming, stopping)
+                    .await
+            }
+            Some(tls) => {
+                let incoming = tls::incoming(incoming, tls, shutdown.clone());
+                router
+                    .serve_with_incoming_shutdown(incoming, stopping)
+                    .await
+            }
+        };
         match result {
             Ok(()) => tracing::info!("gRPC server stopped"),
             Err(e) => tracing::error!(error = %e, "gRPC server failed"),

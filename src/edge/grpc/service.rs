@@ -8,7 +8,7 @@ use super::proto::incident_gateway_server::IncidentGateway;
 use super::proto::{self, create_incidents_response};
 use super::{convert, error, watch};
 use crate::gateway::Gateway;
-use crate::intake::{self, Integrations};
+use crate::intake::{self, LiveIntegrations};
 use crate::loomis::message::FieldProblem;
 use crate::mapping::SourceKind;
 use futures::StreamExt;
@@ -27,14 +27,15 @@ const CREATE_PIPELINE: usize = 64;
 #[derive(Clone)]
 pub(crate) struct GatewayService {
     gateway: Gateway,
-    integrations: Integrations,
+    /// Read once per request: a call finishes on the version it started with.
+    integrations: LiveIntegrations,
     shutdown: CancellationToken,
 }
 
 impl GatewayService {
     pub(crate) fn new(
         gateway: Gateway,
-        integrations: Integrations,
+        integrations: LiveIntegrations,
         shutdown: CancellationToken,
     ) -> Self {
         GatewayService {
@@ -50,7 +51,8 @@ impl GatewayService {
         creds: &Credentials,
         req: proto::CreateIncidentRequest,
     ) -> Result<proto::CreateIncidentResponse, Status> {
-        let rt = creds.authorize(&self.integrations, &req.integration)?;
+        let integrations = self.integrations.get();
+        let rt = creds.authorize(&integrations, &req.integration)?;
         if rt.plan.source_kind() != SourceKind::Fields {
             return Err(Status::failed_precondition(format!(
                 "integration {:?} maps XML documents, not field maps; use its XML route",
@@ -65,7 +67,7 @@ impl GatewayService {
         })?;
         let sub = self
             .gateway
-            .submit(&rt.name, dispatch)
+            .submit_mapped(&rt.name, dispatch, &rt.mapping_version)
             .await
             .map_err(error::submit)?;
         let inc = &sub.incident;
@@ -104,7 +106,7 @@ impl IncidentGateway for GatewayService {
         &self,
         request: Request<proto::CreateIncidentRequest>,
     ) -> Result<Response<proto::CreateIncidentResponse>, Status> {
-        let creds = Credentials::from_metadata(request.metadata());
+        let creds = Credentials::of(&request);
         self.create(&creds, request.into_inner())
             .await
             .map(Response::new)
@@ -116,8 +118,8 @@ impl IncidentGateway for GatewayService {
         &self,
         request: Request<Streaming<proto::CreateIncidentRequest>>,
     ) -> Result<Response<Self::CreateIncidentsStream>, Status> {
-        let creds = Credentials::from_metadata(request.metadata());
-        if !creds.is_known(&self.integrations) {
+        let creds = Credentials::of(&request);
+        if !creds.is_known(&self.integrations.get()) {
             return Err(creds.refusal());
         }
         let inbound = request.into_inner();
@@ -174,9 +176,10 @@ impl IncidentGateway for GatewayService {
         &self,
         request: Request<proto::CancelIncidentRequest>,
     ) -> Result<Response<proto::CancelIncidentResponse>, Status> {
-        let creds = Credentials::from_metadata(request.metadata());
+        let creds = Credentials::of(&request);
         let req = request.into_inner();
-        let rt = creds.authorize(&self.integrations, &req.integration)?;
+        let integrations = self.integrations.get();
+        let rt = creds.authorize(&integrations, &req.integration)?;
         reference_required(&req.incident_reference)?;
         let reason = if req.reason.trim().is_empty() {
             rt.plan
@@ -209,9 +212,10 @@ impl IncidentGateway for GatewayService {
         &self,
         request: Request<proto::GetIncidentRequest>,
     ) -> Result<Response<proto::Incident>, Status> {
-        let creds = Credentials::from_metadata(request.metadata());
+        let creds = Credentials::of(&request);
         let req = request.into_inner();
-        let rt = creds.authorize(&self.integrations, &req.integration)?;
+        let integrations = self.integrations.get();
+        let rt = creds.authorize(&integrations, &req.integration)?;
         reference_required(&req.incident_reference)?;
         match self.gateway.get(&rt.name, &req.incident_reference) {
             Ok(Some(inc)) => Ok(Response::new(convert::incident(&inc))),
@@ -226,9 +230,10 @@ impl IncidentGateway for GatewayService {
         &self,
         request: Request<proto::WatchUpdatesRequest>,
     ) -> Result<Response<Self::WatchUpdatesStream>, Status> {
-        let creds = Credentials::from_metadata(request.metadata());
+        let creds = Credentials::of(&request);
         let req = request.into_inner();
-        let rt = creds.authorize(&self.integrations, &req.integration)?;
+        let integrations = self.integrations.get();
+        let rt = creds.authorize(&integrations, &req.integration)?;
         tracing::info!(integration = %rt.name, after_sequence = req.after_sequence, "gRPC WatchUpdates");
         let stream = watch::start(
             self.gateway.store().clone(),

@@ -17,10 +17,29 @@ use serde_json::json;
 
 pub(crate) async fn receive(
     State(s): State<HttpState>,
+    peer: Option<axum::Extension<std::sync::Arc<crate::config::PeerIdentity>>>,
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, JsonError> {
-    if !s.callback_auth.admits(&headers) {
+    let policy = s.callback_auth.get();
+    if let Some(expected) = &policy.client_cert {
+        let peer = peer.as_ref().map(|p| &*p.0);
+        if !peer.is_some_and(|p| expected.matches(p)) {
+            let why = match peer {
+                None => format!("callbacks need a client certificate carrying {expected}"),
+                Some(p) => format!("the client certificate ({p}) does not carry {expected}"),
+            };
+            tracing::warn!(reason = %why, "Loomis callback refused");
+            metrics::counter!("gateway_callbacks_refused_total", "reason" => "certificate")
+                .increment(1);
+            return Err(JsonError::new(
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                why,
+            ));
+        }
+    }
+    if !policy.auth.admits(&headers) {
         metrics::counter!("gateway_callbacks_refused_total", "reason" => "auth").increment(1);
         return Err(JsonError::new(
             StatusCode::UNAUTHORIZED,

@@ -3,9 +3,12 @@
 //! [`crate::edge::legacy`] and answer in XML; both are merged here.
 
 pub mod callback;
+pub mod reload;
 
 use crate::auth::{bearer_matches, Auth, Secret};
+use crate::config::CertName;
 use crate::gateway::Gateway;
+use crate::live::Live;
 use crate::loomis::message::FieldProblem;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -57,11 +60,22 @@ impl IntoResponse for JsonError {
 #[derive(Clone)]
 pub struct HttpState {
     pub gateway: Gateway,
-    pub callback_auth: Auth,
+    /// How Loomis proves itself on callbacks; reload replaces it.
+    pub callback_auth: Live<CallbackPolicy>,
     pub admin_token: Option<Secret>,
+    /// Reload and configuration status for `/v1/admin/reload` and `/v1/admin/config`.
+    pub control: Option<Arc<dyn reload::ConfigControl>>,
     /// Set once mappings are loaded and the listeners are up.
     pub ready: Arc<std::sync::atomic::AtomicBool>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+}
+
+/// How Loomis authenticates its callbacks: the configured credentials and, when set, a
+/// name its verified client certificate must carry.
+#[derive(Debug, Clone)]
+pub struct CallbackPolicy {
+    pub auth: Auth,
+    pub client_cert: Option<CertName>,
 }
 
 /// The process-wide Prometheus recorder (installed once, shared by every app instance).
@@ -95,6 +109,8 @@ pub fn routes(state: HttpState, max_callback_bytes: usize) -> Router {
             post(replay_dead_letter),
         )
         .route("/v1/admin/orphans", get(list_orphans))
+        .route("/v1/admin/reload", post(reload::reload))
+        .route("/v1/admin/config", get(reload::status))
         .with_state(state)
 }
 
@@ -240,7 +256,7 @@ async fn metrics_text(State(s): State<HttpState>) -> Response {
         .into_response()
 }
 
-fn admin(s: &HttpState, headers: &HeaderMap) -> Result<(), JsonError> {
+pub(crate) fn admin(s: &HttpState, headers: &HeaderMap) -> Result<(), JsonError> {
     match &s.admin_token {
         None => Err(JsonError::new(
             StatusCode::NOT_FOUND,
@@ -319,12 +335,16 @@ async fn list_orphans(
 ///
 /// Served through hyper-util rather than `axum::serve` so that reading request headers is
 /// bounded in time (a client that trickles or stalls its headers is cut off), on top of
-/// the whole-request deadline of [`layered`].
+/// the whole-request deadline of [`layered`]. With `tls`, each connection first
+/// completes the TLS handshake (within the header timeout; a refusal is logged with its
+/// reason and the connection dropped), and a verified client certificate's names reach
+/// the handlers as an `Arc<PeerIdentity>` request extension.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: tokio_util::sync::CancellationToken,
     header_timeout: Duration,
+    tls: Option<Arc<crate::tls::TlsServer>>,
 ) {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use hyper_util::server::conn::auto::Builder;
@@ -340,7 +360,7 @@ pub async fn serve(
         .max_header_list_size(64 << 10);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (stream, remote) = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -353,8 +373,20 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let service = hyper_util::service::TowerToHyperService::new(router.clone());
         let (builder, watcher) = (builder.clone(), graceful.watcher());
+        if let Some(tls) = &tls {
+            tokio::spawn(serve_tls(
+                tls.clone(),
+                stream,
+                remote,
+                router.clone(),
+                builder,
+                watcher,
+                header_timeout,
+            ));
+            continue;
+        }
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
         tokio::spawn(async move {
             // hyper's header timeout starts once the protocol is known; choosing it
             // (HTTP/1.1 or h2c) waits for the first bytes with no limit of its own, so a
@@ -373,6 +405,40 @@ pub async fn serve(
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// One TLS connection: the handshake, then HTTP/2 or HTTP/1.1 as ALPN chose (so the
+/// header timeout applies from the first byte, with no protocol sniffing).
+async fn serve_tls(
+    tls: Arc<crate::tls::TlsServer>,
+    stream: tokio::net::TcpStream,
+    remote: std::net::SocketAddr,
+    router: Router,
+    builder: hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+    header_timeout: Duration,
+) {
+    use tower::ServiceExt;
+    let (stream, peer) = match tls.accept(stream, header_timeout).await {
+        Ok(accepted) => accepted,
+        Err(e) => return tls.log_refusal(Some(remote), &e),
+    };
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    let builder = if h2 {
+        builder.http2_only()
+    } else {
+        builder.http1_only()
+    };
+    let router = router.map_request(move |mut req: http::Request<hyper::body::Incoming>| {
+        if let Some(peer) = &peer {
+            req.extensions_mut().insert(peer.clone());
+        }
+        req
+    });
+    let service = hyper_util::service::TowerToHyperService::new(router);
+    let conn =
+        builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service);
+    let _ = watcher.watch(conn.into_owned()).await;
 }
 
 /// Returns once the connection's first bytes tell HTTP/1.1 from h2c (the h2c preface is

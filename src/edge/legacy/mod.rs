@@ -9,10 +9,11 @@
 pub mod xml_out;
 
 use crate::auth::bearer_matches;
+use crate::config::PeerIdentity;
 use crate::config::ServerSection;
 use crate::gateway::{CancelError, Gateway, SubmitError};
 use crate::incident::Update;
-use crate::intake::{self, IntegrationRuntime, Integrations};
+use crate::intake::{self, IntegrationRuntime, LiveIntegrations};
 use crate::loomis::message::FieldProblem;
 use crate::mapping::xml::{Document, SoapVersion, XmlError};
 use crate::mapping::{SourceKind, UpdateView};
@@ -23,6 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use http_body_util::BodyExt;
+use std::sync::Arc;
 use xml_out::Envelope;
 
 /// Limits on legacy requests.
@@ -47,7 +49,8 @@ impl From<&ServerSection> for Limits {
 #[derive(Clone)]
 pub struct LegacyState {
     pub gateway: Gateway,
-    pub integrations: Integrations,
+    /// Read once per request: a request finishes on the version it started with.
+    pub integrations: LiveIntegrations,
     pub limits: Limits,
 }
 
@@ -201,14 +204,18 @@ where
     }
 }
 
-/// Finds the integration and checks the caller's API key.
-fn authenticate<'a>(
-    s: &'a LegacyState,
+/// Finds the integration and checks the caller: a verified client certificate carrying
+/// the integration's `client_cert` name, or its API key as a bearer token. A verified
+/// certificate that names someone else is refused even with a valid key.
+fn authenticate(
+    s: &LegacyState,
     name: &str,
-    headers: &HeaderMap,
-) -> Result<&'a IntegrationRuntime, LegacyError> {
+    parts: &http::request::Parts,
+) -> Result<IntegrationRuntime, LegacyError> {
+    let headers = &parts.headers;
     let env = announced_envelope(headers);
-    let rt = s.integrations.get(name).ok_or_else(|| {
+    let integrations = s.integrations.get();
+    let rt = integrations.get(name).ok_or_else(|| {
         LegacyError::new(
             StatusCode::NOT_FOUND,
             "UnknownIntegration",
@@ -216,15 +223,29 @@ fn authenticate<'a>(
         )
         .in_envelope(env)
     })?;
-    if !bearer_matches(headers, &rt.api_key) {
-        return Err(LegacyError::new(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            "send Authorization: Bearer <the integration's API key>",
-        )
-        .in_envelope(env));
+    let peer = parts.extensions.get::<Arc<PeerIdentity>>().map(|p| &**p);
+    if rt.cert_admits(peer) {
+        return Ok(rt.clone());
     }
-    Ok(rt)
+    if let Some(why) = rt.cert_mismatch(peer) {
+        tracing::warn!(integration = %name, reason = %why, "legacy request refused");
+        return Err(
+            LegacyError::new(StatusCode::FORBIDDEN, "CertificateMismatch", why).in_envelope(env),
+        );
+    }
+    if !rt.has_key() || !bearer_matches(headers, &rt.api_key) {
+        let how = if rt.client_cert.is_some() && rt.has_key() {
+            "present the integration's client certificate, or send Authorization: Bearer <the integration's API key>"
+        } else if rt.client_cert.is_some() {
+            "present the integration's client certificate (TLS)"
+        } else {
+            "send Authorization: Bearer <the integration's API key>"
+        };
+        return Err(
+            LegacyError::new(StatusCode::UNAUTHORIZED, "Unauthorized", how).in_envelope(env),
+        );
+    }
+    Ok(rt.clone())
 }
 
 /// Checks the content type and reads the body within the size limit.
@@ -323,7 +344,7 @@ async fn create(
     req: Request,
 ) -> Result<Response, LegacyError> {
     let (parts, body) = req.into_parts();
-    let rt = authenticate(&s, &name, &parts.headers)?.clone();
+    let rt = authenticate(&s, &name, &parts)?;
     let doc = read_xml_body(&s, &parts.headers, body, true)
         .await?
         .expect("required body");
@@ -353,7 +374,11 @@ async fn create(
             envelope: env,
         }
     })?;
-    match s.gateway.submit(&name, dispatch).await {
+    match s
+        .gateway
+        .submit_mapped(&name, dispatch, &rt.mapping_version)
+        .await
+    {
         Ok(sub) => {
             let status = if sub.created {
                 StatusCode::ACCEPTED
@@ -403,7 +428,7 @@ async fn cancel(
     req: Request,
 ) -> Result<Response, LegacyError> {
     let (parts, body) = req.into_parts();
-    let rt = authenticate(&s, &name, &parts.headers)?.clone();
+    let rt = authenticate(&s, &name, &parts)?;
     let doc = read_xml_body(&s, &parts.headers, body, false).await?;
     let env = doc
         .as_ref()
@@ -452,9 +477,11 @@ async fn cancel(
 async fn wsdl(
     State(s): State<LegacyState>,
     LegacyPath(name): LegacyPath<String>,
-    headers: HeaderMap,
+    req: Request,
 ) -> Result<Response, LegacyError> {
-    let rt = authenticate(&s, &name, &headers)?;
+    let (parts, _) = req.into_parts();
+    let rt = authenticate(&s, &name, &parts)?;
+    let headers = &parts.headers;
     let header = |h: &str| headers.get(h).and_then(|v| v.to_str().ok());
     let host = header("host").unwrap_or("localhost");
     let scheme = match header("x-forwarded-proto") {
@@ -479,9 +506,10 @@ async fn wsdl(
 async fn status(
     State(s): State<LegacyState>,
     LegacyPath((name, reference)): LegacyPath<(String, String)>,
-    headers: HeaderMap,
+    req: Request,
 ) -> Result<Response, LegacyError> {
-    authenticate(&s, &name, &headers)?;
+    let (parts, _) = req.into_parts();
+    authenticate(&s, &name, &parts)?;
     match s.gateway.get(&name, &reference) {
         Ok(Some(inc)) => Ok(xml_response(
             StatusCode::OK,
