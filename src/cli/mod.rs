@@ -3,6 +3,8 @@
 //! can fix (the message says how), 2 a usage error. `main.rs` only parses and calls
 //! [`run_cli`]; the work each command does lives in the module it belongs to.
 
+mod store;
+
 use crate::config::Config;
 use crate::mapping::check;
 use crate::simulator::{Simulator, SimulatorArgs};
@@ -44,6 +46,9 @@ enum Command {
     DeadLetters(DeadLetterCommand),
     /// List Loomis messages that matched no incident (asks a running gateway).
     Orphans(AdminArgs),
+    /// Check the store of a stopped gateway.
+    #[command(subcommand)]
+    Store(store::StoreCommand),
 }
 
 #[derive(Subcommand)]
@@ -175,6 +180,7 @@ pub fn run_cli(cli: Cli) -> ExitCode {
             &format!("/v1/admin/dead-letters/{id}/replay"),
         ),
         Command::Orphans(a) => admin(&a, http::Method::GET, "/v1/admin/orphans"),
+        Command::Store(c) => store::run(c),
     }
 }
 

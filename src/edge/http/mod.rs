@@ -215,21 +215,31 @@ async fn healthz(State(s): State<HttpState>) -> Response {
 
 async fn readyz(State(s): State<HttpState>) -> Response {
     let started = s.ready.load(std::sync::atomic::Ordering::Relaxed);
-    let store = s.gateway.store().is_healthy();
-    let status = if started && store {
+    let st = s.gateway.store();
+    let damaged = st.damaged_records();
+    // A damaged record fails the requests that need it until an operator restores it:
+    // not ready, and unlike a full disk it does not pass by itself.
+    let (store, reason) = match (st.failure(), damaged) {
+        (_, n) if n > 0 => (
+            "damaged",
+            Some(format!(
+                "{n} damaged record(s) met; stop the gateway and run `safepoint-gateway store verify`"
+            )),
+        ),
+        (Some(why), _) => ("failing", Some(why)),
+        (None, _) => ("ok", None),
+    };
+    let ready = started && store == "ok";
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        status,
-        Json(json!({
-            "ready": started && store,
-            "started": started,
-            "store": if store {"ok"} else {"failing"},
-        })),
-    )
-        .into_response()
+    let mut body = json!({"ready": ready, "started": started, "store": store});
+    if let Some(r) = reason {
+        body["reason"] = json!(r);
+    }
+    (status, Json(body)).into_response()
 }
 
 async fn metrics_text(State(s): State<HttpState>) -> Response {
@@ -257,12 +267,26 @@ fn admin(s: &HttpState, headers: &HeaderMap) -> Result<(), JsonError> {
 }
 
 fn unavailable(e: crate::store::StoreError) -> JsonError {
-    tracing::error!(error = %e, "store error");
-    JsonError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "StoreUnavailable",
-        "the store is unavailable; try again",
-    )
+    store_error(e)
+}
+
+/// A store failure as JSON: 503 "send again" while it passes, 500 for a damaged record.
+pub(crate) fn store_error(e: crate::store::StoreError) -> JsonError {
+    e.log_at_edge("http");
+    if e.is_passing() {
+        JsonError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "StoreUnavailable",
+            "the store is unavailable; send again",
+        )
+    } else {
+        JsonError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "StoreDamaged",
+            "a stored record this request needs is damaged; sending it again will not help: \
+             the gateway's operator restores it (see `safepoint-gateway store verify`)",
+        )
+    }
 }
 
 async fn list_dead_letters(
