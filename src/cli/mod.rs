@@ -125,11 +125,13 @@ pub fn run_cli(cli: Cli) -> ExitCode {
                 }
             };
             run(async move {
+                // SIGTERM as well as Ctrl-C: a container or service manager stops it with
+                // SIGTERM. Handlers first, so a SIGTERM right after the line below counts.
+                let signal = crate::app::shutdown_signal();
                 let listener = tokio::net::TcpListener::bind(listen).await?;
                 let sim = Simulator::start(config, listener).await?;
                 tracing::info!(url = %sim.incidents_url(), "Loomis simulator listening");
-                // SIGTERM as well as Ctrl-C: a container or service manager stops it with SIGTERM.
-                crate::app::shutdown_signal().await;
+                signal.await;
                 tracing::info!("simulator stopping");
                 sim.shutdown().await;
                 Ok(())

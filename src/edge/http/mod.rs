@@ -3,6 +3,9 @@
 //! [`crate::edge::legacy`] and answer in XML; both are merged here.
 
 pub mod callback;
+mod prometheus;
+
+pub use prometheus::metrics_handle;
 
 use crate::auth::{bearer_matches, Auth, Secret};
 use crate::gateway::Gateway;
@@ -13,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// An error answered as JSON: `{"error":{"code":..,"message":..,"problems":[..]}}`.
@@ -43,6 +46,11 @@ impl IntoResponse for JsonError {
             body["error"]["problems"] = json!(self.problems);
         }
         let mut resp = (self.status, Json(body)).into_response();
+        resp.extensions_mut().insert(crate::edge::refusal::Refusal {
+            code: self.code,
+            message: self.message,
+            fields: self.problems.into_iter().map(|p| p.field).collect(),
+        });
         if self.status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 http::header::WWW_AUTHENTICATE,
@@ -62,20 +70,6 @@ pub struct HttpState {
     /// Set once mappings are loaded and the listeners are up.
     pub ready: Arc<std::sync::atomic::AtomicBool>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
-}
-
-/// The process-wide Prometheus recorder (installed once, shared by every app instance).
-pub fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle {
-    static HANDLE: OnceLock<metrics_exporter_prometheus::PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-            let handle = recorder.handle();
-            // Another recorder may already be installed (e.g. in tests); then ours only renders.
-            let _ = metrics::set_global_recorder(recorder);
-            handle
-        })
-        .clone()
 }
 
 /// The Loomis-facing, health, metrics and operator routes.
@@ -107,6 +101,8 @@ pub fn layered(router: Router, request_timeout: Duration) -> Router {
         .method_not_allowed_fallback(wrong_method)
         // Failures are logged where they happen, with their cause; not again as bare statuses.
         .layer(tower_http::trace::TraceLayer::new_for_http().on_failure(()))
+        // Every 4xx at info, with its reason (see edge::refusal).
+        .layer(axum::middleware::from_fn(crate::edge::refusal::log))
         .layer(axum::middleware::from_fn_with_state(
             request_timeout,
             deadline,
@@ -243,6 +239,10 @@ async fn readyz(State(s): State<HttpState>) -> Response {
 }
 
 async fn metrics_text(State(s): State<HttpState>) -> Response {
+    // Counted when scraped, so the gauge is never stale (dead letters are few).
+    if let Ok(n) = s.gateway.store().dead_letter_count() {
+        metrics::gauge!("gateway_dead_letters").set(n as f64);
+    }
     (
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         s.metrics.render(),

@@ -130,6 +130,11 @@ impl IntoResponse for LegacyError {
                 http::HeaderValue::from_static("Bearer"),
             );
         }
+        resp.extensions_mut().insert(crate::edge::refusal::Refusal {
+            code: self.code,
+            message: self.message,
+            fields: self.problems.into_iter().map(|p| p.field).collect(),
+        });
         resp
     }
 }
