@@ -6,6 +6,8 @@
 mod common;
 
 use common::*;
+use safepoint_gateway::edge::grpc::proto::incident_gateway_client::IncidentGatewayClient;
+use safepoint_gateway::edge::grpc::proto::GetIncidentRequest;
 use safepoint_gateway::store::engine::{Engine, FjallEngine, Writes};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -97,6 +99,19 @@ async fn a_damaged_record_is_named_by_verify_and_refused_as_permanent() {
     assert!(status.body.contains("will not help"), "{}", status.body);
     let again = h.create(&sn_xml("INCDMG1", "UG1234", "AC12")).await;
     assert_eq!(again.0, 500, "{}", again.1);
+    // gRPC says INTERNAL, not UNAVAILABLE: retrying will not help.
+    let mut grpc = IncidentGatewayClient::connect(format!("http://{}", h.running().grpc_addr))
+        .await
+        .unwrap();
+    let mut req = tonic::Request::new(GetIncidentRequest {
+        integration: "servicenow".into(),
+        incident_reference: "INCDMG1".into(),
+    });
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {SN_KEY}").parse().unwrap());
+    let refused = grpc.get_incident(req).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Internal, "{refused:?}");
+    assert!(refused.message().contains("will not help"), "{refused:?}");
     // The other incident is served.
     let other = h
         .get(

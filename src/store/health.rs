@@ -197,3 +197,54 @@ impl StoreError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn an_outage_logs_its_cause_once_not_a_line_per_batch() {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let health = Health::new();
+        let cause = StoreError::Database("I/O error: No space left on device".into());
+        tracing::subscriber::with_default(subscriber, || {
+            health.write_failed(&cause, true);
+            for _ in 0..1000 {
+                let refusal = health.refusal();
+                health.write_failed(&refusal, false);
+                refusal.log_at_edge("legacy");
+            }
+            assert!(health.failure().unwrap().contains("No space left"));
+            health.write_ok();
+        });
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        let errors = text.lines().filter(|l| l.contains("ERROR")).count();
+        // The cause, and the first edge line (unless another test of this process just
+        // wrote one: the edges' throttle is process-wide); the rest is held back.
+        assert!((1..=2).contains(&errors), "{text}");
+        assert!(text.contains("store refuses writes"), "{text}");
+        assert!(text.contains("No space left"), "{text}");
+        assert!(text.contains("store accepts writes again"), "{text}");
+        assert!(text.contains("failed_batches=1001"), "{text}");
+        assert!(health.failure().is_none());
+    }
+}

@@ -188,10 +188,11 @@ async fn wrong_method(method: http::Method, uri: http::Uri, headers: HeaderMap) 
     )
 }
 
-/// How long the store may fail to flush before liveness fails too. Some failures do not
-/// pass in a running process (an engine refuses all writes after a failed fsync, as it
-/// must: the kernel may have dropped the unwritten pages), so the process should be
-/// restarted; a shorter outage only makes the gateway unready.
+/// How long the store may refuse writes before liveness fails too. The store reopens its
+/// engine by itself once the disk takes writes again (see `Backend::recover`); an outage
+/// this long is past what that is for, and a restart (which recovers everything
+/// acknowledged from the journal) is the fallback. A shorter outage only makes the
+/// gateway unready.
 pub const STORE_FAILURE_LIVENESS: Duration = Duration::from_secs(60);
 
 async fn healthz(State(s): State<HttpState>) -> Response {
@@ -199,9 +200,10 @@ async fn healthz(State(s): State<HttpState>) -> Response {
         Some(d) if d >= STORE_FAILURE_LIVENESS => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
-                "store failing for {}s: restart the gateway once the disk is writable \
-                 (everything acknowledged is on disk)\n",
-                d.as_secs()
+                "store refusing writes for {}s ({}); it reopens by itself once the disk \
+                 takes writes, a restart recovers too (everything acknowledged is on disk)\n",
+                d.as_secs(),
+                s.gateway.store().failure().unwrap_or_default()
             ),
         )
             .into_response(),
