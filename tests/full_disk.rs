@@ -79,8 +79,39 @@ async fn metric(client: &reqwest::Client, base: &str, name: &str) -> Option<f64>
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
+/// The test gateway's configuration with its store on `engine`.
+fn config(dir: &Path, engine: &str) -> safepoint_gateway::config::Config {
+    let text = config_text(dir, &Options::default())
+        .replace("[store]\n", &format!("[store]\nengine = \"{engine}\"\n"));
+    safepoint_gateway::config::Config::parse(&text, "test", false, &env).unwrap()
+}
+
+/// Starts the gateway, waiting while a stopped one's abandoned tasks still hold the
+/// engine (and its directory lock) for a moment.
+async fn start(config: safepoint_gateway::config::Config) -> safepoint_gateway::app::Running {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match safepoint_gateway::app::start(config.clone()).await {
+            Ok(r) => return r,
+            Err(e) if Instant::now() < deadline && e.to_string().contains("in use") => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("start: {e:#}"),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn intake_comes_back_by_itself_once_the_full_disk_has_room_again() {
+    full_disk("fjall").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn intake_comes_back_by_itself_on_sled_too() {
+    full_disk("sled").await;
+}
+
+async fn full_disk(engine: &str) {
     let dir = tempfile::tempdir().unwrap();
     let _mount = match Tmpfs::mount(dir.path(), "4m") {
         Ok(m) => m,
@@ -92,8 +123,12 @@ async fn intake_comes_back_by_itself_once_the_full_disk_has_room_again() {
         }
         Err(e) => panic!("CI must be able to mount a tmpfs for the full-disk test: {e}"),
     };
-    let options = Options::default();
-    let running = boot(dir.path(), &options).await;
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("warn")
+        .try_init();
+    let config = config(dir.path(), engine);
+    let running = start(config.clone()).await;
     let base = format!("http://{}", running.http_addr);
     let client = reqwest::Client::new();
     let mut acknowledged = Vec::new();
@@ -209,25 +244,8 @@ async fn intake_comes_back_by_itself_once_the_full_disk_has_room_again() {
     drop(filled);
     std::fs::remove_file(&filler).unwrap();
 
-    // A restart finds everything acknowledged. (The stopped gateway's abandoned tasks
-    // may hold its engine, and the engine's directory lock, for a moment.)
-    let config = safepoint_gateway::config::Config::parse(
-        &config_text(dir.path(), &options),
-        "test",
-        false,
-        &env,
-    )
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let running = loop {
-        match safepoint_gateway::app::start(config.clone()).await {
-            Ok(r) => break r,
-            Err(e) if Instant::now() < deadline && e.to_string().contains("in use") => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => panic!("restart: {e:#}"),
-        }
-    };
+    // A restart finds everything acknowledged.
+    let running = start(config).await;
     for reference in &acknowledged {
         assert!(
             running
