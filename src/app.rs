@@ -178,23 +178,19 @@ pub async fn start_from(config: Config, source: ConfigSource) -> anyhow::Result<
     let gateway = Gateway::new(store.clone(), infos).stopping_with(shutdown.clone());
     let ready = Arc::new(AtomicBool::new(false));
 
-    let http_listener = tokio::net::TcpListener::bind(config.http_listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} (server.http_listen)",
-                config.http_listen
-            )
-        })?;
+    let http_listener = crate::edge::listen::bind(config.http_listen).with_context(|| {
+        format!(
+            "cannot listen on {} (server.http_listen)",
+            config.http_listen
+        )
+    })?;
     let http_addr = http_listener.local_addr()?;
-    let grpc_listener = tokio::net::TcpListener::bind(config.grpc_listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} (server.grpc_listen)",
-                config.grpc_listen
-            )
-        })?;
+    let grpc_listener = crate::edge::listen::bind(config.grpc_listen).with_context(|| {
+        format!(
+            "cannot listen on {} (server.grpc_listen)",
+            config.grpc_listen
+        )
+    })?;
     let grpc_addr = grpc_listener.local_addr()?;
 
     // Loomis: the real endpoint, or the built-in simulator calling us back on loopback.
@@ -412,14 +408,16 @@ impl Running {
 
 /// Runs until SIGTERM or Ctrl-C, then shuts down gracefully. SIGHUP reloads.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
-    // Listening for SIGHUP from the start: its default action would end the process.
+    // Listening for signals before "gateway listening" is logged: a SIGTERM sent by
+    // whoever waits for that line must not find the default action (exit 143), and
+    // SIGHUP's default action would end the process.
+    let stop = shutdown_signal();
     let mut hangups = Hangups::new();
     let running = start(config).await?;
     // systemd (Type=notify): ready now that the store is open and the listeners bound.
     crate::systemd::ready(running.http_addr, running.grpc_addr);
     let _watchdog = crate::systemd::Watchdog::start(running.gateway.store().clone());
     let token = running.shutdown_token();
-    let stop = shutdown_signal();
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -467,24 +465,36 @@ impl Hangups {
     }
 }
 
-/// Resolves on SIGTERM or Ctrl-C (SIGINT).
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on SIGTERM or Ctrl-C (SIGINT). The handlers are in place when this returns
+/// (not at the first poll), so call it before announcing readiness. Needs a runtime.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
+    let (term, int) = {
+        use tokio::signal::unix::{signal, SignalKind};
+        (
+            signal(SignalKind::terminate()).ok(),
+            signal(SignalKind::interrupt()).ok(),
+        )
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
+    async move {
+        #[cfg(unix)]
+        {
+            let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = wait(term) => {}
+                _ = wait(int) => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

@@ -29,3 +29,68 @@ pub fn init(json: bool, level: Option<&str>) -> tracing_appender::non_blocking::
     };
     guard
 }
+
+/// Lets a repeated log line through once per period and counts the ones it held back,
+/// so that an error every request hits (a full disk answers each write with an error)
+/// writes a line at its first occurrence and then a summary per period, not one line per
+/// request: 117,000 lines in 40 s buried the cause and filled the log volume.
+pub struct Throttle {
+    period: std::time::Duration,
+    /// When a line was last let through, and how many were held back since.
+    state: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl Throttle {
+    pub const fn new(period: std::time::Duration) -> Self {
+        Throttle {
+            period,
+            state: std::sync::Mutex::new((None, 0)),
+        }
+    }
+
+    /// `Some(held back since the last line)` when a line should be written now, `None`
+    /// when this occurrence is only counted.
+    pub fn allow(&self) -> Option<u64> {
+        self.allow_at(std::time::Instant::now())
+    }
+
+    fn allow_at(&self, now: std::time::Instant) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match state.0 {
+            Some(last) if now.saturating_duration_since(last) < self.period => {
+                state.1 += 1;
+                None
+            }
+            _ => {
+                let held = std::mem::take(&mut state.1);
+                state.0 = Some(now);
+                Some(held)
+            }
+        }
+    }
+
+    /// Starts over: the next occurrence is written at once (after the condition ended).
+    pub fn reset(&self) {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = (None, 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Throttle;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_throttle_writes_the_first_line_then_one_per_period_with_the_count_held_back() {
+        let t = Throttle::new(Duration::from_secs(30));
+        let t0 = Instant::now();
+        assert_eq!(t.allow_at(t0), Some(0));
+        for s in 1..30 {
+            assert_eq!(t.allow_at(t0 + Duration::from_secs(s)), None);
+        }
+        assert_eq!(t.allow_at(t0 + Duration::from_secs(30)), Some(29));
+        assert_eq!(t.allow_at(t0 + Duration::from_secs(31)), None);
+        t.reset();
+        assert_eq!(t.allow_at(t0 + Duration::from_secs(32)), Some(0));
+    }
+}

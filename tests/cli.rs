@@ -141,3 +141,43 @@ fn mapping_test_refuses_what_the_gateway_refuses() {
     assert_eq!(dispatch["ContactEmail"], "jo@example.com");
     assert_eq!(dispatch["MessageType"], "Dispatch");
 }
+
+#[test]
+fn the_stand_alone_simulator_stops_promptly_on_sigterm() {
+    use std::io::BufRead;
+    let mut child = gateway()
+        .args(["simulator", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until it listens (its signal handler is in place by then).
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let listening = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.contains("Loomis simulator listening"));
+    assert!(listening, "the simulator never said it listens");
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the simulator ignored SIGTERM for 10 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(
+        rest.iter().any(|l| l.contains("simulator stopping")),
+        "{rest:?}"
+    );
+}

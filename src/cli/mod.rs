@@ -4,6 +4,7 @@
 //! [`run_cli`]; the work each command does lives in the module it belongs to.
 
 mod probe;
+mod store;
 
 use crate::config::Config;
 use crate::mapping::check;
@@ -48,6 +49,9 @@ enum Command {
     Orphans(AdminArgs),
     /// GET a health URL (default /readyz): exit 0 on 2xx, 1 otherwise (Docker HEALTHCHECK).
     Probe(probe::ProbeArgs),
+    /// Check the store of a stopped gateway.
+    #[command(subcommand)]
+    Store(store::StoreCommand),
 }
 
 #[derive(Subcommand)]
@@ -124,11 +128,13 @@ pub fn run_cli(cli: Cli) -> ExitCode {
                 }
             };
             run(async move {
+                // SIGTERM as well as Ctrl-C: a container or service manager stops it with
+                // SIGTERM. Handlers first, so a SIGTERM right after the line below counts.
+                let signal = crate::app::shutdown_signal();
                 let listener = tokio::net::TcpListener::bind(listen).await?;
                 let sim = Simulator::start(config, listener).await?;
                 tracing::info!(url = %sim.incidents_url(), "Loomis simulator listening");
-                // SIGTERM as well as Ctrl-C: a container or service manager stops it with SIGTERM.
-                crate::app::shutdown_signal().await;
+                signal.await;
                 tracing::info!("simulator stopping");
                 sim.shutdown().await;
                 Ok(())
@@ -180,6 +186,7 @@ pub fn run_cli(cli: Cli) -> ExitCode {
         ),
         Command::Orphans(a) => admin(&a, http::Method::GET, "/v1/admin/orphans"),
         Command::Probe(a) => probe::run(&a),
+        Command::Store(c) => store::run(c),
     }
 }
 

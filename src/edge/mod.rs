@@ -7,3 +7,5 @@
 pub mod grpc;
 pub mod http;
 pub mod legacy;
+pub mod listen;
+pub mod refusal;

@@ -26,13 +26,14 @@ const BINARY_V2: u8 = 0x02;
 pub fn encode_binary<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
     let mut out = Vec::with_capacity(512);
     out.push(BINARY_V2);
-    postcard::to_io(v, &mut out).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    postcard::to_io(v, &mut out)
+        .map_err(|e| StoreError::Database(format!("cannot encode a record: {e}")))?;
     Ok(out)
 }
 
 /// Encodes a rare record as JSON, readable with any tool.
 pub fn encode_json<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+    serde_json::to_vec(v).map_err(|e| StoreError::Database(format!("cannot encode a record: {e}")))
 }
 
 /// Decodes a record in either form.

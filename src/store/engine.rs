@@ -90,8 +90,33 @@ pub struct FjallEngine {
 const MEMTABLE_BYTES: u64 = 8 << 20;
 
 impl From<fjall::Error> for StoreError {
+    /// fjall's own text is its `Debug` form ("FjallError: Poisoned"); say what it means,
+    /// and tell damage on disk (a block whose checksum fails) from a passing failure.
     fn from(e: fjall::Error) -> Self {
-        StoreError::Database(e.to_string())
+        use fjall::{Error as F, LsmError as L};
+        match e {
+            F::Poisoned => StoreError::Database(
+                "the engine refuses writes since a write or fsync failed (it is reopened \
+                 once the disk takes writes again)"
+                    .into(),
+            ),
+            F::Io(io) | F::Storage(L::Io(io)) => StoreError::Database(format!("I/O error: {io}")),
+            e @ (F::Storage(
+                L::ChecksumMismatch { .. }
+                | L::InvalidTrailer
+                | L::InvalidHeader(_)
+                | L::InvalidTag(_)
+                | L::Decompress(_)
+                | L::Utf8(_),
+            )
+            | F::InvalidTrailer
+            | F::InvalidTag(_)
+            | F::Decompress(_)
+            | F::JournalRecovery(_)) => {
+                StoreError::Corrupt(format!("the engine's files are damaged: {e:?}"))
+            }
+            e => StoreError::Database(format!("{e:?}")),
+        }
     }
 }
 

@@ -37,10 +37,31 @@ const ORPHANS: u8 = b'p';
 
 /// The gateway's tables over an engine.
 pub struct KvBackend<E: Engine> {
-    engine: E,
+    /// The open engine; `None` only while [`Backend::recover`] reopens it (or failed to).
+    /// Readers clone the handle and let the lock go; the writer takes the handle out to
+    /// close the engine (its directory lock included) before opening it again.
+    engine: std::sync::RwLock<Option<Arc<E>>>,
+    /// How to open the engine again after a failed write; `None`: it cannot be.
+    reopen: Option<Reopen<E>>,
     ids: std::sync::Mutex<Ids>,
     recent: std::sync::RwLock<Recent>,
 }
+
+/// Opens an engine again from its directory.
+pub struct Reopen<E> {
+    /// The store directory: a test write there tells whether the disk takes writes again.
+    pub dir: std::path::PathBuf,
+    pub open: Box<dyn Fn() -> Result<E, StoreError> + Send + Sync>,
+}
+
+/// Bytes the disk must take (written, synced and removed) before the engine is reopened:
+/// reopening needs a little room (a new journal), and a disk still full would only fail
+/// the reopen and leave reads without an engine meanwhile.
+const REOPEN_ROOM: usize = 256 << 10;
+
+/// How long the reopen waits for readers to let go of the old engine (they hold it for
+/// one read; its directory lock goes with the last of them).
+const REOPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The incident records of the latest commits, as committed: a Dispatch attempt reads its
 /// incident soon after intake wrote it, and Loomis's answer reads it again to settle, so
@@ -162,14 +183,23 @@ fn counter(v: &[u8]) -> Result<u64, StoreError> {
 }
 
 impl<E: Engine> KvBackend<E> {
-    /// The tables over `engine` (an opened database).
+    /// The tables over `engine` (an opened database), which cannot be reopened: after a
+    /// failed write it stays failed until the process restarts.
     pub fn new(engine: E) -> Result<Self, StoreError> {
-        let reserved = match engine.get(&key(META, &[b"id"]))? {
-            Some(v) => counter(v.as_ref())?,
-            None => 0,
-        };
+        Self::build(engine, None)
+    }
+
+    /// The tables over `engine`, reopened by `reopen` after a failed write once the disk
+    /// takes writes again.
+    pub fn reopening(engine: E, reopen: Reopen<E>) -> Result<Self, StoreError> {
+        Self::build(engine, Some(reopen))
+    }
+
+    fn build(engine: E, reopen: Option<Reopen<E>>) -> Result<Self, StoreError> {
+        let reserved = reserved_ids(&engine)?;
         Ok(KvBackend {
-            engine,
+            engine: std::sync::RwLock::new(Some(Arc::new(engine))),
+            reopen,
             ids: std::sync::Mutex::new(Ids {
                 last: reserved,
                 reserved,
@@ -178,10 +208,23 @@ impl<E: Engine> KvBackend<E> {
         })
     }
 
+    /// The open engine.
+    fn engine(&self) -> Result<Arc<E>, StoreError> {
+        self.engine
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| {
+                StoreError::Database(
+                    "the store is being reopened after failed writes; try again".into(),
+                )
+            })
+    }
+
     /// All entries whose key starts with `prefix`, in key order, at most `limit`.
     fn prefixed(&self, prefix: &[u8], limit: usize) -> Result<Vec<Entry<E::Bytes>>, StoreError> {
         match prefix_end(prefix) {
-            Some(end) => self.engine.range(prefix, &end, limit),
+            Some(end) => self.engine()?.range(prefix, &end, limit),
             None => Err(StoreError::Corrupt("unbounded key prefix".into())),
         }
     }
@@ -189,14 +232,62 @@ impl<E: Engine> KvBackend<E> {
     fn scan<T: DeserializeOwned>(&self, table: u8, limit: usize) -> Result<Vec<T>, StoreError> {
         self.prefixed(&[table], limit)?
             .iter()
-            .map(|(_, v)| decode(v.as_ref()))
+            .map(|(k, v)| decode_at(k.as_ref(), v.as_ref()))
             .collect()
+    }
+}
+
+/// The id reservation stored in `engine`.
+fn reserved_ids<E: Engine>(engine: &E) -> Result<u64, StoreError> {
+    match engine.get(&key(META, &[b"id"]))? {
+        Some(v) => counter(v.as_ref()),
+        None => Ok(0),
+    }
+}
+
+/// Decodes the record stored at `k`; damage names the record.
+fn decode_at<T: DeserializeOwned>(k: &[u8], v: &[u8]) -> Result<T, StoreError> {
+    decode(v).map_err(|e| match e {
+        StoreError::Corrupt(why) => StoreError::Corrupt(format!("{}: {why}", describe_key(k))),
+        e => e,
+    })
+}
+
+/// A stored key as an operator reads it: `incident servicenow/INC1`, `update
+/// servicenow #12`, `job 40`; bytes that are not text are escaped.
+pub fn describe_key(k: &[u8]) -> String {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).replace('\0', "/");
+    let number = |b: &[u8]| -> Option<u64> { Some(u64::from_be_bytes(b.try_into().ok()?)) };
+    let Some((&table, rest)) = k.split_first() else {
+        return "empty key".into();
+    };
+    let id = |name: &str| match number(rest) {
+        Some(n) => format!("{name} {n}"),
+        None => format!("{name} {}", rest.escape_ascii()),
+    };
+    match table {
+        INCIDENTS => format!("incident {}", text(rest)),
+        REFERENCES => format!("reference {}", text(rest)),
+        UPDATES if rest.len() > 9 => {
+            let (name, seq) = rest.split_at(rest.len() - 9);
+            match number(&seq[1..]) {
+                Some(n) => format!("update {} #{n}", text(name)),
+                None => format!("update {}", rest.escape_ascii()),
+            }
+        }
+        META => format!("meta {}", text(rest)),
+        OUTBOX => id("job"),
+        DEAD_LETTERS => id("dead letter"),
+        ORPHANS => id("orphan"),
+        _ => format!("key {}", k.escape_ascii()),
     }
 }
 
 /// A group commit in progress.
 struct KvGroup<'a, E: Engine> {
     backend: &'a KvBackend<E>,
+    /// The engine for the whole group (`Err`: none is open, every operation fails).
+    engine: Result<Arc<E>, StoreError>,
     pending: Writes,
 }
 
@@ -232,6 +323,9 @@ impl<E: Engine> KvTxn<'_, E> {
         let v = self.engine.get(k)?;
         f(v.as_ref().map(|b| b.as_ref()))
     }
+    fn decoded<T: DeserializeOwned>(k: &[u8], v: Option<&[u8]>) -> Result<Option<T>, StoreError> {
+        v.map(|v| decode_at(k, v)).transpose()
+    }
     fn set(&self, k: Vec<u8>, v: Vec<u8>) {
         self.writes.borrow_mut().insert(k, Some(v));
     }
@@ -239,7 +333,7 @@ impl<E: Engine> KvTxn<'_, E> {
         self.writes.borrow_mut().insert(k, None);
     }
     fn get<T: DeserializeOwned>(&self, k: &[u8]) -> Result<Option<T>, StoreError> {
-        self.raw(k, |v| v.map(decode).transpose())
+        self.raw(k, |v| Self::decoded(k, v))
     }
     fn put(&self, k: Vec<u8>, v: Result<Vec<u8>, StoreError>) -> Result<(), StoreError> {
         self.set(k, v?);
@@ -358,8 +452,9 @@ impl<E: Engine> Txn for KvTxn<'_, E> {
 
 impl<E: Engine> Group for KvGroup<'_, E> {
     fn run(&mut self, f: &dyn Fn(&dyn Txn) -> Result<(), StoreError>) -> Result<(), StoreError> {
+        let engine = self.engine.as_ref().map_err(Clone::clone)?;
         let txn = KvTxn {
-            engine: &self.backend.engine,
+            engine: &**engine,
             recent: &self.backend.recent,
             ids: &self.backend.ids,
             group: &self.pending,
@@ -386,7 +481,8 @@ impl<E: Engine> Group for KvGroup<'_, E> {
             .range(vec![INCIDENTS]..vec![INCIDENTS + 1])
             .map(|(k, v)| (k.clone(), v.as_deref().map(Arc::from)))
             .collect();
-        if let Err(e) = self.backend.engine.commit(self.pending) {
+        let engine = self.engine.as_ref().map_err(Clone::clone)?;
+        if let Err(e) = engine.commit(self.pending) {
             self.backend.recent.write().expect("recent lock").clear();
             return Err(e);
         }
@@ -407,21 +503,55 @@ impl<E: Engine> Backend for KvBackend<E> {
     fn group(&self) -> Box<dyn Group + '_> {
         Box::new(KvGroup {
             backend: self,
+            engine: self.engine(),
             pending: Writes::new(),
         })
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        self.engine.sync()
+        self.engine()?.sync()
+    }
+
+    fn recover(&self) -> Result<(), StoreError> {
+        let Some(reopen) = &self.reopen else {
+            return Err(StoreError::Database(
+                "this store cannot be reopened in place; restart the gateway".into(),
+            ));
+        };
+        disk_takes_writes(&reopen.dir)?;
+        let mut slot = self.engine.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = slot.take() {
+            let old = Arc::downgrade(&old);
+            let deadline = std::time::Instant::now() + REOPEN_WAIT;
+            while old.strong_count() > 0 && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+        // The cache may hold records of a batch that did not reach the disk.
+        self.recent.write().expect("recent lock").clear();
+        let engine = (reopen.open)()?;
+        let reserved = reserved_ids(&engine)?;
+        {
+            // Keep every id handed out before (they may sit in records that did reach
+            // the disk), and reserve again past them with the next commit.
+            let mut ids = self.ids.lock().expect("id lock");
+            ids.last = ids.last.max(reserved);
+            ids.reserved = reserved;
+        }
+        *slot = Some(Arc::new(engine));
+        Ok(())
     }
 
     fn incident(&self, k: &IncidentKey) -> Result<Option<Incident>, StoreError> {
         let k = incident_key(k);
         let recent = self.recent.read().expect("recent lock").get(&k);
         if let Some(v) = recent {
-            return decode(&v).map(Some);
+            return decode_at(&k, &v).map(Some);
         }
-        self.engine.get(&k)?.map(|v| decode(v.as_ref())).transpose()
+        self.engine()?
+            .get(&k)?
+            .map(|v| decode_at(&k, v.as_ref()))
+            .transpose()
     }
 
     fn updates_between(
@@ -435,10 +565,10 @@ impl<E: Engine> Backend for KvBackend<E> {
         // The smallest key past `upto`'s, so that `upto` itself is included.
         let mut end = seq_key(integration, upto);
         end.push(0);
-        self.engine
+        self.engine()?
             .range(&start, &end, limit)?
             .iter()
-            .map(|(_, v)| decode(v.as_ref()))
+            .map(|(k, v)| decode_at(k.as_ref(), v.as_ref()))
             .collect()
     }
 
@@ -456,10 +586,10 @@ impl<E: Engine> Backend for KvBackend<E> {
             }
             None => vec![INCIDENTS],
         };
-        self.engine
+        self.engine()?
             .range(&start, &[INCIDENTS + 1], limit)?
             .iter()
-            .map(|(_, v)| decode(v.as_ref()))
+            .map(|(k, v)| decode_at(k.as_ref(), v.as_ref()))
             .collect()
     }
 
@@ -477,6 +607,10 @@ impl<E: Engine> Backend for KvBackend<E> {
 
     fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
         self.scan(DEAD_LETTERS, limit)
+    }
+
+    fn dead_letter_count(&self) -> Result<u64, StoreError> {
+        Ok(self.prefixed(&[DEAD_LETTERS], usize::MAX)?.len() as u64)
     }
 
     fn orphans(&self, limit: usize) -> Result<Vec<Orphan>, StoreError> {
@@ -517,15 +651,61 @@ pub fn open(
             found.name()
         )));
     }
-    Ok(match kind {
-        engine::EngineKind::Fjall => Arc::new(KvBackend::new(engine::FjallEngine::open(
-            path,
-            cache_bytes,
-        )?)?),
-        engine::EngineKind::Sled => Arc::new(KvBackend::new(engine::SledEngine::open(
-            path,
-            cache_bytes,
-        )?)?),
+    fn reopening<E: Engine>(
+        path: &std::path::Path,
+        cache_bytes: u64,
+        open: fn(&std::path::Path, u64) -> Result<E, StoreError>,
+    ) -> Result<Arc<dyn Backend>, StoreError> {
+        let dir = path.to_path_buf();
+        let reopen = Reopen {
+            dir: dir.clone(),
+            open: Box::new(move || open(&dir, cache_bytes)),
+        };
+        Ok(Arc::new(KvBackend::reopening(
+            open(path, cache_bytes)?,
+            reopen,
+        )?))
+    }
+    match kind {
+        engine::EngineKind::Fjall => reopening(path, cache_bytes, engine::FjallEngine::open),
+        engine::EngineKind::Sled => reopening(path, cache_bytes, engine::SledEngine::open),
+    }
+}
+
+/// Checks one stored entry as the gateway would read it: `Err(problem)` when its record
+/// cannot be decoded, or its key belongs to no table.
+pub(super) fn check_record(k: &[u8], v: &[u8]) -> Result<(), String> {
+    let result = match k.first() {
+        Some(&INCIDENTS) => decode::<Incident>(v).map(drop),
+        Some(&REFERENCES) => parse_key(v).map(drop),
+        Some(&UPDATES) => decode::<Update>(v).map(drop),
+        Some(&META) => counter(v).map(drop),
+        Some(&OUTBOX) => decode::<Job>(v).map(drop),
+        Some(&DEAD_LETTERS) => decode::<DeadLetter>(v).map(drop),
+        Some(&ORPHANS) => decode::<Orphan>(v).map(drop),
+        _ => return Err("a key of no known table".into()),
+    };
+    result.map_err(|e| match e {
+        StoreError::Corrupt(why) => why,
+        e => e.to_string(),
+    })
+}
+
+/// Whether the disk under `dir` takes [`REOPEN_ROOM`] bytes again: written, synced and
+/// removed.
+fn disk_takes_writes(dir: &std::path::Path) -> Result<(), StoreError> {
+    use std::io::Write;
+    let probe = dir.join(".write-probe");
+    let result = std::fs::File::create(&probe).and_then(|mut f| {
+        f.write_all(&vec![0u8; REOPEN_ROOM])?;
+        f.sync_all()
+    });
+    let _ = std::fs::remove_file(&probe);
+    result.map_err(|e| {
+        StoreError::Database(format!(
+            "the disk under {} does not take writes yet: {e}",
+            dir.display()
+        ))
     })
 }
 

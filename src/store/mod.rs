@@ -13,21 +13,29 @@
 
 pub mod codec;
 pub mod engine;
+mod health;
 pub mod kv;
 pub mod records;
+pub mod verify;
 
 use crate::incident::{Incident, IncidentKey, Update};
+use health::Health;
 use records::{DeadLetter, Job, Orphan, Target};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::{mpsc, oneshot, watch};
 
-/// What can go wrong in the store. Callers answer 503 / UNAVAILABLE for all of them.
+/// What can go wrong in the store. The edges answer a passing failure (`Database`,
+/// `Closed`) with 503 / UNAVAILABLE, "send it again", and a damaged record (`Corrupt`)
+/// with 500 / INTERNAL: sending again cannot help, an operator must restore the record.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
+    /// The database refused or failed an operation (a full disk, an I/O error); passing.
     #[error("database error: {0}")]
     Database(String),
+    /// A stored record (named in the text where known) cannot be read back: permanent
+    /// damage, until an operator restores it.
     #[error("stored record is corrupt: {0}")]
     Corrupt(String),
     #[error("the store is shutting down")]
@@ -110,7 +118,33 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<Vec<Incident>, StoreError>;
     /// For each integration, the last update sequence removed by retention.
     fn pruned_sequences(&self) -> Result<HashMap<String, u64>, StoreError>;
+    /// How many dead letters are stored (the `gateway_dead_letters` gauge).
+    fn dead_letter_count(&self) -> Result<u64, StoreError> {
+        Ok(self.dead_letters(usize::MAX)?.len() as u64)
+    }
+    /// Brings the backend back after a commit or flush failed, so that it accepts writes
+    /// again without a restart. The writer calls it before the next group commit after
+    /// a failure, at most once per [`RECOVERY_INTERVAL`] (at once when shutting down), and
+    /// answers that group with the error while it fails.
+    ///
+    /// What a backend must do: return `Ok` only once (1) it accepts writes again and (2)
+    /// what it shows equals what is durable. A failed commit may have left part of a
+    /// batch visible, or, as fjall and sled do after a failed write or fsync, the engine
+    /// refuses every later write (the kernel may have dropped the unwritten pages): an
+    /// embedded engine is closed and opened again from its files, which recovers exactly
+    /// what reached the disk. A backend whose failed commit leaves nothing behind (a SQL
+    /// transaction rolled back) only checks that it can reach its database again. After
+    /// `Ok`, the store reads the update sequences and the outbox again, since a batch
+    /// answered with an error may still have become durable.
+    fn recover(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
+
+/// The shortest time between two attempts to [`Backend::recover`] while writes fail:
+/// meanwhile writes are refused at once, with the reason, instead of each waiting for
+/// an engine that cannot take them.
+pub const RECOVERY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What a committed batch produced, published after its flush.
 #[derive(Default)]
@@ -228,28 +262,6 @@ pub struct Store {
     pruned: Arc<RwLock<HashMap<String, u64>>>,
 }
 
-/// Whether the writer's flushes succeed: since when they have been failing, if they are.
-struct Health {
-    failing_since: Mutex<Option<std::time::Instant>>,
-}
-
-impl Health {
-    fn new() -> Self {
-        Health {
-            failing_since: Mutex::new(None),
-        }
-    }
-
-    fn record(&self, ok: bool) {
-        let mut since = self.failing_since.lock().expect("health lock");
-        match (ok, *since) {
-            (true, _) => *since = None,
-            (false, None) => *since = Some(std::time::Instant::now()),
-            (false, Some(_)) => {}
-        }
-    }
-}
-
 /// The most write requests one group commit takes; more wait for the next flush.
 const MAX_BATCH: usize = 4096;
 
@@ -354,12 +366,20 @@ impl Store {
             })
         });
         self.writer.send(op).map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        self.seen(rx.await.map_err(|_| StoreError::Closed)?)
+    }
+
+    /// Passes `r` on, noting a damaged record it met (counted, logged, readiness).
+    fn seen<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(e) = &r {
+            self.health.saw(e);
+        }
+        r
     }
 
     /// Reads an incident as last committed.
     pub fn incident(&self, key: &IncidentKey) -> Result<Option<Incident>, StoreError> {
-        self.backend.incident(key)
+        self.seen(self.backend.incident(key))
     }
 
     /// Durable updates of `integration` after `after`, at most `limit`.
@@ -373,8 +393,10 @@ impl Store {
         if upto <= after {
             return Ok(Vec::new());
         }
-        self.backend
-            .updates_between(integration, after, upto, limit)
+        self.seen(
+            self.backend
+                .updates_between(integration, after, upto, limit),
+        )
     }
 
     /// One durable update.
@@ -414,7 +436,7 @@ impl Store {
         after: Option<&IncidentKey>,
         limit: usize,
     ) -> Result<Vec<Incident>, StoreError> {
-        self.backend.incidents_after(after, limit)
+        self.seen(self.backend.incidents_after(after, limit))
     }
 
     /// Follows the last durable update sequence of `integration`.
@@ -424,16 +446,21 @@ impl Store {
 
     /// Every job still in the outbox (for schedulers starting up).
     pub fn jobs(&self) -> Result<Vec<Job>, StoreError> {
-        self.backend.jobs()
+        self.seen(self.backend.jobs())
     }
 
     /// The oldest dead letters, at most `limit`.
     pub fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
-        self.backend.dead_letters(limit)
+        self.seen(self.backend.dead_letters(limit))
+    }
+
+    /// How many dead letters are stored.
+    pub fn dead_letter_count(&self) -> Result<u64, StoreError> {
+        self.seen(self.backend.dead_letter_count())
     }
 
     pub fn orphans(&self, limit: usize) -> Result<Vec<Orphan>, StoreError> {
-        self.backend.orphans(limit)
+        self.seen(self.backend.orphans(limit))
     }
 
     /// Routes jobs for `target` to a scheduler once they are durable.
@@ -448,23 +475,31 @@ impl Store {
         &self.stats
     }
 
-    /// False once a flush has failed, until one succeeds again: readiness reports it and
+    /// False once a write has failed, until one succeeds again: readiness reports it and
     /// gRPC health says NOT_SERVING.
     pub fn is_healthy(&self) -> bool {
         self.failing_for().is_none()
     }
 
-    /// How long flushes have been failing (`None` while they succeed).
+    /// How long writes have been failing (`None` while they succeed).
     pub fn failing_for(&self) -> Option<std::time::Duration> {
-        self.health
-            .failing_since
-            .lock()
-            .expect("health lock")
-            .map(|t| t.elapsed())
+        self.health.failing_for()
     }
 
-    /// While flushes fail, tries an empty one every `every` until `shutdown`, so that
-    /// health turns back once the disk does, without waiting for traffic.
+    /// Why writes are failing, with the error that began it (`None` while they succeed).
+    pub fn failure(&self) -> Option<String> {
+        self.health.failure()
+    }
+
+    /// How many distinct damaged records reads and writes have met since start: any
+    /// makes readiness fail, since requests needing them fail until an operator acts.
+    pub fn damaged_records(&self) -> usize {
+        self.health.damaged()
+    }
+
+    /// While writes fail, tries an empty one every `every` until `shutdown`, so that the
+    /// engine is reopened and health turns back once the disk has room, without waiting
+    /// for traffic.
     pub async fn probe_while_failing(
         self,
         every: std::time::Duration,
@@ -492,11 +527,17 @@ impl Store {
         if let Some(h) = handle {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
-        let flushed = self.backend.flush();
-        match last {
-            Err(StoreError::Closed) | Ok(()) => flushed,
+        let flushed = match last {
+            Err(StoreError::Closed) | Ok(()) => self.backend.flush(),
             Err(e) => Err(e),
-        }
+        };
+        // Name the cause, not only the last echo of it (fjall says "poisoned").
+        flushed.map_err(|e| match (self.health.failure(), e) {
+            (Some(why), StoreError::Database(last)) => {
+                StoreError::Database(format!("{why} (at shutdown: {last})"))
+            }
+            (_, e) => e,
+        })
     }
 }
 
@@ -511,6 +552,9 @@ fn writer_loop(
 ) {
     let mut batch: Vec<WriteOp> = Vec::with_capacity(256);
     let mut completions: Vec<Completion> = Vec::with_capacity(256);
+    // Set by a failed commit: the backend must recover before it is written to again.
+    // Holds when the last attempt was, so that attempts are spaced.
+    let mut must_recover: Option<std::time::Instant> = None;
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -519,22 +563,58 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
+        // `Some((error, fresh))`: the batch is refused without a commit; `fresh` when the
+        // error is new (a failed reopen), not the cause repeated between attempts.
+        let refused = match must_recover {
+            None => None,
+            Some(last) => {
+                if last.elapsed() >= RECOVERY_INTERVAL || closing.load(Ordering::SeqCst) {
+                    match recover(&*backend, &watermarks, &job_sinks) {
+                        Ok(()) => {
+                            must_recover = None;
+                            None
+                        }
+                        Err(e) => {
+                            must_recover = Some(std::time::Instant::now());
+                            Some((e, true))
+                        }
+                    }
+                } else {
+                    Some((health.refusal(), false))
+                }
+            }
+        };
+        let mut fresh = true;
         let mut effects = Effects::default();
         let n = batch.len() as u64;
         let mut group = backend.group();
         for op in batch.drain(..) {
             completions.push(op(&mut *group, &mut effects));
         }
-        let started = std::time::Instant::now();
-        let flushed = group.commit();
-        metrics::histogram!("gateway_store_flush_seconds").record(started.elapsed().as_secs_f64());
-        stats.flushes.fetch_add(1, Ordering::Relaxed);
-        stats.commits.fetch_add(n, Ordering::Relaxed);
-        metrics::counter!("gateway_store_commits_total").increment(n);
-        metrics::counter!("gateway_store_flushes_total").increment(1);
+        let flushed = match refused {
+            Some((e, new)) => {
+                drop(group);
+                fresh = new;
+                Err(e)
+            }
+            None => {
+                let started = std::time::Instant::now();
+                let flushed = group.commit();
+                metrics::histogram!("gateway_store_flush_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                stats.flushes.fetch_add(1, Ordering::Relaxed);
+                stats.commits.fetch_add(n, Ordering::Relaxed);
+                metrics::counter!("gateway_store_commits_total").increment(n);
+                metrics::counter!("gateway_store_flushes_total").increment(1);
+                if flushed.is_err() {
+                    must_recover = Some(std::time::Instant::now());
+                }
+                flushed
+            }
+        };
         match &flushed {
             Ok(()) => {
-                health.record(true);
+                health.write_ok();
                 // Watermarks first: a job handed out below may read its update at once.
                 for (integration, seq) in effects.watermarks.drain() {
                     watermarks.advance(&integration, seq);
@@ -548,10 +628,7 @@ fn writer_loop(
                     }
                 }
             }
-            Err(e) => {
-                health.record(false);
-                tracing::error!(error = %e, "store flush failed; answering the batch with an error");
-            }
+            Err(e) => health.write_failed(e, fresh),
         }
         for c in completions.drain(..) {
             c(flushed.clone());
@@ -560,7 +637,34 @@ fn writer_loop(
             break;
         }
     }
-    let _ = backend.flush();
+    if must_recover.is_none() {
+        let _ = backend.flush();
+    }
+}
+
+/// Lets `backend` recover after a failed commit, then publishes what its files hold: a
+/// batch answered with an error may have reached the disk all the same, and its update
+/// sequences and jobs must not wait for a restart. Schedulers drop the jobs they already
+/// hold (by id); this runs on the writer thread, so no commit moves the outbox meanwhile.
+fn recover(
+    backend: &dyn Backend,
+    watermarks: &Watermarks,
+    job_sinks: &Mutex<HashMap<Target, mpsc::UnboundedSender<Job>>>,
+) -> Result<(), StoreError> {
+    backend.recover()?;
+    for (integration, seq) in backend.last_sequences()? {
+        watermarks.advance(&integration, seq);
+    }
+    let jobs = backend.jobs()?;
+    let sinks = job_sinks.lock().expect("job sink lock");
+    for job in jobs {
+        if let Some(sink) = sinks.get(&job.target) {
+            let _ = sink.send(job);
+        }
+    }
+    metrics::counter!("gateway_store_recoveries_total").increment(1);
+    tracing::debug!("store reopened after failed writes");
+    Ok(())
 }
 
 /// A store whose writes can be made to fail, for tests of what the gateway does while
@@ -596,12 +700,25 @@ pub mod testing {
             apply_first: bool,
         ) -> (Arc<dyn Backend>, Arc<AtomicBool>) {
             let fail = Arc::new(AtomicBool::new(false));
-            let engine = Flaky {
-                inner: FjallEngine::open(dir, 1 << 20).unwrap(),
-                fail: fail.clone(),
-                apply_first,
+            let open = {
+                let (dir, fail) = (dir.to_path_buf(), fail.clone());
+                move || {
+                    Ok(Flaky {
+                        inner: FjallEngine::open(&dir, 1 << 20)?,
+                        fail: fail.clone(),
+                        apply_first,
+                    })
+                }
             };
-            (Arc::new(kv::KvBackend::new(engine).unwrap()), fail)
+            let engine = open().unwrap();
+            let reopen = kv::Reopen {
+                dir: dir.to_path_buf(),
+                open: Box::new(open),
+            };
+            (
+                Arc::new(kv::KvBackend::reopening(engine, reopen).unwrap()),
+                fail,
+            )
         }
 
         fn refuse(&self) -> Result<(), StoreError> {
@@ -638,6 +755,88 @@ pub mod testing {
         ) -> Result<Vec<Entry<Self::Bytes>>, StoreError> {
             self.inner.range(start, end, limit)
         }
+    }
+
+    /// Writes until one succeeds (the writer reopens the engine at most once per
+    /// [`RECOVERY_INTERVAL`] and refuses writes in between), within 10 s.
+    async fn write_until_recovered(store: &Store) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while store.write(|_| Ok(())).await.is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no recovery: {:?}",
+                store.failure()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn after_recovery_what_a_failed_batch_left_on_disk_is_published() {
+        use crate::incident::{State, UpdateKind};
+        let dir = tempfile::tempdir().unwrap();
+        // A commit that fails after its batch reached the engine (a failed fsync).
+        let (backend, fail) = Flaky::open_applying(dir.path());
+        let store = Store::new(backend);
+        let (sink, mut jobs) = mpsc::unbounded_channel();
+        store.attach_jobs(Target::Loomis, sink);
+        fail.store(true, Ordering::SeqCst);
+        let err = store
+            .write(|tx| {
+                let now = jiff::Timestamp::UNIX_EPOCH;
+                let id = tx.next_id()?;
+                tx.enqueue(Job {
+                    id,
+                    target: Target::Loomis,
+                    kind: records::JobKind::Dispatch,
+                    incident: IncidentKey::new("sn", "INC1"),
+                    attempts: 0,
+                    created_at: now,
+                    next_attempt_at: now,
+                    last_error: None,
+                })?;
+                let sequence = tx.next_sequence("sn")?;
+                tx.append_update(&Update {
+                    sequence: sequence.into(),
+                    integration: "sn".into(),
+                    incident_reference: "INC1".into(),
+                    incident_id: None,
+                    customer_number: "A1".into(),
+                    kind: UpdateKind::Ack,
+                    state: State::Acknowledged,
+                    response_code: None,
+                    response_text: None,
+                    sla_time: None,
+                    event_time: None,
+                    received_at: now,
+                })
+            })
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("No space left"), "{err}");
+        assert!(
+            jobs.try_recv().is_err(),
+            "nothing published by a failed write"
+        );
+        assert!(store.updates_after("sn", 0, 10).unwrap().is_empty());
+        // Refused at once until the next attempt, with the cause.
+        let refused = store.write(|_| Ok(())).await.unwrap_err().to_string();
+        assert!(refused.contains("No space left"), "{refused}");
+
+        fail.store(false, Ordering::SeqCst);
+        write_until_recovered(&store).await;
+        assert!(store.is_healthy());
+        // The batch answered with an error did reach the disk: its job goes to the
+        // scheduler and its update to watchers, without a restart.
+        let job = jobs
+            .try_recv()
+            .expect("the job found on disk is handed out");
+        assert_eq!(job.incident.reference, "INC1");
+        assert_eq!(store.updates_after("sn", 0, 10).unwrap().len(), 1);
+        // And the reopened engine takes new writes, with ids past the old ones.
+        let next = store.write(|tx| tx.next_id()).await.unwrap();
+        assert!(next > job.id, "{next} after {}", job.id);
+        store.close().await.unwrap();
     }
 
     #[tokio::test]

@@ -66,10 +66,18 @@ pub(crate) fn invalid(what: &str, problems: &[FieldProblem]) -> Status {
     Status::with_error_details(Code::InvalidArgument, message, details)
 }
 
-/// A store failure: the caller should retry.
+/// A store failure: UNAVAILABLE (retry) while it passes; INTERNAL for a damaged record,
+/// which retrying cannot mend.
 pub(crate) fn store(e: StoreError) -> Status {
-    tracing::error!(error = %e, "store error on a gRPC call");
-    Status::unavailable("the store is unavailable; retry")
+    e.log_at_edge("grpc");
+    if e.is_passing() {
+        Status::unavailable("the store is unavailable; retry")
+    } else {
+        Status::internal(
+            "a stored record this call needs is damaged; retrying will not help: tell the \
+             gateway's operator (they restore it; see `safepoint-gateway store verify`)",
+        )
+    }
 }
 
 /// Why `CreateIncident` refused.

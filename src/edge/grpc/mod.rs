@@ -98,7 +98,7 @@ pub fn serve(
         };
         let service = service::GatewayService::new(gateway.clone(), integrations, shutdown.clone());
         // Known before the first connection is accepted, so no check ever sees NOT_FOUND.
-        let healthy = gateway.store().is_healthy();
+        let healthy = store_serves(&gateway);
         set_status(&reporter, serving(healthy)).await;
         let health_task = tokio::spawn(report_health(reporter.clone(), gateway, healthy));
 
@@ -147,6 +147,11 @@ pub fn serve(
     })
 }
 
+/// Whether the store accepts writes and no damaged record was met (as `/readyz`).
+fn store_serves(gateway: &Gateway) -> bool {
+    gateway.store().is_healthy() && gateway.store().damaged_records() == 0
+}
+
 /// Keeps gRPC health in step with the store (until aborted at shutdown).
 async fn report_health(
     reporter: tonic_health::server::HealthReporter,
@@ -157,12 +162,14 @@ async fn report_health(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let healthy = gateway.store().is_healthy();
+        let healthy = store_serves(&gateway);
         if last != healthy {
             if healthy {
                 tracing::info!("store flushes again: gRPC health SERVING");
             } else {
-                tracing::warn!("store is failing to flush: gRPC health NOT_SERVING");
+                tracing::warn!(
+                    "store refuses writes or holds a damaged record: gRPC health NOT_SERVING"
+                );
             }
             set_status(&reporter, serving(healthy)).await;
             last = healthy;

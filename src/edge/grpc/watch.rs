@@ -104,10 +104,11 @@ async fn pump(
         }
         let batch = match store.updates_after(integration, last_sent, READ_BATCH) {
             Ok(b) => b,
-            Err(e) => {
-                tracing::error!(integration = %integration, error = %e, "cannot read updates for a watch stream");
+            Err(e) if e.is_passing() => {
+                e.log_at_edge("grpc watch");
                 return End::Status(Status::unavailable(format!("cannot read updates: the store is unavailable; reconnect with after_sequence {last_sent}")), last_sent);
             }
+            Err(e) => return End::Status(super::error::store(e), last_sent),
         };
         if batch.is_empty() {
             return missing(store, integration, last_sent);

@@ -115,13 +115,6 @@ pub(crate) async fn receive(
             "IncidentIdConflict",
             why,
         )),
-        Err(MessageError::Store(e)) => {
-            tracing::error!(error = %e, "store error on callback");
-            Err(JsonError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "StoreUnavailable",
-                "the store is unavailable; send again",
-            ))
-        }
+        Err(MessageError::Store(e)) => Err(crate::edge::http::store_error(e)),
     }
 }

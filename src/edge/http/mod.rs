@@ -3,7 +3,10 @@
 //! [`crate::edge::legacy`] and answer in XML; both are merged here.
 
 pub mod callback;
+mod prometheus;
 pub mod reload;
+
+pub use prometheus::metrics_handle;
 
 use crate::auth::{bearer_matches, Auth, Secret};
 use crate::config::CertName;
@@ -16,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// An error answered as JSON: `{"error":{"code":..,"message":..,"problems":[..]}}`.
@@ -46,6 +49,11 @@ impl IntoResponse for JsonError {
             body["error"]["problems"] = json!(self.problems);
         }
         let mut resp = (self.status, Json(body)).into_response();
+        resp.extensions_mut().insert(crate::edge::refusal::Refusal {
+            code: self.code,
+            message: self.message,
+            fields: self.problems.into_iter().map(|p| p.field).collect(),
+        });
         if self.status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 http::header::WWW_AUTHENTICATE,
@@ -76,20 +84,6 @@ pub struct HttpState {
 pub struct CallbackPolicy {
     pub auth: Auth,
     pub client_cert: Option<CertName>,
-}
-
-/// The process-wide Prometheus recorder (installed once, shared by every app instance).
-pub fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle {
-    static HANDLE: OnceLock<metrics_exporter_prometheus::PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-            let handle = recorder.handle();
-            // Another recorder may already be installed (e.g. in tests); then ours only renders.
-            let _ = metrics::set_global_recorder(recorder);
-            handle
-        })
-        .clone()
 }
 
 /// The Loomis-facing, health, metrics and operator routes.
@@ -123,6 +117,8 @@ pub fn layered(router: Router, request_timeout: Duration) -> Router {
         .method_not_allowed_fallback(wrong_method)
         // Failures are logged where they happen, with their cause; not again as bare statuses.
         .layer(tower_http::trace::TraceLayer::new_for_http().on_failure(()))
+        // Every 4xx at info, with its reason (see edge::refusal).
+        .layer(axum::middleware::from_fn(crate::edge::refusal::log))
         .layer(axum::middleware::from_fn_with_state(
             request_timeout,
             deadline,
@@ -208,10 +204,11 @@ async fn wrong_method(method: http::Method, uri: http::Uri, headers: HeaderMap) 
     )
 }
 
-/// How long the store may fail to flush before liveness fails too. Some failures do not
-/// pass in a running process (an engine refuses all writes after a failed fsync, as it
-/// must: the kernel may have dropped the unwritten pages), so the process should be
-/// restarted; a shorter outage only makes the gateway unready.
+/// How long the store may refuse writes before liveness fails too. The store reopens its
+/// engine by itself once the disk takes writes again (see `Backend::recover`); an outage
+/// this long is past what that is for, and a restart (which recovers everything
+/// acknowledged from the journal) is the fallback. A shorter outage only makes the
+/// gateway unready.
 pub const STORE_FAILURE_LIVENESS: Duration = Duration::from_secs(60);
 
 async fn healthz(State(s): State<HttpState>) -> Response {
@@ -219,9 +216,10 @@ async fn healthz(State(s): State<HttpState>) -> Response {
         Some(d) if d >= STORE_FAILURE_LIVENESS => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
-                "store failing for {}s: restart the gateway once the disk is writable \
-                 (everything acknowledged is on disk)\n",
-                d.as_secs()
+                "store refusing writes for {}s ({}); it reopens by itself once the disk \
+                 takes writes, a restart recovers too (everything acknowledged is on disk)\n",
+                d.as_secs(),
+                s.gateway.store().failure().unwrap_or_default()
             ),
         )
             .into_response(),
@@ -231,24 +229,38 @@ async fn healthz(State(s): State<HttpState>) -> Response {
 
 async fn readyz(State(s): State<HttpState>) -> Response {
     let started = s.ready.load(std::sync::atomic::Ordering::Relaxed);
-    let store = s.gateway.store().is_healthy();
-    let status = if started && store {
+    let st = s.gateway.store();
+    let damaged = st.damaged_records();
+    // A damaged record fails the requests that need it until an operator restores it:
+    // not ready, and unlike a full disk it does not pass by itself.
+    let (store, reason) = match (st.failure(), damaged) {
+        (_, n) if n > 0 => (
+            "damaged",
+            Some(format!(
+                "{n} damaged record(s) met; stop the gateway and run `safepoint-gateway store verify`"
+            )),
+        ),
+        (Some(why), _) => ("failing", Some(why)),
+        (None, _) => ("ok", None),
+    };
+    let ready = started && store == "ok";
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        status,
-        Json(json!({
-            "ready": started && store,
-            "started": started,
-            "store": if store {"ok"} else {"failing"},
-        })),
-    )
-        .into_response()
+    let mut body = json!({"ready": ready, "started": started, "store": store});
+    if let Some(r) = reason {
+        body["reason"] = json!(r);
+    }
+    (status, Json(body)).into_response()
 }
 
 async fn metrics_text(State(s): State<HttpState>) -> Response {
+    // Counted when scraped, so the gauge is never stale (dead letters are few).
+    if let Ok(n) = s.gateway.store().dead_letter_count() {
+        metrics::gauge!("gateway_dead_letters").set(n as f64);
+    }
     (
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         s.metrics.render(),
@@ -273,12 +285,26 @@ pub(crate) fn admin(s: &HttpState, headers: &HeaderMap) -> Result<(), JsonError>
 }
 
 fn unavailable(e: crate::store::StoreError) -> JsonError {
-    tracing::error!(error = %e, "store error");
-    JsonError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "StoreUnavailable",
-        "the store is unavailable; try again",
-    )
+    store_error(e)
+}
+
+/// A store failure as JSON: 503 "send again" while it passes, 500 for a damaged record.
+pub(crate) fn store_error(e: crate::store::StoreError) -> JsonError {
+    e.log_at_edge("http");
+    if e.is_passing() {
+        JsonError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "StoreUnavailable",
+            "the store is unavailable; send again",
+        )
+    } else {
+        JsonError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "StoreDamaged",
+            "a stored record this request needs is damaged; sending it again will not help: \
+             the gateway's operator restores it (see `safepoint-gateway store verify`)",
+        )
+    }
 }
 
 async fn list_dead_letters(

@@ -134,6 +134,11 @@ impl IntoResponse for LegacyError {
                 http::HeaderValue::from_static("Bearer"),
             );
         }
+        resp.extensions_mut().insert(crate::edge::refusal::Refusal {
+            code: self.code,
+            message: self.message,
+            fields: self.problems.into_iter().map(|p| p.field).collect(),
+        });
         resp
     }
 }
@@ -328,13 +333,24 @@ fn envelope_of(doc: &Document) -> Envelope {
         .unwrap_or(Envelope::Plain)
 }
 
-fn store_unavailable(env: Envelope, e: impl std::fmt::Display) -> LegacyError {
-    tracing::error!(error = %e, "store error on a legacy route");
-    LegacyError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "StoreUnavailable",
-        "the gateway cannot store the request now; send it again",
-    )
+/// A store failure: passing ones are 503 "send it again"; a damaged record is 500 and
+/// says that sending again cannot help.
+fn store_unavailable(env: Envelope, e: crate::store::StoreError) -> LegacyError {
+    e.log_at_edge("legacy");
+    if e.is_passing() {
+        LegacyError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "StoreUnavailable",
+            "the gateway cannot store the request now; send it again",
+        )
+    } else {
+        LegacyError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "StoreDamaged",
+            "a stored record this request needs is damaged; sending it again will not help: \
+             tell the gateway's operator (they restore it; see `safepoint-gateway store verify`)",
+        )
+    }
     .in_envelope(env)
 }
 
