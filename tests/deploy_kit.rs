@@ -489,6 +489,13 @@ async fn every_metric_in_the_dashboard_and_the_alert_rules_is_in_metrics() {
             if !have.contains(&name) && !SCRAPE_SERIES.contains(&name.as_str()) {
                 missing.push(format!("{name} (in {e:?})"));
             }
+            // A histogram is read through its `_bucket` (or `_sum`/`_count`) series.
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(&name)
+                .to_string();
+            used.insert(base);
             used.insert(name);
         }
     }

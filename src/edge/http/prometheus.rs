@@ -53,6 +53,12 @@ const FLUSH_BUCKETS: &[f64] = &[
 
 /// Histogram buckets (seconds) for everything else, requests to Loomis among them (the
 /// default timeout is 10 s).
+/// How far behind a WatchUpdates consumer is: live streams show milliseconds, a resume
+/// from an old sequence hours; the stream-lag alert fires above 300 s.
+const LAG_BUCKETS: &[f64] = &[
+    0.01, 0.05, 0.25, 1.0, 5.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0,
+];
+
 const REQUEST_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
@@ -79,6 +85,12 @@ fn builder() -> PrometheusBuilder {
             b.set_buckets_for_metric(
                 Matcher::Full("gateway_store_flush_seconds".into()),
                 FLUSH_BUCKETS,
+            )
+        })
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full("gateway_grpc_stream_lag_seconds".into()),
+                LAG_BUCKETS,
             )
         })
         .expect("bucket lists are not empty")
