@@ -109,6 +109,9 @@ fn simulator_config(config: &Config) -> anyhow::Result<SimulatorConfig> {
 /// simulator when `loomis.url = "simulator"`. Returns once everything listens.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let integrations = load_integrations(&config)?;
+    // The recorder first: the store, the gateway and the runners take their metric
+    // handles (the store sets gateway_store_healthy) when they are built.
+    let metrics = crate::edge::http::metrics_handle();
     let store = Store::open_configured(&config.store)?;
     let infos = config
         .integrations
@@ -119,8 +122,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         })
         .collect();
     let shutdown = CancellationToken::new();
-    // Installs the recorder before the gateway and the runners take their metric handles.
-    let metrics = crate::edge::http::metrics_handle();
     let gateway = Gateway::new(store.clone(), infos).stopping_with(shutdown.clone());
     let ready = Arc::new(AtomicBool::new(false));
 
