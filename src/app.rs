@@ -162,6 +162,10 @@ pub async fn start_from(config: Config, source: ConfigSource) -> anyhow::Result<
         tools,
         tls,
     } = prepare(&config)?;
+    // The recorder first: the store, the gateway and the runners take their metric
+    // handles (the store sets gateway_store_healthy) when they are built.
+    let metrics = crate::edge::http::metrics_handle();
+    crate::ops_metrics::register();
     let store = Store::open_configured(&config.store)?;
     let infos = config
         .integrations
@@ -172,9 +176,6 @@ pub async fn start_from(config: Config, source: ConfigSource) -> anyhow::Result<
         })
         .collect();
     let shutdown = CancellationToken::new();
-    // Installs the recorder before the gateway and the runners take their metric handles.
-    let metrics = crate::edge::http::metrics_handle();
-    crate::ops_metrics::register();
     let gateway = Gateway::new(store.clone(), infos).stopping_with(shutdown.clone());
     let ready = Arc::new(AtomicBool::new(false));
 

@@ -41,6 +41,8 @@ struct Writes {
     last_error: Option<String>,
     /// Batches answered with an error since the outage began.
     failed_batches: u64,
+    /// The last attempt to recover found the disk still without room.
+    waiting_for_room: bool,
 }
 
 impl Health {
@@ -107,6 +109,18 @@ impl Health {
                 }
             }
         }
+    }
+
+    /// Notes whether the last attempt to recover found the disk without room.
+    pub(super) fn waiting_for_room(&self, waiting: bool) {
+        self.writes().waiting_for_room = waiting;
+    }
+
+    /// Whether writes fail for want of room on the disk (as far as the last attempt to
+    /// recover could tell).
+    pub(super) fn is_waiting_for_room(&self) -> bool {
+        let w = self.writes();
+        w.failing_since.is_some() && w.waiting_for_room
     }
 
     /// How long writes have been failing (`None` while they succeed).

@@ -512,13 +512,19 @@ impl<E: Engine> Backend for KvBackend<E> {
         self.engine()?.sync()
     }
 
+    fn takes_writes(&self) -> Result<(), StoreError> {
+        match &self.reopen {
+            Some(reopen) => disk_takes_writes(&reopen.dir),
+            None => Ok(()),
+        }
+    }
+
     fn recover(&self) -> Result<(), StoreError> {
         let Some(reopen) = &self.reopen else {
             return Err(StoreError::Database(
                 "this store cannot be reopened in place; restart the gateway".into(),
             ));
         };
-        disk_takes_writes(&reopen.dir)?;
         let mut slot = self.engine.write().unwrap_or_else(|p| p.into_inner());
         if let Some(old) = slot.take() {
             let old = Arc::downgrade(&old);

@@ -139,6 +139,13 @@ pub trait Backend: Send + Sync + 'static {
     fn recover(&self) -> Result<(), StoreError> {
         Ok(())
     }
+    /// Whether the medium takes writes again, asked before each [`Backend::recover`]:
+    /// an embedded engine writes and syncs a test file in its directory. While it
+    /// answers `Err` the store is waiting for room (a full disk), which a restart would
+    /// not mend, so liveness keeps passing. A backend with no such test says `Ok`.
+    fn takes_writes(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// The shortest time between two attempts to [`Backend::recover`] while writes fail:
@@ -491,6 +498,13 @@ impl Store {
         self.health.failure()
     }
 
+    /// Whether writes fail because the disk has no room (the last attempt to recover
+    /// found it still full): passing once space is freed, which a restart would not
+    /// hasten, so liveness does not fail for it.
+    pub fn is_waiting_for_room(&self) -> bool {
+        self.health.is_waiting_for_room()
+    }
+
     /// How many distinct damaged records reads and writes have met since start: any
     /// makes readiness fail, since requests needing them fail until an operator acts.
     pub fn damaged_records(&self) -> usize {
@@ -569,7 +583,9 @@ fn writer_loop(
             None => None,
             Some(last) => {
                 if last.elapsed() >= RECOVERY_INTERVAL || closing.load(Ordering::SeqCst) {
-                    match recover(&*backend, &watermarks, &job_sinks) {
+                    let room = backend.takes_writes();
+                    health.waiting_for_room(room.is_err());
+                    match room.and_then(|()| recover(&*backend, &watermarks, &job_sinks)) {
                         Ok(()) => {
                             must_recover = None;
                             None

@@ -213,7 +213,9 @@ pub const STORE_FAILURE_LIVENESS: Duration = Duration::from_secs(60);
 
 async fn healthz(State(s): State<HttpState>) -> Response {
     match s.gateway.store().failing_for() {
-        Some(d) if d >= STORE_FAILURE_LIVENESS => (
+        // Waiting for room on a full disk: a restart would not hasten it (and might not
+        // start), the store reopens by itself once space is freed.
+        Some(d) if d >= STORE_FAILURE_LIVENESS && !s.gateway.store().is_waiting_for_room() => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
                 "store refusing writes for {}s ({}); it reopens by itself once the disk \
