@@ -22,6 +22,11 @@ use Kind::*;
 /// Every metric: name, kind, HELP text (labels in brackets).
 const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
     ("gateway_build_info", Gauge, "Always 1; the label version is the running release."),
+    ("gateway_config_generation", Gauge, "The configuration generation in force: 1 at start, one more per successful reload."),
+    ("gateway_config_info", Gauge, "Always 1; the label mapping_digest is the sha256 over the mapping files in force."),
+    ("gateway_config_reloads_total", Counter, "Configuration reloads put in force (SIGHUP, POST /v1/admin/reload, file watch)."),
+    ("gateway_tls_reload_failures_total", Counter, "Changed TLS certificate or key files that did not load, by listener; the previous pair keeps serving."),
+    ("gateway_tls_handshake_failures_total", Counter, "TLS handshakes refused (no, expired or untrusted client certificate, protocol errors), by listener."),
     ("gateway_incidents_created_total", Counter, "Incidents accepted and stored (202), by integration."),
     ("gateway_intake_refused_total", Counter, "Incidents refused by the mapping or the Loomis rules (422 / INVALID_ARGUMENT), by integration."),
     ("gateway_xml_refused_total", Counter, "Legacy requests refused for their XML (malformed, DTD, too large), by code."),
