@@ -90,7 +90,8 @@ struct Prepared {
 
 /// The real Loomis, or the built-in simulator's configuration.
 enum Loomis {
-    Url(url::Url),
+    /// The configured endpoint, its credentials already in header form.
+    Url(Destination),
     Simulator(Box<SimulatorConfig>),
 }
 
@@ -106,7 +107,7 @@ fn prepare(config: &Config) -> anyhow::Result<Prepared> {
             .ok(),
         LoomisTarget::Url(u) => {
             Destination::new(u, &config.loomis_auth, crate::delivery::loomis::HEADERS)
-                .map(|_| Loomis::Url(u.clone()))
+                .map(Loomis::Url)
                 .map_err(|e| problems.push(format!("loomis.auth: {e}")))
                 .ok()
         }
@@ -195,8 +196,8 @@ pub async fn start_from(config: Config, source: ConfigSource) -> anyhow::Result<
     let grpc_addr = grpc_listener.local_addr()?;
 
     // Loomis: the real endpoint, or the built-in simulator calling us back on loopback.
-    let (loomis_url, simulator) = match loomis {
-        Loomis::Url(u) => (u, None),
+    let (loomis_to, simulator) = match loomis {
+        Loomis::Url(to) => (to, None),
         Loomis::Simulator(sim_config) => {
             let sim_listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
             let sim = Simulator::start(*sim_config, sim_listener).await?;
@@ -218,7 +219,10 @@ pub async fn start_from(config: Config, source: ConfigSource) -> anyhow::Result<
             }
             tracing::warn!(url = %sim.incidents_url(),
                 "LOOMIS SIMULATOR IN USE: no message leaves this machine; set loomis.url in gateway.toml to talk to Loomis");
-            (url::Url::parse(&sim.incidents_url())?, Some(sim))
+            let url = url::Url::parse(&sim.incidents_url())?;
+            let to = Destination::new(&url, &config.loomis_auth, crate::delivery::loomis::HEADERS)
+                .map_err(anyhow::Error::msg)?;
+            (to, Some(sim))
         }
     };
     if config.embedded {
@@ -251,12 +255,7 @@ pub async fn start_from(config: Config, source: ConfigSource) -> anyhow::Result<
     let loomis_runner = LoomisRunner {
         gateway: gateway.clone(),
         client: client.clone(),
-        to: Destination::new(
-            &loomis_url,
-            &config.loomis_auth,
-            crate::delivery::loomis::HEADERS,
-        )
-        .map_err(anyhow::Error::msg)?,
+        to: loomis_to,
         timeout: Duration::from_millis(ls.timeout_ms),
         policy: RetryPolicy::from(&config.loomis_retry),
         concurrency: ls.concurrency,

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{sn_xml, Harness, Options, SN_KEY, WAIT};
+use common::{scrape, sn_xml, Harness, Options, SN_KEY, WAIT};
 use safepoint_gateway::edge::grpc::proto::incident_gateway_client::IncidentGatewayClient;
 use safepoint_gateway::edge::grpc::proto::WatchUpdatesRequest;
 use safepoint_gateway::incident::State;
@@ -458,15 +458,7 @@ async fn every_metric_in_the_dashboard_and_the_alert_rules_is_in_metrics() {
     })
     .await;
 
-    let text = h
-        .client
-        .get(format!("{}/metrics", h.base()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = scrape(&h.client, &h.base()).await;
     let have = exposed(&text);
 
     let rules = std::fs::read_to_string(format!("{DEPLOY}/prometheus/alerts.yaml")).unwrap();

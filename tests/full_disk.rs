@@ -53,27 +53,8 @@ async fn ready(h: &reqwest::Client, base: &str) -> (u16, serde_json::Value) {
     (r.status().as_u16(), r.json().await.unwrap())
 }
 
-async fn create(client: &reqwest::Client, base: &str, reference: &str) -> (u16, String) {
-    let r = client
-        .post(format!("{base}/v1/integrations/servicenow/incidents"))
-        .bearer_auth(SN_KEY)
-        .header("content-type", "application/xml")
-        .body(sn_xml(reference, "UG1234", "AC12"))
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.text().await.unwrap())
-}
-
 async fn metric(client: &reqwest::Client, base: &str, name: &str) -> Option<f64> {
-    let text = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = scrape(client, base).await;
     text.lines()
         .find(|l| l.starts_with(&format!("{name} ")))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
@@ -132,7 +113,7 @@ async fn full_disk(engine: &str) {
     let mut acknowledged = Vec::new();
     for i in 0..5 {
         let reference = format!("FULL{i:04}");
-        let (status, body) = create(&client, &base, &reference).await;
+        let (status, body) = post_sn(&client, &base, &reference).await;
         assert_eq!(status, 202, "{body}");
         acknowledged.push(reference);
     }
@@ -144,7 +125,7 @@ async fn full_disk(engine: &str) {
     let mut refused = None;
     for i in 5..5000 {
         let reference = format!("FULL{i:04}");
-        match create(&client, &base, &reference).await {
+        match post_sn(&client, &base, &reference).await {
             (202, _) => acknowledged.push(reference),
             (503, body) => {
                 refused = Some((reference, body));
@@ -177,7 +158,7 @@ async fn full_disk(engine: &str) {
             "never found the disk full: {:?}",
             running.gateway.store().failure()
         );
-        let (status, body) = create(&client, &base, &refused).await;
+        let (status, body) = post_sn(&client, &base, &refused).await;
         assert_eq!(status, 503, "{body}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -187,7 +168,7 @@ async fn full_disk(engine: &str) {
     std::fs::remove_file(&filler).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        match create(&client, &base, &refused).await {
+        match post_sn(&client, &base, &refused).await {
             // 200: the batch answered 503 reached the disk after all (same receipt).
             (202 | 200, _) => break,
             (503, body) => {
@@ -208,7 +189,7 @@ async fn full_disk(engine: &str) {
         Some(1.0)
     );
     for reference in ["FULLAFTER1", "FULLAFTER2"] {
-        let (status, body) = create(&client, &base, reference).await;
+        let (status, body) = post_sn(&client, &base, reference).await;
         assert_eq!(status, 202, "{body}");
         acknowledged.push(reference.to_string());
     }
@@ -239,7 +220,7 @@ async fn full_disk(engine: &str) {
     let filled = fill(&filler);
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut i = 0;
-    while create(&client, &base, &format!("FULLAGAIN{i:04}")).await.0 != 503 {
+    while post_sn(&client, &base, &format!("FULLAGAIN{i:04}")).await.0 != 503 {
         i += 1;
         assert!(Instant::now() < deadline, "intake never refused");
     }

@@ -136,7 +136,7 @@ async fn reload_under_load_loses_nothing_and_a_broken_mapping_changes_nothing() 
         .as_str()
         .unwrap()
         .contains("servicenow.toml"));
-    let (s, b) = post_one(&client, &base, "RL-BROKEN").await;
+    let (s, b) = post_sn(&client, &base, "RL-BROKEN").await;
     assert_eq!(s, 202, "{b}");
     let during_broken = mapped_by(&running, "RL-BROKEN");
     assert!(
@@ -173,14 +173,7 @@ async fn reload_under_load_loses_nothing_and_a_broken_mapping_changes_nothing() 
         version_2.generation + 1,
         "{body}"
     );
-    let metrics = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = scrape(&client, &base).await;
     for name in [
         "gateway_config_generation",
         "gateway_config_reloads_total",
@@ -214,18 +207,6 @@ async fn reload_under_load_loses_nothing_and_a_broken_mapping_changes_nothing() 
         assert!(inc.incident_id.is_some(), "{reference}");
     }
     Arc::into_inner(running).unwrap().stop().await.unwrap();
-}
-
-async fn post_one(client: &reqwest::Client, base: &str, reference: &str) -> (u16, String) {
-    let r = client
-        .post(format!("{base}/v1/integrations/servicenow/incidents"))
-        .bearer_auth(SN_KEY)
-        .header("content-type", "application/xml")
-        .body(sn_xml(reference, "UG1234", "AC12"))
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.text().await.unwrap())
 }
 
 #[tokio::test]

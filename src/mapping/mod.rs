@@ -57,7 +57,7 @@ mod tests;
 
 use outbound::OutboundPlan;
 use path::SourcePath;
-use plan::{FieldPlan, Input, Overflow, Part, Source};
+use plan::{FieldPlan, Input, Overflow};
 
 /// The kind of input a mapping reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -452,18 +452,7 @@ impl MappingPlan {
     fn root_mismatch(&self, doc: &xml::Document) -> Option<Problem> {
         let mut expected: Vec<&path::Name> = Vec::new();
         for (_, f) in &self.fields {
-            let paths: Vec<&SourcePath> = match &f.source {
-                Source::Paths(p) => p.iter().collect(),
-                Source::Template(ts) => ts
-                    .iter()
-                    .flat_map(|t| &t.parts)
-                    .filter_map(|p| match p {
-                        Part::Value(sp) => Some(sp),
-                        Part::Literal(_) => None,
-                    })
-                    .collect(),
-                Source::Const(_) => Vec::new(),
-            };
+            let paths = f.source.paths();
             for p in paths {
                 if let SourcePath::Xml(x) = p {
                     if let (true, Some(first)) = (x.absolute, x.steps.first()) {

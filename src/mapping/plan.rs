@@ -60,6 +60,25 @@ pub(crate) enum Source {
     Template(Vec<Template>),
 }
 
+impl Source {
+    /// Every path this source may read, in order: its alternatives, or the values of its
+    /// templates; none for a constant.
+    pub(crate) fn paths(&self) -> Vec<&SourcePath> {
+        match self {
+            Source::Paths(ps) => ps.iter().collect(),
+            Source::Template(ts) => ts
+                .iter()
+                .flat_map(|t| &t.parts)
+                .filter_map(|p| match p {
+                    Part::Value(sp) => Some(sp),
+                    Part::Literal(_) => None,
+                })
+                .collect(),
+            Source::Const(_) => Vec::new(),
+        }
+    }
+}
+
 /// Literal text and values, e.g. `{Contact/First} {Contact/Last}`.
 #[derive(Debug, Clone)]
 pub(crate) struct Template {

@@ -240,15 +240,7 @@ impl Harness {
 
     /// Whether `/metrics` has a non-zero `series` with these labels.
     pub async fn counted(&self, series: &str, labels: &[(&str, &str)]) -> bool {
-        let metrics = self
-            .client
-            .get(format!("{}/metrics", self.base()))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = scrape(&self.client, &self.base()).await;
         metrics.lines().any(|l| {
             l.starts_with(&format!("{series}{{"))
                 && labels
@@ -341,6 +333,32 @@ pub async fn simulator(mut config: SimulatorConfig) -> SimulatorHandle {
 }
 
 /// A ServiceNow-style export.
+/// POSTs a ServiceNow incident to the gateway at `base`, for tests that run a gateway
+/// without a [`Harness`].
+pub async fn post_sn(client: &reqwest::Client, base: &str, reference: &str) -> (u16, String) {
+    let r = client
+        .post(format!("{base}/v1/integrations/servicenow/incidents"))
+        .bearer_auth(SN_KEY)
+        .header("content-type", "application/xml")
+        .body(sn_xml(reference, "UG1234", "AC12"))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// The gateway's `/metrics` text.
+pub async fn scrape(client: &reqwest::Client, base: &str) -> String {
+    client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 pub fn sn_xml(reference: &str, device: &str, fault: &str) -> String {
     format!(
         "<incident><number>{reference}</number><cmdb_ci><serial_number>{device}</serial_number></cmdb_ci>\

@@ -2,7 +2,7 @@
 //! elements and attributes below the payload root, with the Loomis fields they feed.
 
 use super::super::path::{Name, SourcePath, XmlPath};
-use super::super::plan::{FieldPlan, Part, Repeated, Source};
+use super::super::plan::{FieldPlan, Repeated};
 
 /// An element of the described document.
 #[derive(Debug, Clone)]
@@ -60,18 +60,7 @@ impl Shape {
         let mut uses: Vec<(&'static str, &XmlPath, bool)> = Vec::new();
         for (field, plan) in fields {
             let many = matches!(plan.repeated, Repeated::Join | Repeated::Last);
-            let paths: Vec<&SourcePath> = match &plan.source {
-                Source::Paths(ps) => ps.iter().collect(),
-                Source::Template(ts) => ts
-                    .iter()
-                    .flat_map(|t| &t.parts)
-                    .filter_map(|p| match p {
-                        Part::Value(sp) => Some(sp),
-                        Part::Literal(_) => None,
-                    })
-                    .collect(),
-                Source::Const(_) => Vec::new(),
-            };
+            let paths = plan.source.paths();
             for p in paths {
                 if let SourcePath::Xml(x) = p {
                     uses.push((field, x, many));
