@@ -1,7 +1,9 @@
 //! Logging setup: `tracing` with key/value fields, human-readable by default, JSON with
 //! `--log-format json` (or `[log] format = "json"`). `RUST_LOG` overrides the level.
 
-use tracing_subscriber::{fmt, EnvFilter};
+use tracing_subscriber::filter::{filter_fn, FilterExt};
+use tracing_subscriber::prelude::*;
+use tracing_subscriber::{fmt, EnvFilter, Layer, Registry};
 
 /// Installs the global subscriber once; later calls (tests) are no-ops.
 ///
@@ -10,6 +12,21 @@ use tracing_subscriber::{fmt, EnvFilter};
 /// rather than drop lines. Keep the returned guard until exit: dropping it writes out
 /// what is buffered.
 pub fn init(json: bool, level: Option<&str>) -> tracing_appender::non_blocking::WorkerGuard {
+    init_with(json, level, None)
+}
+
+/// Target of the spans opened for traces only (`trace::span`, the server spans): log
+/// lines leave them out, so turning traces on does not change what the log says.
+pub const TRACE_ONLY_TARGET: &str = "safepoint_gateway::trace";
+
+/// [`init`], with the layer that records spans for traces (`trace::export::init`)
+/// beside the log lines. The level filters the log lines only; the trace layer has its
+/// own filter.
+pub fn init_with(
+    json: bool,
+    level: Option<&str>,
+    traces: Option<Box<dyn Layer<Registry> + Send + Sync>>,
+) -> tracing_appender::non_blocking::WorkerGuard {
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .thread_name("log-writer")
@@ -17,16 +34,34 @@ pub fn init(json: bool, level: Option<&str>) -> tracing_appender::non_blocking::
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(level.unwrap_or("info")));
     // Colours only for a terminal: log collectors and files get plain text.
-    let builder = fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .with_writer(writer);
-    let _ = if json {
-        builder.json().flatten_event(true).try_init()
-    } else {
-        builder.try_init()
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let Some(traces) = traces else {
+        let builder = fmt()
+            .with_env_filter(filter)
+            .with_target(false)
+            .with_ansi(ansi)
+            .with_writer(writer);
+        let _ = if json {
+            builder.json().flatten_event(true).try_init()
+        } else {
+            builder.try_init()
+        };
+        return guard;
     };
+    let lines = filter.and(filter_fn(|m| !m.target().starts_with(TRACE_ONLY_TARGET)));
+    let layer = fmt::layer()
+        .with_target(false)
+        .with_ansi(ansi)
+        .with_writer(writer);
+    let layer = if json {
+        layer.json().flatten_event(true).with_filter(lines).boxed()
+    } else {
+        layer.with_filter(lines).boxed()
+    };
+    let _ = tracing_subscriber::registry()
+        .with(traces)
+        .with(layer)
+        .try_init();
     guard
 }
 

@@ -15,8 +15,8 @@ const FLOORS: &[&[&str]] = &[
     // gateway.toml as data; reads secrets from the environment.
     &["config"],
     // The vendor protocol: wire types and their validation; server TLS from the
-    // configured files.
-    &["loomis", "tls"],
+    // configured files; traces (W3C trace context, the OTLP exporter).
+    &["loomis", "tls", "trace"],
     // The domain, pure: state machine, updates, timeline.
     &["incident"],
     // Mapping files compiled to plans and applied; pure but for loading files.

@@ -269,6 +269,7 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
         format!("{:?}", old.simulator) != format!("{:?}", new.simulator),
     );
     differs("log", format!("{:?}", old.log) != format!("{:?}", new.log));
+    differs("telemetry", old.traces != new.traces);
     differs("admin.token_env", old.admin_token != new.admin_token);
     // The built-in simulator was given the callback token when it started.
     differs(

@@ -113,9 +113,25 @@ pub fn run_cli(cli: Cli) -> ExitCode {
                 }
             };
             let json = cli.log_format.as_deref().or(config.log.format.as_deref()) == Some("json");
-            let _log = crate::telemetry::init(json, config.log.level.as_deref());
+            let (traces, layer) = match config.traces.as_ref().map(crate::trace::export::init) {
+                None => (None, None),
+                Some(Ok((traces, layer))) => (Some(traces), Some(layer)),
+                Some(Err(e)) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let _log = crate::telemetry::init_with(json, config.log.level.as_deref(), layer);
             tracing::info!(config = %config.origin, "starting safepoint-gateway");
-            run(async move { crate::app::serve(config).await })
+            if let Some(t) = &config.traces {
+                tracing::info!(endpoint = %t.endpoint, service_name = %t.service_name, sample_ratio = t.sample_ratio, "traces on: spans go to the OTLP collector");
+            }
+            let code = run(async move { crate::app::serve(config).await });
+            // After the runtime: the last spans of the stop itself are sent too.
+            if let Some(traces) = traces {
+                traces.shutdown();
+            }
+            code
         }
         Command::Simulator(args) => {
             let _log = crate::telemetry::init(cli.log_format.as_deref() == Some("json"), None);

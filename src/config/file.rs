@@ -289,4 +289,5 @@ pub struct FileConfig {
     pub log: LogSection,
     pub admin: AdminSection,
     pub integrations: Vec<IntegrationSection>,
+    pub telemetry: super::TelemetrySection,
 }

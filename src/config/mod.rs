@@ -7,6 +7,7 @@
 //! below, with secrets resolved. A leaf above [`crate::auth`]: no runtime code.
 
 mod file;
+mod telemetry;
 mod tls;
 mod validate;
 
@@ -16,6 +17,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+pub use telemetry::{TelemetrySection, Traces};
 pub use tls::{CertName, ClientAuth, PeerIdentity, TlsSection};
 use validate::Validator;
 pub use validate::{line_col, random_token, toml_error};
@@ -101,6 +103,8 @@ pub struct Config {
     pub log: LogSection,
     pub admin_token: Option<Secret>,
     pub integrations: Vec<Integration>,
+    /// Where traces go (`[telemetry]`); `None`: traces are off.
+    pub traces: Option<Traces>,
 }
 
 impl Config {

@@ -34,7 +34,7 @@ pub(super) struct Validator<'a> {
 }
 
 impl Validator<'_> {
-    fn problem(&mut self, key: &str, msg: impl fmt::Display) {
+    pub(super) fn problem(&mut self, key: &str, msg: impl fmt::Display) {
         self.problems.push(format!("{key}: {msg}"));
     }
 
@@ -111,7 +111,7 @@ impl Validator<'_> {
         })
     }
 
-    fn url(&mut self, key: &str, s: &str) -> Option<url::Url> {
+    pub(super) fn url(&mut self, key: &str, s: &str) -> Option<url::Url> {
         match url::Url::parse(s) {
             Ok(u) if !u.username().is_empty() || u.password().is_some() => {
                 self.problem(
@@ -253,6 +253,7 @@ impl Validator<'_> {
                 self.problem("log.format", format!("{fmt:?} is not text or json"));
             }
         }
+        let traces = self.telemetry(&f.telemetry);
         let mut integrations = Vec::new();
         let mut names = std::collections::HashSet::new();
         if f.integrations.is_empty() {
@@ -355,6 +356,7 @@ impl Validator<'_> {
             log: f.log,
             admin_token,
             integrations,
+            traces,
         })
     }
 }
