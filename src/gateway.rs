@@ -11,6 +11,7 @@ use crate::store::{Store, StoreError, Tx};
 use jiff::Timestamp;
 use std::collections::HashMap;
 use std::sync::Arc;
+use tracing::Instrument;
 
 /// What the core needs to know of an integration.
 #[derive(Debug, Clone)]
@@ -158,6 +159,9 @@ impl Gateway {
             return Err(SubmitError::UnknownIntegration(integration.to_string()));
         }
         let integration = integration.to_string();
+        // The request's position in its trace, stored with a new incident: its Dispatch,
+        // callbacks and posts to the tool continue that trace (None with traces off).
+        let trace = crate::trace::current();
         let result = self
             .store
             .write(move |tx| {
@@ -188,6 +192,7 @@ impl Gateway {
                     }));
                 }
                 let mut incident = Incident::new(&integration, dispatch.clone(), now);
+                incident.trace = trace;
                 if !mapping_version.is_empty() {
                     if let Some(entry) = incident.timeline.last_mut() {
                         entry.detail = format!("{}; mapped by {mapping_version}", entry.detail);
@@ -201,6 +206,7 @@ impl Gateway {
                     incident,
                 }))
             })
+            .instrument(crate::trace::span("store.write"))
             .await??;
         if result.created {
             if let Some(counter) = self.created.get(&result.incident.integration) {

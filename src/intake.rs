@@ -75,6 +75,7 @@ pub fn from_document(
     rt: &IntegrationRuntime,
     doc: &Document,
 ) -> Result<Dispatch, Vec<FieldProblem>> {
+    let _span = crate::trace::span("mapping").entered();
     let fields = rt.plan.map_document(doc).map_err(problems)?;
     dispatch(rt, fields)
 }
@@ -84,6 +85,7 @@ pub fn from_fields(
     rt: &IntegrationRuntime,
     fields: &HashMap<String, String>,
 ) -> Result<Dispatch, Vec<FieldProblem>> {
+    let _span = crate::trace::span("mapping").entered();
     let mapped = rt.plan.map_fields(fields).map_err(problems)?;
     dispatch(rt, mapped)
 }

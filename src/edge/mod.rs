@@ -9,3 +9,4 @@ pub mod http;
 pub mod legacy;
 pub mod listen;
 pub mod refusal;
+pub mod traced;

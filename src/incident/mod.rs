@@ -275,6 +275,11 @@ pub struct Incident {
     pub seen: Vec<String>,
     pub duplicates: u32,
     pub ignored: u32,
+    /// Where in a trace the incident was accepted (the intake request's span): its later
+    /// work (the Dispatch, callbacks, posts to the tool) continues that trace, after a
+    /// restart too. `None` when traces were off, and in records before format 3.
+    #[serde(default, with = "crate::incident::wire::option_trace")]
+    pub trace: Option<crate::trace::TraceParent>,
 }
 
 impl Incident {
@@ -302,6 +307,7 @@ impl Incident {
             seen: Vec::new(),
             duplicates: 0,
             ignored: 0,
+            trace: None,
         };
         // The caller's Dispatch is `inc.dispatch` itself: the entry does not carry a
         // second copy (it would double the record that every write re-encodes);

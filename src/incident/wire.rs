@@ -26,6 +26,51 @@ pub(crate) fn with_text_timestamps<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+thread_local! {
+    /// Set while a record written before format 3 is decoded (or, in tests, encoded):
+    /// such records end before the incident's `trace` field.
+    static BEFORE_TRACE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` reading (or writing) records as formats 1 and 2 laid them out: no `trace`.
+pub(crate) fn before_trace_field<R>(f: impl FnOnce() -> R) -> R {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            BEFORE_TRACE.with(|t| t.set(self.0));
+        }
+    }
+    let _reset = Reset(BEFORE_TRACE.with(|t| t.replace(true)));
+    f()
+}
+
+/// `#[serde(with)]` for the incident's trace position: in the binary form of a record
+/// older than format 3 the field does not exist, and reads as `None` (a unit, which
+/// postcard writes as nothing, stands in for it).
+pub mod option_trace {
+    use crate::trace::TraceParent;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    fn absent() -> bool {
+        super::BEFORE_TRACE.with(|t| t.get())
+    }
+
+    pub fn serialize<S: Serializer>(t: &Option<TraceParent>, s: S) -> Result<S::Ok, S::Error> {
+        if !s.is_human_readable() && absent() {
+            return ().serialize(s);
+        }
+        t.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<TraceParent>, D::Error> {
+        if !d.is_human_readable() && absent() {
+            <()>::deserialize(d)?;
+            return Ok(None);
+        }
+        Option::<TraceParent>::deserialize(d)
+    }
+}
+
 /// `#[serde(with)]` for a [`Dispatch`](crate::loomis::message::Dispatch) inside a stored
 /// record: the Loomis JSON form for JSON, every field in order for the binary form.
 pub mod dispatch {

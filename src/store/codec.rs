@@ -21,11 +21,15 @@ const BINARY_V1: u8 = 0x01;
 /// the Unix epoch (format version 2). Formatting and parsing timestamp text was about 2 %
 /// of the gateway's CPU under load.
 const BINARY_V2: u8 = 0x02;
+/// Tag of a postcard record whose incidents end with their trace position
+/// (`Incident::trace`, format version 3). Versions 1 and 2 lack that field and read as
+/// `None`; jobs and updates are the same in versions 2 and 3.
+const BINARY_V3: u8 = 0x03;
 
 /// Encodes a hot record in the binary form.
 pub fn encode_binary<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
     let mut out = Vec::with_capacity(512);
-    out.push(BINARY_V2);
+    out.push(BINARY_V3);
     postcard::to_io(v, &mut out)
         .map_err(|e| StoreError::Database(format!("cannot encode a record: {e}")))?;
     Ok(out)
@@ -39,11 +43,12 @@ pub fn encode_json<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
 /// Decodes a record in either form.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
     match bytes.first() {
+        Some(&BINARY_V3) => postcard_record(&bytes[1..]),
         Some(&BINARY_V2) => {
-            postcard::from_bytes(&bytes[1..]).map_err(|e| StoreError::Corrupt(e.to_string()))
+            crate::incident::wire::before_trace_field(|| postcard_record(&bytes[1..]))
         }
         Some(&BINARY_V1) => crate::incident::wire::with_text_timestamps(|| {
-            postcard::from_bytes(&bytes[1..]).map_err(|e| StoreError::Corrupt(e.to_string()))
+            crate::incident::wire::before_trace_field(|| postcard_record(&bytes[1..]))
         }),
         Some(b'{') => serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string())),
         Some(b) => Err(StoreError::Corrupt(format!(
@@ -51,6 +56,10 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
         ))),
         None => Err(StoreError::Corrupt("empty record".into())),
     }
+}
+
+fn postcard_record<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 #[cfg(test)]
@@ -96,7 +105,7 @@ mod tests {
         for email in [None, Some("john.smith@example.com")] {
             let inc = incident(email);
             let bytes = encode_binary(&inc).unwrap();
-            assert_eq!(bytes[0], BINARY_V2);
+            assert_eq!(bytes[0], BINARY_V3);
             let back: Incident = decode(&bytes).unwrap();
             assert_eq!(back, inc);
             let json = encode_json(&inc).unwrap();
@@ -111,7 +120,10 @@ mod tests {
 
     /// A record as version 1 wrote it: timestamps as text.
     fn encode_v1<T: Serialize>(v: &T) -> Vec<u8> {
-        let mut bytes = crate::incident::wire::with_text_timestamps(|| encode_binary(v)).unwrap();
+        let mut bytes = crate::incident::wire::with_text_timestamps(|| {
+            crate::incident::wire::before_trace_field(|| encode_binary(v))
+        })
+        .unwrap();
         bytes[0] = BINARY_V1;
         bytes
     }
@@ -129,8 +141,66 @@ mod tests {
         assert!(!String::from_utf8_lossy(&v2).contains("2023-11-14"));
         assert!(v2.len() < v1.len());
         assert_eq!(decode::<Incident>(&v2).unwrap(), inc);
-        // Decoding a version 1 record leaves the thread writing version 2.
+        // Decoding a version 1 record leaves the thread writing the current version.
         assert_eq!(encode_binary(&inc).unwrap(), v2);
+    }
+
+    /// A record as version 2 wrote it: the incident ends before its trace position.
+    fn encode_v2<T: Serialize>(v: &T) -> Vec<u8> {
+        let mut bytes = crate::incident::wire::before_trace_field(|| encode_binary(v)).unwrap();
+        bytes[0] = BINARY_V2;
+        bytes
+    }
+
+    #[test]
+    fn version_3_keeps_the_trace_and_version_2_records_read_without_one() {
+        let tp = crate::trace::TraceParent::parse(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .unwrap();
+        let mut traced = incident(Some("john.smith@example.com"));
+        traced.trace = Some(tp);
+        let v3 = encode_binary(&traced).unwrap();
+        assert_eq!(v3[0], BINARY_V3);
+        assert_eq!(decode::<Incident>(&v3).unwrap(), traced);
+        // The trace is the record's last 26 bytes: Some, trace id, span id, flags.
+        assert_eq!(v3[v3.len() - 26], 1);
+        assert_eq!(&v3[v3.len() - 25..v3.len() - 9], &tp.trace_id);
+        // JSON records hold the header text, and older JSON records (no key) read as None.
+        let json = String::from_utf8(encode_json(&traced).unwrap()).unwrap();
+        assert!(json.contains(&format!("\"trace\":\"{tp}\"")), "{json}");
+        let untraced = incident(Some("john.smith@example.com"));
+        let old_json = String::from_utf8(encode_json(&untraced).unwrap())
+            .unwrap()
+            .replace(",\"trace\":null", "");
+        assert!(!old_json.contains("trace"), "{old_json}");
+        assert_eq!(decode::<Incident>(old_json.as_bytes()).unwrap(), untraced);
+
+        // Version 2 as earlier releases wrote it: the same bytes without the trace field
+        // (a None is one byte in version 3).
+        let v2 = encode_v2(&untraced);
+        let now = encode_binary(&untraced).unwrap();
+        assert_eq!(&v2[1..], &now[1..now.len() - 1]);
+        assert_eq!(now[now.len() - 1], 0);
+        assert_eq!(decode::<Incident>(&v2).unwrap(), untraced);
+        // A version 2 record of a traced incident cannot exist: writing one drops it.
+        assert_eq!(decode::<Incident>(&encode_v2(&traced)).unwrap().trace, None);
+        // Jobs and updates are laid out alike in versions 2 and 3.
+        let job = crate::store::records::Job {
+            id: 7,
+            target: crate::store::records::Target::Loomis,
+            kind: crate::store::records::JobKind::Dispatch,
+            incident: crate::incident::IncidentKey::new("servicenow", "INC1"),
+            attempts: 0,
+            created_at: jiff::Timestamp::from_second(1_700_000_000).unwrap(),
+            next_attempt_at: jiff::Timestamp::from_second(1_700_000_000).unwrap(),
+            last_error: None,
+        };
+        assert_eq!(&encode_v2(&job)[1..], &encode_binary(&job).unwrap()[1..]);
+        assert_eq!(
+            decode::<crate::store::records::Job>(&encode_v2(&job)).unwrap(),
+            job
+        );
     }
 
     #[test]

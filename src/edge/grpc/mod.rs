@@ -121,6 +121,7 @@ pub fn serve(
             .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
             .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
             .timeout(REQUEST_TIMEOUT)
+            .layer(crate::edge::traced::ServerSpans)
             .add_service(health)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

@@ -123,6 +123,8 @@ pub fn layered(router: Router, request_timeout: Duration) -> Router {
             request_timeout,
             deadline,
         ))
+        // Outermost: the whole request, its refusal line included, in its server span.
+        .layer(crate::edge::traced::ServerSpans)
 }
 
 /// Paths of the legacy front door, whose callers expect XML errors.
