@@ -270,6 +270,12 @@ impl Gateway {
     ) -> Result<(Outcome, Incident), MessageError> {
         let integrations = self.integrations.clone();
         let kind = msg.kind;
+        // A span of the incident's trace, which only the write finds: it is opened now
+        // and given its parent there, before it is first entered below. The request it
+        // came with (Loomis's own trace, if it sent one) is linked.
+        let span = crate::trace::span("loomis.callback");
+        crate::trace::link(&span, crate::trace::current());
+        let in_write = span.clone();
         let res = self
             .store
             .write(move |tx| {
@@ -297,6 +303,7 @@ impl Gateway {
                         "reference index points at missing incident {key}"
                     )));
                 };
+                crate::trace::follow(&in_write, inc.trace);
                 let delivers = integrations
                     .get(&key.integration)
                     .is_some_and(|i| i.delivers);
@@ -322,6 +329,7 @@ impl Gateway {
             Err(MessageError::Store(_)) => "store_error",
         };
         count_message(kind, label, via);
+        let _span = span.entered();
         let res = res?;
         let (outcome, inc) = &res;
         tracing::info!(integration = %inc.integration, reference = %inc.reference, incident_id = inc.incident_id.as_deref().unwrap_or(""),
@@ -361,6 +369,7 @@ impl Gateway {
                 }
                 Ok(Some((inc, counted)))
             })
+            .instrument(crate::trace::span("store.write"))
             .await
             .map(|settled| {
                 settled.map(|(inc, counted)| {

@@ -178,6 +178,8 @@ impl Attempt {
         // with this attempt across awaits and never leaks into other tasks' lines.
         let span = tracing::info_span!("deliver", integration = %inc.integration, reference = %inc.reference,
             incident_id = inc.incident_id.as_deref().unwrap_or(""), kind = ?job.kind, attempt = job.attempts + 1);
+        // Part of the incident's trace, whenever (and in whichever process) it runs.
+        crate::trace::follow(&span, inc.trace);
         self.send(job, inc).instrument(span).await
     }
 

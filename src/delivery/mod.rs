@@ -247,8 +247,18 @@ pub async fn post(
     body: Vec<u8>,
     timeout: Duration,
 ) -> Result<Answer, AttemptError> {
+    // With traces on, the request carries the current span's traceparent; the fixed
+    // headers are copied only then.
+    let traced;
+    let headers = match crate::trace::outgoing() {
+        Some(h) => {
+            traced = [&to.headers[..], &[h]].concat();
+            &traced[..]
+        }
+        None => &to.headers[..],
+    };
     let resp = match client
-        .post(&to.uri, &to.headers, body, timeout, MAX_RESPONSE_BYTES)
+        .post(&to.uri, headers, body, timeout, MAX_RESPONSE_BYTES)
         .await
     {
         Ok(r) => r,

@@ -79,6 +79,12 @@ async fn attempt(
 ) -> Verdict {
     // Attached to the future, not entered on the thread: see the Loomis runner.
     let span = tracing::info_span!("post_update", integration = %job.incident.integration, reference = %job.incident.reference, attempt = job.attempts + 1);
+    if crate::trace::enabled() {
+        // The post is part of the incident's trace (one more read, with traces on only).
+        if let Ok(Some(inc)) = gateway.get(&job.incident.integration, &job.incident.reference) {
+            crate::trace::follow(&span, inc.trace);
+        }
+    }
     post_update(gateway, client, target, job, slot)
         .instrument(span)
         .await
