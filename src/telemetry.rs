@@ -48,7 +48,7 @@ pub fn init_with(
         };
         return guard;
     };
-    let lines = filter.and(filter_fn(|m| !m.target().starts_with(TRACE_ONLY_TARGET)));
+    let lines = filter.and(filter_fn(|m| m.target() != TRACE_ONLY_TARGET));
     let layer = fmt::layer()
         .with_target(false)
         .with_ansi(ansi)

@@ -249,8 +249,9 @@ api_key_env = "INTERNAL_KEY"
         gw
     }
 
-    /// SIGTERM, and waits for the exit (the last spans are exported on the way out).
-    async fn stop(mut self) {
+    /// SIGTERM, and waits for the exit (the last spans are exported on the way out);
+    /// what the gateway logged.
+    async fn stop(mut self) -> String {
         let pid = self.child.id().expect("running").to_string();
         let sent = Command::new("kill")
             .args(["-TERM", &pid])
@@ -263,6 +264,7 @@ api_key_env = "INTERNAL_KEY"
             .expect("the gateway exits after SIGTERM")
             .unwrap();
         assert!(status.success(), "{status}\n{}", self.log_text());
+        self.log_text()
     }
 
     fn log_text(&self) -> String {
@@ -364,7 +366,13 @@ async fn one_trace_from_intake_through_loomis_to_the_tool_across_a_restart() {
     assert_eq!(ids(&grpc_dispatch.traceparent).0, GRPC_TRACE);
 
     // A restart between intake and the callback: the trace is stored with the incident.
-    gw.stop().await;
+    let log = gw.stop().await;
+    // Spans opened for traces only stay out of the log lines.
+    assert!(log.contains("incident queued for Loomis"), "{log}");
+    assert!(
+        !log.contains("otel.name") && !log.contains("request{"),
+        "{log}"
+    );
     let gw = Gateway::spawn(dir.path(), &loomis, &tool, &telemetry).await;
     let r = client
         .post(format!("{}/v1/loomis/messages", gw.http))
@@ -467,4 +475,62 @@ async fn without_telemetry_no_traceparent_goes_out() {
     let ack = seen(&posts, "the ACK post", &["INC7002", "Loomis ACK"]).await;
     assert_eq!(ack.traceparent, None);
     gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_refuses_spans_costs_no_incident_and_is_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (dispatches, posts): (Log, Log) = Default::default();
+    let loomis = loomis(dispatches.clone()).await;
+    let tool = tool(posts.clone()).await;
+    let refused = Arc::new(Mutex::new(0u32));
+    let collector = {
+        let refused = refused.clone();
+        serve(Router::new().route(
+            "/v1/traces",
+            post(move || {
+                *refused.lock().unwrap() += 1;
+                async { StatusCode::SERVICE_UNAVAILABLE }
+            }),
+        ))
+        .await
+    };
+    let telemetry = format!("[telemetry]\notlp_endpoint = \"{collector}/v1/traces\"\n");
+    let gw = Gateway::spawn(dir.path(), &loomis, &tool, &telemetry).await;
+    let client = reqwest::Client::new();
+    let r = client
+        .post(format!("{}/v1/integrations/servicenow/incidents", gw.http))
+        .bearer_auth(SN_KEY)
+        .header("content-type", "application/xml")
+        .body(sn_xml("INC7003", "UG1234", "AC12"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    // No traceparent came in: the trace starts at the gateway, and still goes out.
+    let dispatch = seen(&dispatches, "the Dispatch", &["\"INC7003\""]).await;
+    let (trace, _) = ids(&dispatch.traceparent);
+    let ack = seen(&posts, "the ACK post", &["INC7003", "Loomis ACK"]).await;
+    assert_eq!(ids(&ack.traceparent).0, trace);
+    // The refused batch is counted and logged.
+    eventually("the export failure counted", || {
+        let (client, base) = (client.clone(), gw.http.clone());
+        async move {
+            let metrics = scrape(&client, &base).await;
+            metrics
+                .lines()
+                .any(|l| {
+                    l.starts_with("gateway_trace_export_failures_total ") && !l.ends_with(" 0")
+                })
+                .then_some(())
+        }
+    })
+    .await;
+    assert!(*refused.lock().unwrap() >= 1);
+    let log = gw.stop().await;
+    assert!(
+        log.contains("cannot export traces to the collector")
+            && log.contains("the collector answered HTTP 503"),
+        "{log}"
+    );
 }
