@@ -39,11 +39,12 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let span = match name(&req) {
-            Some(name) if crate::trace::enabled() => {
+        // Traces off: no name is built, the span is the disabled one.
+        let span = match crate::trace::enabled().then(|| name(&req)).flatten() {
+            Some(name) => {
                 crate::trace::server_span(&name, req.headers().get(crate::trace::TRACEPARENT))
             }
-            _ => tracing::Span::none(),
+            None => tracing::Span::none(),
         };
         let _entered = span.enter();
         self.0.call(req).instrument(span.clone())
