@@ -534,3 +534,54 @@ async fn a_collector_that_refuses_spans_costs_no_incident_and_is_counted() {
         "{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_callers_sampling_decision_is_kept_and_the_ratio_decides_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (dispatches, posts): (Log, Log) = Default::default();
+    let spans: Arc<Mutex<Vec<Exported>>> = Default::default();
+    let loomis = loomis(dispatches.clone()).await;
+    let tool = tool(posts.clone()).await;
+    let collector = collector(spans.clone()).await;
+    // Record no trace that starts here.
+    let telemetry = format!("[telemetry]\notlp_endpoint = \"{collector}\"\nsample_ratio = 0.0\n");
+    let gw = Gateway::spawn(dir.path(), &loomis, &tool, &telemetry).await;
+    let client = reqwest::Client::new();
+    for (reference, traceparent) in [
+        ("INC7004", None),
+        ("INC7005", Some(format!("00-{TRACE}-{CALLER_SPAN}-01"))),
+    ] {
+        let mut req = client
+            .post(format!("{}/v1/integrations/servicenow/incidents", gw.http))
+            .bearer_auth(SN_KEY)
+            .header("content-type", "application/xml")
+            .body(sn_xml(reference, "UG1234", "AC12"));
+        if let Some(tp) = traceparent {
+            req = req.header("traceparent", tp);
+        }
+        assert_eq!(req.send().await.unwrap().status(), 202);
+    }
+    // A trace begun here and not recorded still travels, marked unsampled.
+    let unsampled = seen(&dispatches, "the first Dispatch", &["\"INC7004\""]).await;
+    let tp = unsampled.traceparent.expect("a traceparent");
+    assert!(tp.starts_with("00-") && tp.ends_with("-00"), "{tp}");
+    assert!(!tp.contains(TRACE));
+    // The caller's sampled trace is recorded whatever the ratio.
+    let sampled = seen(&dispatches, "the second Dispatch", &["\"INC7005\""]).await;
+    assert_eq!(ids(&sampled.traceparent).0, TRACE);
+    seen(&posts, "the ACK posts", &["INC7004", "Loomis ACK"]).await;
+    seen(&posts, "the ACK posts", &["INC7005", "Loomis ACK"]).await;
+    gw.stop().await;
+    let spans = spans.lock().unwrap().clone();
+    let unsampled_trace = &tp[3..35];
+    assert!(
+        spans
+            .iter()
+            .any(|s| s.trace_id == TRACE && s.name == "deliver"),
+        "{spans:#?}"
+    );
+    assert!(
+        !spans.iter().any(|s| s.trace_id == unsampled_trace),
+        "{spans:#?}"
+    );
+}
