@@ -337,10 +337,10 @@ async fn one_trace_from_intake_through_loomis_to_the_tool_across_a_restart() {
     let mut grpc = IncidentGatewayClient::connect(gw.grpc.clone())
         .await
         .unwrap();
-    let mut req = tonic::Request::new(CreateIncidentRequest {
+    let create = |reference: &str| CreateIncidentRequest {
         integration: "internal".into(),
         fields: [
-            ("reference", "SVC-7"),
+            ("reference", reference),
             ("device", "UG1234"),
             ("contact.name", "Ann Lee"),
             ("contact.phone", "+1 555 0100"),
@@ -351,19 +351,30 @@ async fn one_trace_from_intake_through_loomis_to_the_tool_across_a_restart() {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect(),
-    });
-    let md = req.metadata_mut();
-    md.insert(
-        "authorization",
-        format!("Bearer {INTERNAL_KEY}").parse().unwrap(),
-    );
-    md.insert(
-        "traceparent",
-        format!("00-{GRPC_TRACE}-{CALLER_SPAN}-01").parse().unwrap(),
-    );
+    };
+    let traced = |md: &mut tonic::metadata::MetadataMap| {
+        let key = format!("Bearer {INTERNAL_KEY}");
+        md.insert("authorization", key.parse().unwrap());
+        let tp = format!("00-{GRPC_TRACE}-{CALLER_SPAN}-01");
+        md.insert("traceparent", tp.parse().unwrap());
+    };
+    let mut req = tonic::Request::new(create("SVC-7"));
+    traced(req.metadata_mut());
     grpc.create_incident(req).await.expect("gRPC intake");
     let grpc_dispatch = seen(&dispatches, "the gRPC incident's Dispatch", &["\"SVC-7\""]).await;
     assert_eq!(ids(&grpc_dispatch.traceparent).0, GRPC_TRACE);
+    // The stream's requests too: the traceparent of the call covers each of them.
+    let mut req = tonic::Request::new(tokio_stream::iter(vec![create("SVC-8")]));
+    traced(req.metadata_mut());
+    let mut answers = grpc.create_incidents(req).await.unwrap().into_inner();
+    answers.message().await.unwrap().expect("an answer");
+    let streamed = seen(
+        &dispatches,
+        "the streamed incident's Dispatch",
+        &["\"SVC-8\""],
+    )
+    .await;
+    assert_eq!(ids(&streamed.traceparent).0, GRPC_TRACE);
 
     // A restart between intake and the callback: the trace is stored with the incident.
     let log = gw.stop().await;

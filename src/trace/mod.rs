@@ -119,11 +119,3 @@ pub fn outgoing() -> Option<(http::HeaderName, http::HeaderValue)> {
     let value = http::HeaderValue::try_from(tp.to_string()).ok()?;
     Some((http::HeaderName::from_static(TRACEPARENT), value))
 }
-
-/// A `traceparent` in request headers, when valid; `None` when traces are off.
-pub fn received(headers: &http::HeaderMap) -> Option<TraceParent> {
-    if !enabled() {
-        return None;
-    }
-    TraceParent::parse(headers.get(TRACEPARENT)?.to_str().ok()?)
-}

@@ -125,54 +125,54 @@ impl IncidentGateway for GatewayService {
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(watch::CHANNEL_CAPACITY);
         let svc = self.clone();
-        // The stream's requests belong to the call's server span (and trace).
-        let span = tracing::Span::current();
-        tokio::spawn(tracing::Instrument::instrument(
-            async move {
-                let creds = &creds;
-                let svc_ref = &svc;
-                // No new request is read once shutdown begins; those in flight are answered.
-                let answers = inbound
-                    .take_until(svc.shutdown.clone().cancelled_owned())
-                    .enumerate()
-                    .map(|(index, item)| async move {
-                        match item {
-                            Ok(req) => Ok((index, svc_ref.create(creds, req).await)),
-                            Err(status) => Err(status),
-                        }
-                    })
-                    .buffered(CREATE_PIPELINE);
-                let mut answers = std::pin::pin!(answers);
-                while let Some(answer) = answers.next().await {
-                    let response = match answer {
-                        Ok((index, result)) => proto::CreateIncidentsResponse {
-                            index: index as u64,
-                            result: Some(match result {
-                                Ok(created) => create_incidents_response::Result::Created(created),
-                                Err(status) => create_incidents_response::Result::Error(
-                                    error::request_error(&status),
-                                ),
-                            }),
-                        },
-                        // The client's side of the stream broke: nothing more to answer.
-                        Err(status) => {
-                            tracing::debug!(code = ?status.code(), "CreateIncidents stream broken by the client");
-                            return;
-                        }
-                    };
-                    if tx.send(Ok(response)).await.is_err() {
+        let pump = async move {
+            let creds = &creds;
+            let svc_ref = &svc;
+            // No new request is read once shutdown begins; those in flight are answered.
+            let answers = inbound
+                .take_until(svc.shutdown.clone().cancelled_owned())
+                .enumerate()
+                .map(|(index, item)| async move {
+                    match item {
+                        Ok(req) => Ok((index, svc_ref.create(creds, req).await)),
+                        Err(status) => Err(status),
+                    }
+                })
+                .buffered(CREATE_PIPELINE);
+            let mut answers = std::pin::pin!(answers);
+            while let Some(answer) = answers.next().await {
+                let response = match answer {
+                    Ok((index, result)) => proto::CreateIncidentsResponse {
+                        index: index as u64,
+                        result: Some(match result {
+                            Ok(created) => create_incidents_response::Result::Created(created),
+                            Err(status) => create_incidents_response::Result::Error(
+                                error::request_error(&status),
+                            ),
+                        }),
+                    },
+                    // The client's side of the stream broke: nothing more to answer.
+                    Err(status) => {
+                        tracing::debug!(code = ?status.code(), "CreateIncidents stream broken by the client");
                         return;
                     }
+                };
+                if tx.send(Ok(response)).await.is_err() {
+                    return;
                 }
-                if svc.shutdown.is_cancelled() {
-                    let _ = tx
-                        .send(Err(Status::unavailable(
-                            "the gateway is shutting down; send the requests not answered again",
-                        )))
-                        .await;
-                }
-            },
-            span,
+            }
+            if svc.shutdown.is_cancelled() {
+                let _ = tx
+                    .send(Err(Status::unavailable(
+                        "the gateway is shutting down; send the requests not answered again",
+                    )))
+                    .await;
+            }
+        };
+        // The stream's requests belong to the call's server span (and trace).
+        tokio::spawn(tracing::Instrument::instrument(
+            pump,
+            tracing::Span::current(),
         ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
