@@ -47,8 +47,8 @@ const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
     ("gateway_store_healthy", Gauge, "1 while the store accepts writes, 0 while it refuses them (full disk, I/O errors)."),
     ("gateway_store_write_failures_total", Counter, "Group commits answered with an error (each refused every request in it)."),
     ("gateway_store_recoveries_total", Counter, "Times the store engine was reopened after failed writes."),
-    ("gateway_trace_export_failures_total", Counter, "Batches of spans the OTLP collector did not take (unreachable, or an error status); those spans are dropped."),
     ("gateway_store_corrupt_records_total", Counter, "Distinct damaged records met since start; non-zero: run `safepoint-gateway store verify` (readiness fails)."),
+    ("gateway_trace_export_failures_total", Counter, "Batches of spans the OTLP collector did not take (unreachable, or an error status); those spans are dropped."),
 ];
 
 /// Histogram buckets (seconds) of the store's group commit: an fsync is 0.1-10 ms on
