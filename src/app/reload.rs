@@ -503,3 +503,37 @@ impl ConfigControl for Control {
         self.0.status()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::restart_needed;
+    use crate::config::Config;
+
+    #[test]
+    fn turning_traces_on_or_changing_them_needs_a_restart() {
+        let base = r#"
+[callbacks]
+auth = { type = "none" }
+[[integrations]]
+name = "servicenow"
+customer_number = "A123456"
+mapping = "mappings/servicenow.toml"
+api_key_env = "KEY"
+"#;
+        let env = |k: &str| (k == "KEY").then(|| "k".to_string());
+        let parse = |extra: &str| {
+            Config::parse(&format!("{base}{extra}"), "gateway.toml", false, &env).unwrap()
+        };
+        let off = parse("");
+        let on = parse("[telemetry]\notlp_endpoint = \"http://collector:4318\"\n");
+        let sampled =
+            parse("[telemetry]\notlp_endpoint = \"http://collector:4318\"\nsample_ratio = 0.5\n");
+        assert!(restart_needed(&off, &off).is_empty());
+        for (old, new) in [(&off, &on), (&on, &off), (&on, &sampled)] {
+            assert_eq!(
+                restart_needed(old, new),
+                vec!["telemetry changed: restart needed".to_string()]
+            );
+        }
+    }
+}
