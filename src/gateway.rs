@@ -153,6 +153,19 @@ impl Gateway {
         dispatch: Dispatch,
         mapping_version: &str,
     ) -> Result<Submission, SubmitError> {
+        self.submit_with_input(integration, dispatch, mapping_version, None)
+            .await
+    }
+
+    /// [`Gateway::submit_mapped`], keeping `raw` (what the caller sent) beside a new
+    /// incident, in the same write, for its timeline.
+    pub async fn submit_with_input(
+        &self,
+        integration: &str,
+        dispatch: Dispatch,
+        mapping_version: &str,
+        raw: Option<crate::store::query::RawInput>,
+    ) -> Result<Submission, SubmitError> {
         let mapping_version = mapping_version.to_string();
         if !self.integrations.contains_key(integration) {
             return Err(SubmitError::UnknownIntegration(integration.to_string()));
@@ -195,6 +208,9 @@ impl Gateway {
                 }
                 tx.put_incident(&incident)?;
                 tx.put_reference(&incident.customer_number, &incident.reference, &key)?;
+                if let Some(raw) = &raw {
+                    tx.put_raw_input(&key, raw)?;
+                }
                 enqueue(tx, Target::Loomis, JobKind::Dispatch, key, now)?;
                 Ok(Ok(Submission {
                     created: true,

@@ -21,6 +21,7 @@ pub mod intake;
 pub mod live;
 pub mod loomis;
 pub mod mapping;
+pub mod operator;
 pub mod ops_metrics;
 pub mod retention;
 pub mod simulator;

@@ -28,7 +28,7 @@ const FLOORS: &[&[&str]] = &[
     // The core API.
     &["gateway"],
     // Workers on the core.
-    &["delivery", "retention"],
+    &["delivery", "operator", "retention"],
     // A stand-alone Loomis, used by `app` and the CLI only.
     &["simulator"],
     // Listeners.

@@ -170,6 +170,7 @@ impl Scheduler {
 
     fn add(&mut self, job: Job) {
         if !self.known.insert(job.id) {
+            self.sooner(job);
             return;
         }
         let lane = job.lane();
@@ -201,6 +202,27 @@ impl Scheduler {
             }
             self.arm(&lane);
         }
+    }
+
+    /// A job it already holds, sent again with an earlier attempt time (an operator's
+    /// "retry now"): the head of its lane, waiting for its timer, is due at the new time.
+    /// A job not waiting (queued behind another, or being attempted) keeps its place:
+    /// its attempt's outcome decides the next time.
+    fn sooner(&mut self, job: Job) {
+        let lane = job.lane();
+        let Some(head) = self.lanes.get_mut(&lane).and_then(|q| q.front_mut()) else {
+            return;
+        };
+        if head.id != job.id
+            || job.next_attempt_at >= head.next_attempt_at
+            || !self.timer_lanes.contains_key(&job.id)
+        {
+            return;
+        }
+        head.next_attempt_at = job.next_attempt_at;
+        // The timer's instant was computed when armed; find it by id (rare: people).
+        self.timers.retain(|(_, id)| *id != job.id);
+        self.timers.insert((instant_for(job.next_attempt_at), job.id));
     }
 
     fn arm(&mut self, lane: &Lane) {
