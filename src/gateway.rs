@@ -404,6 +404,11 @@ impl Gateway {
             .await
     }
 
+    /// Whether `integration` posts its updates back to its tool.
+    pub fn delivers_to_tool(&self, integration: &str) -> bool {
+        self.delivers(integration)
+    }
+
     fn delivers(&self, integration: &str) -> bool {
         self.integrations
             .get(integration)

@@ -25,6 +25,7 @@
 //! - `s` state (one byte) `\0` time `\0` integration `\0` reference
 //! - `f` reference `\0` integration
 //! - `l` Loomis IncidentId `\0` integration `\0` reference
+//! - `v` updates of an incident: integration `\0` reference `\0` sequence
 //! - `a` audit log: id -> [`AuditEntry`] JSON
 //! - `k` index mark: integration `\0` reference -> state byte, IncidentId indexed (0/1):
 //!   what the index holds for the incident, so a write changes only what moved without
@@ -59,6 +60,7 @@ const BY_REFERENCE: u8 = b'f';
 const BY_INCIDENT_ID: u8 = b'l';
 const INDEX_MARKS: u8 = b'k';
 const AUDIT: u8 = b'a';
+const UPDATES_BY_INCIDENT: u8 = b'v';
 /// The meta key saying every incident has its index keys.
 const INDEXED: &[u8] = b"mindex";
 
@@ -308,6 +310,17 @@ fn parse_indexed(rest: &[u8], integration: Option<&str>) -> Result<IncidentKey, 
     }
 }
 
+fn update_of_incident_key(u: &Update) -> Vec<u8> {
+    key(
+        UPDATES_BY_INCIDENT,
+        &[
+            u.integration.as_bytes(),
+            u.incident_reference.as_bytes(),
+            &u.sequence.get().to_be_bytes(),
+        ],
+    )
+}
+
 fn seq_key(integration: &str, seq: u64) -> Vec<u8> {
     key(UPDATES, &[integration.as_bytes(), &seq.to_be_bytes()])
 }
@@ -410,6 +423,19 @@ fn build_indexes<E: Engine>(engine: &E) -> Result<(), StoreError> {
         }
         engine.commit(writes)?;
     }
+    let mut start = vec![UPDATES];
+    loop {
+        let chunk = engine.range(&start, &[UPDATES + 1], 4096)?;
+        let Some((last, _)) = chunk.last() else { break };
+        start = last.as_ref().to_vec();
+        start.push(0);
+        let mut writes = Writes::new();
+        for (k, v) in &chunk {
+            let u: Update = decode_at(k.as_ref(), v.as_ref())?;
+            writes.insert(update_of_incident_key(&u), Some(Vec::new()));
+        }
+        engine.commit(writes)?;
+    }
     let mut done = Writes::new();
     done.insert(INDEXED.to_vec(), Some(1u64.to_be_bytes().to_vec()));
     engine.commit(done)?;
@@ -464,7 +490,8 @@ pub fn describe_key(k: &[u8]) -> String {
         ORPHANS => id("orphan"),
         RAW_INPUTS => format!("raw input {}", text(rest)),
         AUDIT => id("audit entry"),
-        BY_TIME | BY_INTEGRATION | BY_STATE | BY_REFERENCE | BY_INCIDENT_ID => {
+        BY_TIME | BY_INTEGRATION | BY_STATE | BY_REFERENCE | BY_INCIDENT_ID
+        | UPDATES_BY_INCIDENT => {
             format!("index {} {}", table as char, rest.escape_ascii())
         }
         INDEX_MARKS => format!("index mark {}", text(rest)),
@@ -594,6 +621,7 @@ impl<E: Engine> Txn for KvTxn<'_, E> {
         self.bump(key(META, &[b"seq", integration.as_bytes()]))
     }
     fn put_update(&self, update: &Update) -> Result<(), StoreError> {
+        self.set(update_of_incident_key(update), Vec::new());
         self.put(
             seq_key(&update.integration, update.sequence.get()),
             encode_binary(update),
@@ -652,6 +680,9 @@ impl<E: Engine> Txn for KvTxn<'_, E> {
         Ok(())
     }
     fn remove_update(&self, integration: &str, sequence: u64) -> Result<(), StoreError> {
+        if let Some(u) = self.update(integration, sequence)? {
+            self.del(update_of_incident_key(&u));
+        }
         self.del(seq_key(integration, sequence));
         Ok(())
     }
@@ -822,6 +853,23 @@ impl<E: Engine> Backend for KvBackend<E> {
 
     fn pruned_sequences(&self) -> Result<HashMap<String, u64>, StoreError> {
         self.counters(b"pruned")
+    }
+
+    fn updates_of(&self, k: &IncidentKey, limit: usize) -> Result<Vec<Update>, StoreError> {
+        let prefix = key(
+            UPDATES_BY_INCIDENT,
+            &[k.integration.as_bytes(), k.reference.as_bytes(), b""],
+        );
+        let engine = self.engine()?;
+        let mut out = Vec::new();
+        for (ik, _) in self.prefixed(&prefix, limit)? {
+            let seq = counter(&ik.as_ref()[prefix.len()..])?;
+            let sk = seq_key(&k.integration, seq);
+            if let Some(v) = engine.get(&sk)? {
+                out.push(decode_at(&sk, v.as_ref())?);
+            }
+        }
+        Ok(out)
     }
 
     fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
@@ -1038,7 +1086,14 @@ pub(super) fn check_record(k: &[u8], v: &[u8]) -> Result<(), String> {
         Some(&ORPHANS) => decode::<Orphan>(v).map(drop),
         Some(&RAW_INPUTS) => decode::<RawInput>(v).map(drop),
         Some(&AUDIT) => decode::<AuditEntry>(v).map(drop),
-        Some(&BY_TIME | &BY_INTEGRATION | &BY_STATE | &BY_REFERENCE | &BY_INCIDENT_ID) => {
+        Some(
+            &BY_TIME
+            | &BY_INTEGRATION
+            | &BY_STATE
+            | &BY_REFERENCE
+            | &BY_INCIDENT_ID
+            | &UPDATES_BY_INCIDENT,
+        ) => {
             if v.is_empty() {
                 Ok(())
             } else {

@@ -153,6 +153,24 @@ pub trait Backend: Send + Sync + 'static {
         }
         Ok(query::page_of(all, filter, cursor, limit))
     }
+    /// The updates of the incident `key`, oldest first, at most `limit`. This default
+    /// scans the integration's whole update log; a backend with an index answers from it.
+    fn updates_of(&self, key: &IncidentKey, limit: usize) -> Result<Vec<Update>, StoreError> {
+        let mut out = Vec::new();
+        let mut after = 0;
+        loop {
+            let chunk = self.updates_between(&key.integration, after, u64::MAX, 4096)?;
+            let Some(last) = chunk.last() else { break };
+            after = last.sequence.get();
+            out.extend(
+                chunk
+                    .into_iter()
+                    .filter(|u| u.incident_reference == key.reference),
+            );
+        }
+        out.truncate(limit);
+        Ok(out)
+    }
     /// The newest `limit` entries of the audit log, newest first.
     fn audit_log(&self, _limit: usize) -> Result<Vec<audit::AuditEntry>, StoreError> {
         Ok(Vec::new())
@@ -499,6 +517,11 @@ impl Store {
     ) -> Result<IncidentPage, StoreError> {
         let limit = limit.clamp(1, query::MAX_PAGE);
         self.seen(self.backend.incidents_page(filter, cursor, limit))
+    }
+
+    /// The updates of the incident `key`, oldest first, at most `limit`.
+    pub fn updates_of(&self, key: &IncidentKey, limit: usize) -> Result<Vec<Update>, StoreError> {
+        self.seen(self.backend.updates_of(key, limit))
     }
 
     /// The newest `limit` operator actions, newest first.
