@@ -14,6 +14,8 @@ pub const SN_KEY: &str = "sn-key-123";
 pub const INTERNAL_KEY: &str = "internal-key-456";
 pub const CB_TOKEN: &str = "callback-token-789";
 pub const ADMIN_TOKEN: &str = "admin-token-000";
+/// Signs in to the console to look only.
+pub const READONLY_TOKEN: &str = "readonly-token-111";
 pub const REMEDY_KEY: &str = "remedy-key-321";
 /// The Loomis CustomerNumber of the `remedy` integration (distinct from servicenow's).
 pub const REMEDY_CUSTOMER: &str = "R555001";
@@ -25,6 +27,7 @@ pub fn env(k: &str) -> Option<String> {
         "INTERNAL_KEY" => Some(INTERNAL_KEY.into()),
         "CB_TOKEN" => Some(CB_TOKEN.into()),
         "ADMIN_TOKEN" => Some(ADMIN_TOKEN.into()),
+        "READONLY_TOKEN" => Some(READONLY_TOKEN.into()),
         "REMEDY_KEY" => Some(REMEDY_KEY.into()),
         "TOOL_PW" => Some("tool-pw".into()),
         _ => None,
@@ -97,6 +100,7 @@ auth = {{ type = "bearer", token_env = "CB_TOKEN" }}
 {sim}
 [admin]
 token_env = "ADMIN_TOKEN"
+read_only_token_env = "READONLY_TOKEN"
 
 [[integrations]]
 name = "servicenow"
