@@ -483,3 +483,56 @@ async fn the_playground_maps_a_sample_or_names_every_problem_and_exports_a_fixtu
     assert!(text.contains("INC-P1"));
     h.stop().await;
 }
+
+#[tokio::test]
+async fn retry_now_sends_a_delivery_that_waits_for_its_backoff() {
+    // A Loomis that asks to be left alone for an hour, until it is not.
+    let status = Arc::new(AtomicU16::new(503));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/incidents", l.local_addr().unwrap());
+    let answer = status.clone();
+    let app = axum::Router::new().route(
+        "/incidents",
+        axum::routing::post(move || {
+            let s = answer.load(Ordering::SeqCst);
+            async move {
+                (
+                    axum::http::StatusCode::from_u16(s).unwrap(),
+                    [("retry-after", "3600")],
+                    "",
+                )
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    let h = Harness::start(Options {
+        loomis_url: Some(url),
+        ..Options::default()
+    })
+    .await;
+    let (code, _) = h.create(&sn_xml("INC-R1", "UG1234", "AC12")).await;
+    assert_eq!(code, 202);
+    let store = h.running().gateway.store().clone();
+    let job = eventually("the Dispatch waiting after a 503", || {
+        let store = store.clone();
+        async move {
+            store
+                .jobs()
+                .unwrap()
+                .into_iter()
+                .find(|j| j.attempts >= 1 && j.next_attempt_at > jiff::Timestamp::now())
+        }
+    })
+    .await;
+    status.store(200, Ordering::SeqCst);
+    let admin = Console::sign_in(&h.base(), ADMIN_TOKEN, "dave").await;
+    let (_, page) = admin.get("/console/incidents/servicenow/INC-R1").await;
+    assert!(page.contains("Retry Dispatch to Loomis now"), "{page}");
+    let id = job.id.to_string();
+    let (code, _) = admin.act("retry", &[("job", &id)]).await;
+    assert_eq!(code, 303);
+    h.wait_state("INC-R1", State::Sent).await;
+    let (_, page) = admin.get("/console/incidents/servicenow/INC-R1").await;
+    assert!(page.contains("retry-now by dave (admin)"), "{page}");
+    h.stop().await;
+}

@@ -568,6 +568,48 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_waiting_job_sent_again_with_an_earlier_time_goes_then() {
+        let (started, mut started_rx) = mpsc::unbounded_channel();
+        let mut gates = HashMap::new();
+        let mut opens = Vec::new();
+        for id in [1, 2] {
+            let (tx, rx) = oneshot::channel();
+            gates.insert(id, rx);
+            opens.push(tx);
+        }
+        let runner = Arc::new(Gated {
+            hold: Hold::UntilSettled,
+            limit: 4,
+            started,
+            gates: Mutex::new(gates),
+        });
+        let later = |id, reference| {
+            let mut j = job(id, reference);
+            j.next_attempt_at = Timestamp::now() + jiff::SignedDuration::from_hours(1);
+            j
+        };
+        let (feed, rx) = mpsc::unbounded_channel();
+        let shutdown = CancellationToken::new();
+        tokio::spawn(Scheduler::new("test", runner).run(
+            vec![later(1, "A"), later(2, "B")],
+            rx,
+            shutdown.clone(),
+        ));
+        assert_eq!(started_now(&mut started_rx).await, Vec::<u64>::new());
+        // "Retry now" for job 1: it goes; job 2 keeps waiting. A later time changes
+        // nothing.
+        feed.send(job(1, "A")).unwrap();
+        let mut much_later = later(2, "B");
+        much_later.next_attempt_at += jiff::SignedDuration::from_hours(5);
+        feed.send(much_later).unwrap();
+        assert_eq!(started_now(&mut started_rx).await, vec![1]);
+        // Sent again while it is being attempted: not started twice.
+        feed.send(job(1, "A")).unwrap();
+        assert_eq!(started_now(&mut started_rx).await, Vec::<u64>::new());
+        shutdown.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_cancel_goes_before_queued_dispatches() {
         let mut cancel = job(4, "D");
         cancel.kind = JobKind::Cancel;
