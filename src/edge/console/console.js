@@ -22,6 +22,13 @@
       if (steps.innerHTML !== d.rows) steps.innerHTML = d.rows;
       var st = document.getElementById("state");
       if (st) { st.textContent = d.state; st.className = "state s-" + d.state; }
+      // A terminal incident can no longer be cancelled: take the button away.
+      if (["Closed", "Cancelled", "Rejected", "Failed"].indexOf(d.state) >= 0) {
+        var c = document.getElementById("cancel");
+        if (c && c.form) c.form.remove();
+        var sec = document.querySelector("section.actions");
+        if (sec && !sec.querySelector("form")) sec.remove();
+      }
       var id = document.getElementById("incident-id");
       if (id) id.textContent = d.incident_id;
     });

@@ -135,6 +135,8 @@ pub struct Step {
     pub detail: String,
     /// Escaped HTML of the message (in a `<pre>`), if any.
     pub message: Option<String>,
+    /// Show the message unfolded (what the tool sent).
+    pub open: bool,
 }
 
 impl Step {
@@ -152,7 +154,8 @@ impl Step {
         if let Some(m) = &self.message {
             let _ = write!(
                 s,
-                r#"<details><summary>message</summary><pre class="msg">{m}</pre></details>"#
+                r#"<details{open}><summary>message</summary><pre class="msg">{m}</pre></details>"#,
+                open = if self.open { " open" } else { "" }
             );
         }
         s.push_str("</td></tr>");

@@ -59,7 +59,16 @@ impl Counters {
                         .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
             })
             .map(|(_, v)| v)
-            .sum()
+            .fold(0.0, |a, b| a + b)
+    }
+}
+
+/// A counter's value as people write it: whole numbers without a fraction.
+fn number(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v:.1}")
     }
 }
 
@@ -120,7 +129,7 @@ impl Overview {
                 format!("Loomis answers: {label}"),
                 format!(
                     "{} ({})",
-                    counters.sum("gateway_loomis_requests_total", &[("result", class)]),
+                    number(counters.sum("gateway_loomis_requests_total", &[("result", class)])),
                     rate("gateway_loomis_requests_total", &[("result", class)])
                 ),
             ));
@@ -129,9 +138,7 @@ impl Overview {
             out.push((
                 format!("loomis-msg-{}", kind.to_ascii_lowercase()),
                 format!("Loomis {kind} messages"),
-                counters
-                    .sum("gateway_loomis_messages_total", &[("kind", kind)])
-                    .to_string(),
+                number(counters.sum("gateway_loomis_messages_total", &[("kind", kind)])),
             ));
         }
         match store.jobs() {
@@ -170,7 +177,7 @@ impl Overview {
         out.push((
             "streams".into(),
             "Open WatchUpdates streams".into(),
-            counters.sum("gateway_grpc_watch_streams", &[]).to_string(),
+            number(counters.sum("gateway_grpc_watch_streams", &[])),
         ));
         out.push((
             "streamed".into(),
@@ -320,6 +327,7 @@ impl TimelineView {
                     if raw.truncated { ", cut for display" } else { "" }
                 ),
                 message: Some(body),
+                open: true,
             });
         }
         for e in &inc.timeline {
@@ -335,6 +343,7 @@ impl TimelineView {
                 outcome: html::outcome_of(e.outcome).into(),
                 detail: e.detail.clone(),
                 message: inc.timeline_message(e).map(|m| html::pretty_json(m.as_str())),
+                open: false,
             });
         }
         if inc.timeline_dropped > 0 {
@@ -345,6 +354,7 @@ impl TimelineView {
                 outcome: "note".into(),
                 detail: format!("{} later entries were not kept", inc.timeline_dropped),
                 message: None,
+                open: false,
             });
         }
         for u in &self.updates {
@@ -377,6 +387,7 @@ impl TimelineView {
                     u.response_text.as_deref().map(|t| format!("; {t}")).unwrap_or_default()
                 ),
                 message: None,
+                open: false,
             });
         }
         steps.sort_by_key(|s| s.at);
