@@ -208,6 +208,12 @@ api_key_env = "KEY"
                 }),
             ),
             (
+                // Cancelled incidents are all servicenow's: every Cancelled index entry
+                // is read and none matches (the worst case short of the scan budget).
+                "list, state + integration, no match".into(),
+                Box::new(|_| "/console/incidents?state=Cancelled&integration=remedy".into()),
+            ),
+            (
                 "list, by reference".into(),
                 Box::new(move |k| format!("/console/incidents?reference=INC{:07}", (mid + k * 37) % n)),
             ),

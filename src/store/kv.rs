@@ -978,6 +978,21 @@ impl<E: Engine> Backend for KvBackend<E> {
                 let rest = &k.as_ref()[prefix.len()..];
                 let ik = parse_indexed(rest, integration_in_key)?;
                 scanned += 1;
+                // The key names the integration: skip others without reading them.
+                if filter.integration.as_deref().is_some_and(|i| ik.integration != i) {
+                    if scanned >= query::SCAN_BUDGET {
+                        // Resume after this entry: its time is in the key.
+                        let t = u64::from_be_bytes(rest[..8].try_into().expect("8 bytes"));
+                        let nanos = ((u64::MAX - t) ^ (1 << 63)) as i64;
+                        page.next = Some(Cursor {
+                            created_at: jiff::Timestamp::from_nanosecond(nanos as i128)
+                                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                            key: ik,
+                        });
+                        return Ok(page);
+                    }
+                    continue;
+                }
                 let Some(inc) = self.incident(&ik)? else {
                     continue;
                 };
