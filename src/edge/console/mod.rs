@@ -45,7 +45,6 @@ pub struct ConsoleState {
 pub fn routes(state: ConsoleState) -> Router {
     Router::new()
         .route("/console", get(index))
-        .route("/console/", get(index))
         .route("/console/login", post(login))
         .route("/console/logout", post(logout))
         .route("/console/incidents", get(incidents))
