@@ -17,6 +17,9 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 const ADMIN: &str = "bench-admin-token";
 
+/// The path of a page's k-th request.
+type PathOf = Box<dyn Fn(usize) -> String>;
+
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -183,7 +186,7 @@ api_key_env = "KEY"
             page.next.unwrap().encode()
         };
         let mid = n / 2;
-        let pages: Vec<(String, Box<dyn Fn(usize) -> String>)> = vec![
+        let pages: Vec<(String, PathOf)> = vec![
             ("list, newest 50".into(), Box::new(|_| "/console/incidents".into())),
             (
                 "list, a later page".into(),

@@ -85,7 +85,10 @@ pub async fn replay(gw: &Gateway, id: u64, who: &str) -> Result<IncidentKey, Act
                 &who,
                 "replay",
                 &format!("dead letter {id}"),
-                &format!("queued again as job {job_id} (it had failed: {})", dl.reason),
+                &format!(
+                    "queued again as job {job_id} (it had failed: {})",
+                    dl.reason
+                ),
                 now,
             )?;
             Ok(Some(dl.job.incident))
@@ -141,7 +144,9 @@ pub async fn cancel(
     };
     let outcome = match gw.cancel(&key.integration, &key.reference, reason).await {
         Ok(inc) => format!("cancel asked; the incident is {}", inc.state),
-        Err(CancelError::NotFound(r)) => return Err(ActionError::NotFound(format!("incident {r}"))),
+        Err(CancelError::NotFound(r)) => {
+            return Err(ActionError::NotFound(format!("incident {r}")))
+        }
         Err(CancelError::AlreadyTerminal(s, _)) => {
             return Err(ActionError::Refused(format!("the incident is already {s}")))
         }

@@ -82,11 +82,14 @@ impl Console {
     async fn act(&self, action: &str, fields: &[(&str, &str)]) -> (u16, String) {
         let mut form = fields.to_vec();
         form.push(("csrf", &self.csrf));
-        let (status, page) = self.post(&format!("/console/actions/{action}"), &form).await;
+        let (status, page) = self
+            .post(&format!("/console/actions/{action}"), &form)
+            .await;
         assert_eq!(status, 200, "the confirmation page first: {page}");
         assert!(page.contains(r#"id="confirm""#), "{page}");
         form.push(("confirmed", "yes"));
-        self.post(&format!("/console/actions/{action}"), &form).await
+        self.post(&format!("/console/actions/{action}"), &form)
+            .await
     }
 }
 
@@ -150,7 +153,10 @@ async fn sign_in_refuses_wrong_tokens_and_shows_no_data_without_a_session() {
     assert!(page.contains("alice (admin)"), "{page}");
     assert!(page.contains(r#"id="f-servicenow-intake""#), "{page}");
     // Every asset comes from the gateway itself.
-    assert!(!page.contains("http://") && !page.contains("https://"), "{page}");
+    assert!(
+        !page.contains("http://") && !page.contains("https://"),
+        "{page}"
+    );
     for asset in ["/console/assets/console.js", "/console/assets/console.css"] {
         assert_eq!(c.get(asset).await.0, 200, "{asset}");
     }
@@ -165,7 +171,9 @@ async fn sign_in_refuses_wrong_tokens_and_shows_no_data_without_a_session() {
 async fn search_finds_incidents_and_the_timeline_tells_their_story() {
     let h = Harness::start(Options::default()).await;
     for n in 1..=3 {
-        let (status, body) = h.create(&sn_xml(&format!("INC-S{n}"), "UG1234", "AC12")).await;
+        let (status, body) = h
+            .create(&sn_xml(&format!("INC-S{n}"), "UG1234", "AC12"))
+            .await;
         assert_eq!(status, 202, "{body}");
     }
     let inc = h.wait_state("INC-S2", State::Closed).await;
@@ -185,24 +193,42 @@ async fn search_finds_incidents_and_the_timeline_tells_their_story() {
         h.wait_state(&format!("INC-S{n}"), State::Closed).await;
     }
     let (_, page) = c.get("/console/incidents?state=Closed&limit=2").await;
-    let (a, b) = (page.find(">INC-S3<").unwrap(), page.find(">INC-S2<").unwrap());
+    let (a, b) = (
+        page.find(">INC-S3<").unwrap(),
+        page.find(">INC-S2<").unwrap(),
+    );
     assert!(a < b, "newest first");
     assert!(!page.contains(">INC-S1<"), "{page}");
     let at = page.find(r#"id="next-page" href=""#).unwrap() + 21;
     let next = page[at..].split('"').next().unwrap().replace("&amp;", "&");
     let (_, page) = c.get(&next).await;
-    assert!(page.contains(">INC-S1<") && !page.contains(">INC-S3<"), "{page}");
+    assert!(
+        page.contains(">INC-S1<") && !page.contains(">INC-S3<"),
+        "{page}"
+    );
 
     let (status, page) = c.get("/console/incidents/servicenow/INC-S2").await;
     assert_eq!(status, 200);
     // What the tool sent, pretty-printed and escaped; the mapped Dispatch; Loomis's
     // messages; the updates.
     assert!(page.contains("Received"), "{page}");
-    assert!(page.contains("&lt;number&gt;INC-S2&lt;/number&gt;"), "{page}");
+    assert!(
+        page.contains("&lt;number&gt;INC-S2&lt;/number&gt;"),
+        "{page}"
+    );
     assert!(page.contains("Dispatch (mapped)"), "{page}");
     assert!(page.contains("mapped by"), "{page}");
-    assert!(page.contains("&quot;DeviceId&quot;: &quot;UG1234&quot;"), "{page}");
-    for step in ["ACK", "Accept", "Close", "Update #", "available to WatchUpdates streams"] {
+    assert!(
+        page.contains("&quot;DeviceId&quot;: &quot;UG1234&quot;"),
+        "{page}"
+    );
+    for step in [
+        "ACK",
+        "Accept",
+        "Close",
+        "Update #",
+        "available to WatchUpdates streams",
+    ] {
         assert!(page.contains(step), "{step}: {page}");
     }
     assert!(page.contains(id.as_str()));
@@ -213,10 +239,13 @@ async fn search_finds_incidents_and_the_timeline_tells_their_story() {
 }
 
 #[tokio::test]
-async fn cancel_from_the_console_reaches_loomis_and_is_audited_and_only_admins_with_the_token_may() {
-    let mut o = Options::default();
-    o.simulator = "ack = \"body\"\naccept_after_ms = 10\noutcome = \"none\"\n".into();
-    let h = Harness::start(o).await;
+async fn cancel_from_the_console_reaches_loomis_and_is_audited_and_only_admins_with_the_token_may()
+{
+    let h = Harness::start(Options {
+        simulator: "ack = \"body\"\naccept_after_ms = 10\noutcome = \"none\"\n".into(),
+        ..Options::default()
+    })
+    .await;
     let (status, _) = h.create(&sn_xml("INC-C1", "UG1234", "AC12")).await;
     assert_eq!(status, 202);
     h.wait_state("INC-C1", State::Accepted).await;
@@ -262,7 +291,10 @@ async fn cancel_from_the_console_reaches_loomis_and_is_audited_and_only_admins_w
         .expect("Loomis got a Cancel");
     assert_eq!(cancel["ResponseText"], "branch closed");
     let (_, page) = admin.get("/console/audit").await;
-    assert!(page.contains("alice (admin)") && page.contains("cancel"), "{page}");
+    assert!(
+        page.contains("alice (admin)") && page.contains("cancel"),
+        "{page}"
+    );
     assert!(page.contains("servicenow/INC-C1"), "{page}");
     let (_, page) = admin.get("/console/incidents/servicenow/INC-C1").await;
     assert!(page.contains("cancel by alice (admin)"), "{page}");
@@ -303,12 +335,18 @@ async fn dead_letters_are_replayed_from_the_console() {
     .await;
     let admin = Console::sign_in(&h.base(), ADMIN_TOKEN, "carol").await;
     let (_, page) = admin.get("/console/dead-letters").await;
-    assert!(page.contains("INC-D1") && page.contains("replay-selected"), "{page}");
+    assert!(
+        page.contains("INC-D1") && page.contains("replay-selected"),
+        "{page}"
+    );
     status.store(200, Ordering::SeqCst);
     // Replay two at once, then the last one from the incident's page.
     let (a, b) = (dead[0].id.to_string(), dead[1].id.to_string());
     let (code, _) = admin
-        .act("replay", &[("id", &a), ("id", &b), ("back", "/console/dead-letters")])
+        .act(
+            "replay",
+            &[("id", &a), ("id", &b), ("back", "/console/dead-letters")],
+        )
         .await;
     assert_eq!(code, 303);
     let (_, page) = admin.get("/console/incidents/servicenow/INC-D1").await;
@@ -374,17 +412,22 @@ async fn next_event(
 
 #[tokio::test]
 async fn an_open_timeline_and_the_overview_update_live() {
-    let mut o = Options::default();
     // The ACK comes in the body; Accept is the callback the test sends itself.
-    o.simulator = "ack = \"body\"\naccept_after_ms = 600000\noutcome = \"none\"\n".into();
-    let h = Harness::start(o).await;
+    let h = Harness::start(Options {
+        simulator: "ack = \"body\"\naccept_after_ms = 600000\noutcome = \"none\"\n".into(),
+        ..Options::default()
+    })
+    .await;
     let (code, _) = h.create(&sn_xml("INC-L1", "UG1234", "AC12")).await;
     assert_eq!(code, 202);
     let inc = h.wait_state("INC-L1", State::Acknowledged).await;
     let c = Console::sign_in(&h.base(), READONLY_TOKEN, "").await;
     let resp = c
         .client
-        .get(format!("{}/console/events/incidents/servicenow/INC-L1", h.base()))
+        .get(format!(
+            "{}/console/events/incidents/servicenow/INC-L1",
+            h.base()
+        ))
         .header("cookie", &c.cookie)
         .send()
         .await
@@ -411,7 +454,10 @@ async fn an_open_timeline_and_the_overview_update_live() {
         .await;
     assert_eq!(code, 200, "{body}");
     let next = next_event(&mut stream, &mut buf, "steps", |v| v["state"] == "Accepted").await;
-    assert!(next["rows"].as_str().unwrap().contains(">Accept<"), "{next}");
+    assert!(
+        next["rows"].as_str().unwrap().contains(">Accept<"),
+        "{next}"
+    );
 
     // The overview's figures come the same way.
     let resp = c
@@ -438,12 +484,19 @@ async fn the_playground_maps_a_sample_or_names_every_problem_and_exports_a_fixtu
     let (status, page) = c
         .post(
             "/console/playground",
-            &[("integration", "servicenow"), ("sample", &good), ("kind", "ACCEPT")],
+            &[
+                ("integration", "servicenow"),
+                ("sample", &good),
+                ("kind", "ACCEPT"),
+            ],
         )
         .await;
     assert_eq!(status, 200);
     assert!(page.contains(r#"id="pg-dispatch""#), "{page}");
-    assert!(page.contains("&quot;IncidentReference&quot;: &quot;INC-P1&quot;"), "{page}");
+    assert!(
+        page.contains("&quot;IncidentReference&quot;: &quot;INC-P1&quot;"),
+        "{page}"
+    );
     assert!(page.contains(r#"id="pg-post""#), "{page}");
     // A sample with two problems: both named.
     let broken = good
@@ -452,32 +505,56 @@ async fn the_playground_maps_a_sample_or_names_every_problem_and_exports_a_fixtu
     let (_, page) = c
         .post(
             "/console/playground",
-            &[("integration", "servicenow"), ("sample", &broken), ("kind", "ACK")],
+            &[
+                ("integration", "servicenow"),
+                ("sample", &broken),
+                ("kind", "ACK"),
+            ],
         )
         .await;
     assert!(page.contains("2 problems"), "{page}");
-    assert!(page.contains("DeviceId") && page.contains("FaultDateTime"), "{page}");
+    assert!(
+        page.contains("DeviceId") && page.contains("FaultDateTime"),
+        "{page}"
+    );
     // Not XML at all: where it broke.
     let (_, page) = c
         .post(
             "/console/playground",
-            &[("integration", "servicenow"), ("sample", "<a>\n<b></a>"), ("kind", "ACK")],
+            &[
+                ("integration", "servicenow"),
+                ("sample", "<a>\n<b></a>"),
+                ("kind", "ACK"),
+            ],
         )
         .await;
-    assert!(page.contains("pg-errors") && page.contains("line 2"), "{page}");
+    assert!(
+        page.contains("pg-errors") && page.contains("line 2"),
+        "{page}"
+    );
     // The fixture: a tar holding the input and what it gave.
     let r = c
         .client
         .post(format!("{}/console/playground/fixture", h.base()))
         .header("cookie", &c.cookie)
-        .form(&[("integration", "servicenow"), ("sample", good.as_str()), ("kind", "CLOSE"), ("case", "happy")])
+        .form(&[
+            ("integration", "servicenow"),
+            ("sample", good.as_str()),
+            ("kind", "CLOSE"),
+            ("case", "happy"),
+        ])
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
     let tar = r.bytes().await.unwrap();
     let text = String::from_utf8_lossy(&tar);
-    for name in ["happy.input.xml", "happy.expected.json", "happy-close.update.json", "happy-close.expected.xml"] {
+    for name in [
+        "happy.input.xml",
+        "happy.expected.json",
+        "happy-close.update.json",
+        "happy-close.expected.xml",
+    ] {
         assert!(text.contains(name), "{name}");
     }
     assert!(text.contains("INC-P1"));

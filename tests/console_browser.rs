@@ -49,7 +49,14 @@ impl Driver {
         let status = format!("{url}/status");
         eventually("chromedriver answers", || {
             let (client, status) = (client.clone(), status.clone());
-            async move { client.get(&status).send().await.ok().filter(|r| r.status() == 200) }
+            async move {
+                client
+                    .get(&status)
+                    .send()
+                    .await
+                    .ok()
+                    .filter(|r| r.status() == 200)
+            }
         })
         .await;
         Driver { child, url }
@@ -87,7 +94,8 @@ impl Drop for Driver {
 
 /// Whether the browser is here; in CI its absence is a failure.
 fn browser_present() -> bool {
-    let present = std::path::Path::new(CHROMIUM).exists() && std::path::Path::new(CHROMEDRIVER).exists();
+    let present =
+        std::path::Path::new(CHROMIUM).exists() && std::path::Path::new(CHROMEDRIVER).exists();
     if !present {
         assert!(
             std::env::var_os("CI").is_none(),
@@ -142,9 +150,24 @@ async fn screenshot(b: &Client, name: &str) {
 
 async fn sign_in(b: &Client, base: &str, token: &str, name: &str) {
     b.goto(&format!("{base}/console")).await.unwrap();
-    b.find(Locator::Id("token")).await.unwrap().send_keys(token).await.unwrap();
-    b.find(Locator::Id("name")).await.unwrap().send_keys(name).await.unwrap();
-    b.find(Locator::Id("signin")).await.unwrap().click().await.unwrap();
+    b.find(Locator::Id("token"))
+        .await
+        .unwrap()
+        .send_keys(token)
+        .await
+        .unwrap();
+    b.find(Locator::Id("name"))
+        .await
+        .unwrap()
+        .send_keys(name)
+        .await
+        .unwrap();
+    b.find(Locator::Id("signin"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
 }
 
 async fn click(b: &Client, css: &str) {
@@ -181,22 +204,39 @@ async fn a_person_uses_the_console_in_a_real_browser() {
     assert!(err.contains("does not sign in"), "{err}");
     assert!(b.find(Locator::Id("figures")).await.is_err());
     sign_in(&b, &base, ADMIN_TOKEN, "alice").await;
-    text_until(&b, "nav .who", "the signed-in name", |t| t.contains("alice (admin)")).await;
+    text_until(&b, "nav .who", "the signed-in name", |t| {
+        t.contains("alice (admin)")
+    })
+    .await;
 
     // An incident over XML, found by its reference.
     let (code, body) = h.create(&sn_xml("INC-B1", "UG1234", "AC12")).await;
     assert_eq!(code, 202, "{body}");
     h.wait_state("INC-B1", State::Accepted).await;
     // Live figures: the intake rate is filled in by the events, not by a reload.
-    text_until(&b, "#f-servicenow-intake", "a rate from the live events", |t| t.ends_with("/s")).await;
+    text_until(
+        &b,
+        "#f-servicenow-intake",
+        "a rate from the live events",
+        |t| t.ends_with("/s"),
+    )
+    .await;
     screenshot(&b, "console-overview.png").await;
     b.goto(&format!("{base}/console/incidents")).await.unwrap();
-    b.find(Locator::Id("q-reference")).await.unwrap().send_keys("INC-B1").await.unwrap();
+    b.find(Locator::Id("q-reference"))
+        .await
+        .unwrap()
+        .send_keys("INC-B1")
+        .await
+        .unwrap();
     click(&b, "#search-go").await;
     click(&b, "#incidents a").await;
 
     // Its timeline: what the tool sent, the Dispatch, the callbacks, the posts back.
-    let steps = text_until(&b, "#steps", "the post back", |t| t.contains("posted to the tool")).await;
+    let steps = text_until(&b, "#steps", "the post back", |t| {
+        t.contains("posted to the tool")
+    })
+    .await;
     for step in ["Received", "Dispatch (mapped)", "ACK", "Accept", "Update #"] {
         assert!(steps.contains(step), "{step}: {steps}");
     }
@@ -215,7 +255,10 @@ async fn a_person_uses_the_console_in_a_real_browser() {
     assert_eq!(code, 200, "{body}");
     text_until(&b, "#state", "the Close", |t| t == "Closed").await;
     text_until(&b, "#steps", "the Close step", |t| t.contains("Close")).await;
-    assert!(b.find(Locator::Id("cancel")).await.is_err(), "no cancel once Closed");
+    assert!(
+        b.find(Locator::Id("cancel")).await.is_err(),
+        "no cancel once Closed"
+    );
     screenshot(&b, "console-timeline.png").await;
 
     // The tool refuses: the post back dead-letters; replayed from the console, delivered.
@@ -229,23 +272,37 @@ async fn a_person_uses_the_console_in_a_real_browser() {
     })
     .await;
     tool_status.store(200, Ordering::SeqCst);
-    b.goto(&format!("{base}/console/dead-letters")).await.unwrap();
+    b.goto(&format!("{base}/console/dead-letters"))
+        .await
+        .unwrap();
     for pick in b.find_all(Locator::Css("input.pick")).await.unwrap() {
         pick.click().await.unwrap();
     }
     click(&b, "#replay-selected").await;
-    text_until(&b, "#confirm-what", "the confirmation", |t| t.contains("Replay")).await;
+    text_until(&b, "#confirm-what", "the confirmation", |t| {
+        t.contains("Replay")
+    })
+    .await;
     click(&b, "#confirm").await;
     eventually("the replayed posts delivered", || {
         let store = store.clone();
         async move {
-            Some(()).filter(|_| store.dead_letters(10).unwrap().is_empty() && store.jobs().unwrap().is_empty())
+            Some(()).filter(|_| {
+                store.dead_letters(10).unwrap().is_empty() && store.jobs().unwrap().is_empty()
+            })
         }
     })
     .await;
-    b.goto(&format!("{base}/console/dead-letters")).await.unwrap();
-    text_until(&b, "main", "an empty list", |t| t.contains("No dead letters")).await;
-    b.goto(&format!("{base}/console/incidents/servicenow/INC-B2")).await.unwrap();
+    b.goto(&format!("{base}/console/dead-letters"))
+        .await
+        .unwrap();
+    text_until(&b, "main", "an empty list", |t| {
+        t.contains("No dead letters")
+    })
+    .await;
+    b.goto(&format!("{base}/console/incidents/servicenow/INC-B2"))
+        .await
+        .unwrap();
     let steps = text_until(&b, "#steps", "posted", |t| t.contains("posted to the tool")).await;
     assert!(steps.contains("replay by alice (admin)"), "{steps}");
     assert!(!steps.contains("dead-lettered"), "{steps}");
@@ -253,14 +310,22 @@ async fn a_person_uses_the_console_in_a_real_browser() {
     // The playground: a Dispatch for a good sample, every problem for a broken one.
     b.goto(&format!("{base}/console/playground")).await.unwrap();
     let sample = b.find(Locator::Id("pg-sample")).await.unwrap();
-    sample.send_keys(&sn_xml("INC-PG1", "UG1234", "AC12")).await.unwrap();
+    sample
+        .send_keys(&sn_xml("INC-PG1", "UG1234", "AC12"))
+        .await
+        .unwrap();
     b.find(Locator::Id("pg-integration"))
         .await
         .unwrap()
         .select_by_value("servicenow")
         .await
         .unwrap();
-    b.find(Locator::Id("pg-kind")).await.unwrap().select_by_label("ACCEPT").await.unwrap();
+    b.find(Locator::Id("pg-kind"))
+        .await
+        .unwrap()
+        .select_by_label("ACCEPT")
+        .await
+        .unwrap();
     click(&b, "#pg-run").await;
     let dispatch = text_until(&b, "#pg-dispatch", "the Dispatch", |t| !t.is_empty()).await;
     assert!(dispatch.contains("\"DeviceId\": \"UG1234\""), "{dispatch}");
@@ -273,18 +338,29 @@ async fn a_person_uses_the_console_in_a_real_browser() {
         .unwrap();
     click(&b, "#pg-run").await;
     let errors = text_until(&b, "#pg-errors", "the problems", |t| !t.is_empty()).await;
-    assert!(errors.contains("DeviceId") && errors.contains("FaultDateTime"), "{errors}");
+    assert!(
+        errors.contains("DeviceId") && errors.contains("FaultDateTime"),
+        "{errors}"
+    );
 
     // A read-only user sees the timeline but no action, and a forged one is refused.
     click(&b, "nav form button").await;
     sign_in(&b, &base, READONLY_TOKEN, "bob").await;
-    text_until(&b, "nav .who", "the read-only name", |t| t.contains("bob (read-only)")).await;
+    text_until(&b, "nav .who", "the read-only name", |t| {
+        t.contains("bob (read-only)")
+    })
+    .await;
     let (code, _) = h.create(&sn_xml("INC-B3", "UG1234", "AC12")).await;
     assert_eq!(code, 202);
     h.wait_state("INC-B3", State::Accepted).await;
-    b.goto(&format!("{base}/console/incidents/servicenow/INC-B3")).await.unwrap();
+    b.goto(&format!("{base}/console/incidents/servicenow/INC-B3"))
+        .await
+        .unwrap();
     text_until(&b, "#steps", "the timeline", |t| t.contains("Accept")).await;
-    assert!(b.find(Locator::Id("cancel")).await.is_err(), "no cancel button");
+    assert!(
+        b.find(Locator::Id("cancel")).await.is_err(),
+        "no cancel button"
+    );
     // The same form an admin gets, built in the page by hand: refused.
     let csrf = b
         .find(Locator::Css("input[name=csrf]"))

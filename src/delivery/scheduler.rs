@@ -222,7 +222,8 @@ impl Scheduler {
         head.next_attempt_at = job.next_attempt_at;
         // The timer's instant was computed when armed; find it by id (rare: people).
         self.timers.retain(|(_, id)| *id != job.id);
-        self.timers.insert((instant_for(job.next_attempt_at), job.id));
+        self.timers
+            .insert((instant_for(job.next_attempt_at), job.id));
     }
 
     fn arm(&mut self, lane: &Lane) {

@@ -34,9 +34,9 @@
 //!
 //! Binary records and JSON records: see [`super::codec`].
 
+use super::audit::AuditEntry;
 use super::engine::{self, prefix_end, Engine, Entry, Writes};
 use super::query::{self, Cursor, IncidentFilter, IncidentPage, RawInput};
-use super::audit::AuditEntry;
 use super::records::{DeadLetter, Job, Orphan};
 use super::{Backend, Group, StoreError, Txn};
 use crate::incident::{Incident, IncidentKey, State, Update};
@@ -287,7 +287,11 @@ fn index_changes(inc: &Incident, old: Option<Mark>, new: Mark) -> Vec<(Vec<u8>, 
             out.push((
                 key(
                     BY_INCIDENT_ID,
-                    &[id.as_bytes(), inc.integration.as_bytes(), inc.reference.as_bytes()],
+                    &[
+                        id.as_bytes(),
+                        inc.integration.as_bytes(),
+                        inc.reference.as_bytes(),
+                    ],
                 ),
                 Some(Vec::new()),
             ));
@@ -416,7 +420,10 @@ fn build_indexes<E: Engine>(engine: &E) -> Result<(), StoreError> {
             }
             let ik = inc.key();
             writes.insert(
-                key(INDEX_MARKS, &[ik.integration.as_bytes(), ik.reference.as_bytes()]),
+                key(
+                    INDEX_MARKS,
+                    &[ik.integration.as_bytes(), ik.reference.as_bytes()],
+                ),
                 Some(mark.bytes().to_vec()),
             );
             count += 1;
@@ -441,7 +448,10 @@ fn build_indexes<E: Engine>(engine: &E) -> Result<(), StoreError> {
     engine.commit(done)?;
     engine.sync()?;
     if count > 0 {
-        tracing::info!(incidents = count, "built the search index of an existing store");
+        tracing::info!(
+            incidents = count,
+            "built the search index of an existing store"
+        );
     }
     Ok(())
 }
@@ -979,7 +989,11 @@ impl<E: Engine> Backend for KvBackend<E> {
                 let ik = parse_indexed(rest, integration_in_key)?;
                 scanned += 1;
                 // The key names the integration: skip others without reading them.
-                if filter.integration.as_deref().is_some_and(|i| ik.integration != i) {
+                if filter
+                    .integration
+                    .as_deref()
+                    .is_some_and(|i| ik.integration != i)
+                {
                     if scanned >= query::SCAN_BUDGET {
                         // Resume after this entry: its time is in the key.
                         let t = u64::from_be_bytes(rest[..8].try_into().expect("8 bytes"));
@@ -1102,11 +1116,7 @@ pub(super) fn check_record(k: &[u8], v: &[u8]) -> Result<(), String> {
         Some(&RAW_INPUTS) => decode::<RawInput>(v).map(drop),
         Some(&AUDIT) => decode::<AuditEntry>(v).map(drop),
         Some(
-            &BY_TIME
-            | &BY_INTEGRATION
-            | &BY_STATE
-            | &BY_REFERENCE
-            | &BY_INCIDENT_ID
+            &BY_TIME | &BY_INTEGRATION | &BY_STATE | &BY_REFERENCE | &BY_INCIDENT_ID
             | &UPDATES_BY_INCIDENT,
         ) => {
             if v.is_empty() {
@@ -1437,7 +1447,9 @@ mod tests {
         let mut out = Vec::new();
         let mut cursor = None;
         loop {
-            let page = backend.incidents_page(filter, cursor.as_ref(), limit).unwrap();
+            let page = backend
+                .incidents_page(filter, cursor.as_ref(), limit)
+                .unwrap();
             out.extend(references(&page));
             match page.next {
                 Some(c) => cursor = Some(c),
@@ -1517,15 +1529,26 @@ mod tests {
             let scan = Scan(&*backend);
             for f in &filters {
                 let want = scan.page(f);
-                assert!(!want.is_empty(), "{kind:?} {f:?}: the example finds something");
+                assert!(
+                    !want.is_empty(),
+                    "{kind:?} {f:?}: the example finds something"
+                );
                 for limit in [1, 7, 100] {
-                    assert_eq!(all_pages(&*backend, f, limit), want, "{kind:?} {f:?} {limit}");
+                    assert_eq!(
+                        all_pages(&*backend, f, limit),
+                        want,
+                        "{kind:?} {f:?} {limit}"
+                    );
                 }
             }
             let newest = backend
                 .incidents_page(&IncidentFilter::default(), None, 2)
                 .unwrap();
-            assert_eq!(references(&newest), ["remedy/INC056", "remedy/INC058"], "{kind:?}");
+            assert_eq!(
+                references(&newest),
+                ["remedy/INC056", "remedy/INC058"],
+                "{kind:?}"
+            );
             assert_eq!(scan.page(&filters[4]), ["remedy/INC001", "sn/INC001"]);
 
             // A state change moves the incident in the state index; removal drops it
@@ -1679,7 +1702,11 @@ mod tests {
             group.commit().unwrap();
             let back = backend.raw_input(&k).unwrap().expect("kept");
             assert_eq!(back, raw, "{kind:?}");
-            assert!(back.body.contains("<password>***</password>"), "{}", back.body);
+            assert!(
+                back.body.contains("<password>***</password>"),
+                "{}",
+                back.body
+            );
             let mut group = backend.group();
             group.run(&|txn| txn.remove_incident(&k)).unwrap();
             group.commit().unwrap();

@@ -145,8 +145,7 @@ pub fn page_of(
     limit: usize,
 ) -> IncidentPage {
     candidates.retain(|inc| {
-        filter.matches(inc)
-            && cursor.is_none_or(|c| c.is_before(inc.created_at, &inc.key()))
+        filter.matches(inc) && cursor.is_none_or(|c| c.is_before(inc.created_at, &inc.key()))
     });
     candidates.sort_by(listing_order);
     let more = candidates.len() > limit;
@@ -323,7 +322,10 @@ mod tests {
     fn secrets_are_redacted_in_xml_attributes_and_json() {
         let xml = r#"<a><Password>hunter2</Password><user token="abc">x</user><wsse:Password Type="t">pw</wsse:Password><ok>keep</ok></a>"#;
         let r = redact(xml);
-        assert!(!r.contains("hunter2") && !r.contains("abc") && !r.contains(">pw<"), "{r}");
+        assert!(
+            !r.contains("hunter2") && !r.contains("abc") && !r.contains(">pw<"),
+            "{r}"
+        );
         assert!(r.contains("<ok>keep</ok>"), "{r}");
         assert!(r.contains("<Password>***</Password>"), "{r}");
         let json = r#"{"api_key": "k1", "caller":"x", "Secret":"s\"q"}"#;

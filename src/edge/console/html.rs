@@ -116,7 +116,8 @@ pub fn pretty_xml(text: &str) -> String {
             }
             out.push_str(&"  ".repeat(depth));
             out.push_str(tag);
-            let self_closing = tag.ends_with("/>") || tag.starts_with("<?") || tag.starts_with("<!");
+            let self_closing =
+                tag.ends_with("/>") || tag.starts_with("<?") || tag.starts_with("<!");
             if !self_closing {
                 depth += 1;
             }
@@ -189,7 +190,10 @@ mod tests {
 
     #[test]
     fn escapes_and_pretty_prints() {
-        assert_eq!(esc(r#"<a href="x">&'"#), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+        assert_eq!(
+            esc(r#"<a href="x">&'"#),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
         let x = pretty_xml("<a><b>1</b><c><d/></c></a>");
         assert_eq!(x, "<a>\n  <b>1</b>\n  <c>\n    <d/>\n  </c>\n</a>");
         let j = pretty_json(r#"{"token":"t1","x":1}"#);

@@ -111,11 +111,18 @@ impl Overview {
         let last = store.last_sequences();
         for name in names {
             let l = [("integration", name.as_str())];
-            out.push((format!("{name}-intake"), format!("{name}: intake"), rate("gateway_incidents_created_total", &l)));
+            out.push((
+                format!("{name}-intake"),
+                format!("{name}: intake"),
+                rate("gateway_incidents_created_total", &l),
+            ));
             out.push((
                 format!("{name}-posted"),
                 format!("{name}: posts to the tool"),
-                rate("gateway_tool_posts_total", &[("integration", name), ("result", "ok")]),
+                rate(
+                    "gateway_tool_posts_total",
+                    &[("integration", name), ("result", "ok")],
+                ),
             ));
             out.push((
                 format!("{name}-updates"),
@@ -123,7 +130,11 @@ impl Overview {
                 last.get(name.as_str()).copied().unwrap_or(0).to_string(),
             ));
         }
-        for (class, label) in [("ok", "accepted"), ("retry", "to retry"), ("refused", "refused")] {
+        for (class, label) in [
+            ("ok", "accepted"),
+            ("retry", "to retry"),
+            ("refused", "refused"),
+        ] {
             out.push((
                 format!("loomis-{class}"),
                 format!("Loomis answers: {label}"),
@@ -146,14 +157,22 @@ impl Overview {
                 let now_t = jiff::Timestamp::now();
                 for (target, label) in [(Target::Loomis, "loomis"), (Target::Tool, "tools")] {
                     let of: Vec<&Job> = jobs.iter().filter(|j| j.target == target).collect();
-                    out.push((format!("outbox-{label}"), format!("Outbox to {label}"), of.len().to_string()));
+                    out.push((
+                        format!("outbox-{label}"),
+                        format!("Outbox to {label}"),
+                        of.len().to_string(),
+                    ));
                     let oldest = of
                         .iter()
                         .map(|j| j.created_at)
                         .min()
                         .map(|t| format!("{} s", now_t.duration_since(t).as_secs().max(0)))
                         .unwrap_or_else(|| "–".into());
-                    out.push((format!("oldest-{label}"), format!("Oldest job to {label}"), oldest));
+                    out.push((
+                        format!("oldest-{label}"),
+                        format!("Oldest job to {label}"),
+                        oldest,
+                    ));
                 }
             }
             Err(e) => out.push(("outbox-loomis".into(), "Outbox".into(), e.to_string())),
@@ -187,7 +206,10 @@ impl Overview {
         out.push((
             "store-size".into(),
             "Store size".into(),
-            format!("{:.1} MiB", dir_size(&self.state.store_path) as f64 / 1048576.0),
+            format!(
+                "{:.1} MiB",
+                dir_size(&self.state.store_path) as f64 / 1048576.0
+            ),
         ));
         out.push((
             "store-health".into(),
@@ -216,7 +238,8 @@ fn dir_size(dir: &std::path::Path) -> u64 {
 
 /// The overview's body: figures as a definition list, each value with its id.
 pub fn overview_html(figures: &Figures) -> String {
-    let mut s = String::from(r#"<dl class="figures" id="figures" data-live="/console/events/overview">"#);
+    let mut s =
+        String::from(r#"<dl class="figures" id="figures" data-live="/console/events/overview">"#);
     for (id, label, value) in figures {
         let _ = write!(
             s,
@@ -233,7 +256,7 @@ pub fn overview_html(figures: &Figures) -> String {
 /// `GET /console/events/overview`: the figures as JSON every [`OVERVIEW_EVERY`].
 pub async fn overview_events(State(s): State<ConsoleState>, headers: HeaderMap) -> Response {
     if let Err(r) = viewer(&s, &headers) {
-        return r;
+        return *r;
     }
     let overview = Overview::new(&s);
     let stream = futures::stream::unfold(overview, |mut o| async move {
@@ -293,7 +316,11 @@ impl TimelineView {
             .filter(|d| d.job.incident == *key)
             .collect();
         let delivers = s.gateway.delivers_to_tool(&key.integration);
-        let watermark = store.last_sequences().get(&key.integration).copied().unwrap_or(0);
+        let watermark = store
+            .last_sequences()
+            .get(&key.integration)
+            .copied()
+            .unwrap_or(0);
         Ok(Some(TimelineView {
             incident,
             raw,
@@ -324,7 +351,11 @@ impl TimelineView {
                     "what the tool sent ({}, {} bytes{})",
                     raw.format,
                     raw.size,
-                    if raw.truncated { ", cut for display" } else { "" }
+                    if raw.truncated {
+                        ", cut for display"
+                    } else {
+                        ""
+                    }
                 ),
                 message: Some(body),
                 open: true,
@@ -342,7 +373,9 @@ impl TimelineView {
                 kind,
                 outcome: html::outcome_of(e.outcome).into(),
                 detail: e.detail.clone(),
-                message: inc.timeline_message(e).map(|m| html::pretty_json(m.as_str())),
+                message: inc
+                    .timeline_message(e)
+                    .map(|m| html::pretty_json(m.as_str())),
                 open: false,
             });
         }
@@ -361,13 +394,24 @@ impl TimelineView {
             let seq = u.sequence.get();
             let post = if !self.delivers {
                 "not posted (the integration has no delivery URL)".to_string()
-            } else if let Some(d) = self.dead_letters.iter().find(|d| d.job.kind == (JobKind::PostUpdate { sequence: seq })) {
+            } else if let Some(d) = self
+                .dead_letters
+                .iter()
+                .find(|d| d.job.kind == (JobKind::PostUpdate { sequence: seq }))
+            {
                 format!("post dead-lettered ({}): {}", d.id, d.reason)
-            } else if let Some(j) = self.jobs.iter().find(|j| j.kind == (JobKind::PostUpdate { sequence: seq })) {
+            } else if let Some(j) = self
+                .jobs
+                .iter()
+                .find(|j| j.kind == (JobKind::PostUpdate { sequence: seq }))
+            {
                 format!(
                     "post pending, {} attempt(s){}",
                     j.attempts,
-                    j.last_error.as_deref().map(|e| format!(", last error: {e}")).unwrap_or_default()
+                    j.last_error
+                        .as_deref()
+                        .map(|e| format!(", last error: {e}"))
+                        .unwrap_or_default()
                 )
             } else {
                 "posted to the tool".to_string()
@@ -384,7 +428,10 @@ impl TimelineView {
                 outcome: u.state.to_string(),
                 detail: format!(
                     "{post}; {stream}{}",
-                    u.response_text.as_deref().map(|t| format!("; {t}")).unwrap_or_default()
+                    u.response_text
+                        .as_deref()
+                        .map(|t| format!("; {t}"))
+                        .unwrap_or_default()
                 ),
                 message: None,
                 open: false,
@@ -408,7 +455,7 @@ pub async fn timeline_events(
     Path((integration, reference)): Path<(String, String)>,
 ) -> Response {
     if let Err(r) = viewer(&s, &headers) {
-        return r;
+        return *r;
     }
     let key = IncidentKey::new(integration, reference);
     let start = (s, key, String::new());

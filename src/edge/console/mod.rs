@@ -48,7 +48,10 @@ pub fn routes(state: ConsoleState) -> Router {
         .route("/console/login", post(login))
         .route("/console/logout", post(logout))
         .route("/console/incidents", get(incidents))
-        .route("/console/incidents/{integration}/{reference}", get(timeline))
+        .route(
+            "/console/incidents/{integration}/{reference}",
+            get(timeline),
+        )
         .route("/console/dead-letters", get(dead_letters))
         .route("/console/orphans", get(orphans))
         .route("/console/audit", get(audit))
@@ -137,10 +140,10 @@ fn sign_in(s: &ConsoleState, status: StatusCode, error: Option<&str>) -> Respons
 }
 
 /// The request's session, or the sign-in page (401) in place of any data.
-pub(crate) fn viewer(s: &ConsoleState, headers: &HeaderMap) -> Result<Session, Response> {
+pub(crate) fn viewer(s: &ConsoleState, headers: &HeaderMap) -> Result<Session, Box<Response>> {
     s.sessions
         .find(headers)
-        .ok_or_else(|| sign_in(s, StatusCode::UNAUTHORIZED, None))
+        .ok_or_else(|| Box::new(sign_in(s, StatusCode::UNAUTHORIZED, None)))
 }
 
 /// Decodes an `application/x-www-form-urlencoded` body; repeated names keep every value.
@@ -185,10 +188,7 @@ async fn index(State(s): State<ConsoleState>, headers: HeaderMap) -> Response {
     };
     let figures = live::Overview::new(&s).sample();
     let body = live::overview_html(&figures);
-    html_response(
-        StatusCode::OK,
-        page("Overview", Some(&session), &body),
-    )
+    html_response(StatusCode::OK, page("Overview", Some(&session), &body))
 }
 
 async fn login(State(s): State<ConsoleState>, body: axum::body::Bytes) -> Response {
@@ -213,7 +213,11 @@ async fn login(State(s): State<ConsoleState>, body: axum::body::Bytes) -> Respon
         .into_response()
 }
 
-async fn logout(State(s): State<ConsoleState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+async fn logout(
+    State(s): State<ConsoleState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
     let f = form(&body);
     if let Some(session) = s.sessions.find(&headers) {
         if session.csrf_matches(first(&f, "csrf")) {
@@ -264,7 +268,7 @@ async fn incidents(
 ) -> Response {
     let session = match viewer(&s, &headers) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let q = form(query.unwrap_or_default().as_bytes());
     let filter = filter_of(&q);
@@ -305,7 +309,10 @@ async fn incidents(
             .collect::<String>(),
         states = IncidentState::ALL
             .iter()
-            .map(|st| format!("<option{}>{st}</option>", sel(st.as_str(), first(&q, "state"))))
+            .map(|st| format!(
+                "<option{}>{st}</option>",
+                sel(st.as_str(), first(&q, "state"))
+            ))
             .collect::<String>(),
         since = esc(first(&q, "since")),
         until = esc(first(&q, "until")),
@@ -320,11 +327,18 @@ async fn incidents(
         body.push_str("</tbody></table></div>");
     }
     if let Some(next) = &page_.next {
-        let mut params: Vec<String> = ["reference", "incident_id", "integration", "state", "since", "until"]
-            .iter()
-            .filter(|k| !first(&q, k).is_empty())
-            .map(|k| format!("{k}={}", url(first(&q, k))))
-            .collect();
+        let mut params: Vec<String> = [
+            "reference",
+            "incident_id",
+            "integration",
+            "state",
+            "since",
+            "until",
+        ]
+        .iter()
+        .filter(|k| !first(&q, k).is_empty())
+        .map(|k| format!("{k}={}", url(first(&q, k))))
+        .collect();
         params.push(format!("cursor={}", url(&next.encode())));
         let _ = write!(
             body,
@@ -342,7 +356,7 @@ async fn timeline(
 ) -> Response {
     let session = match viewer(&s, &headers) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let key = IncidentKey::new(&integration, reference.as_str());
     let view = match live::TimelineView::read(&s, &key) {
@@ -376,7 +390,11 @@ async fn timeline(
     );
     if session.can_act() {
         body.push_str(r#"<section class="actions"><h2>Actions</h2>"#);
-        let back = format!("/console/incidents/{}/{}", url(&inc.integration), url(inc.reference.as_str()));
+        let back = format!(
+            "/console/incidents/{}/{}",
+            url(&inc.integration),
+            url(inc.reference.as_str())
+        );
         for job in &view.jobs {
             let _ = write!(
                 body,
@@ -426,14 +444,18 @@ async fn timeline(
     );
     html_response(
         StatusCode::OK,
-        page(&format!("Incident {}", inc.reference), Some(&session), &body),
+        page(
+            &format!("Incident {}", inc.reference),
+            Some(&session),
+            &body,
+        ),
     )
 }
 
 async fn dead_letters(State(s): State<ConsoleState>, headers: HeaderMap) -> Response {
     let session = match viewer(&s, &headers) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let list = match s.gateway.store().dead_letters(1000) {
         Ok(l) => l,
@@ -457,7 +479,10 @@ async fn dead_letters(State(s): State<ConsoleState>, headers: HeaderMap) -> Resp
                 body,
                 r#"<tr><td>{check}</td><td>{id}</td><td>{at}</td><td><a href="/console/incidents/{ui}/{ur}">{key}</a></td><td>{kind:?}</td><td>{reason}</td></tr>"#,
                 check = if act {
-                    format!(r#"<input type="checkbox" name="id" value="{}" class="pick">"#, dl.id)
+                    format!(
+                        r#"<input type="checkbox" name="id" value="{}" class="pick">"#,
+                        dl.id
+                    )
                 } else {
                     String::new()
                 },
@@ -481,7 +506,7 @@ async fn dead_letters(State(s): State<ConsoleState>, headers: HeaderMap) -> Resp
 async fn orphans(State(s): State<ConsoleState>, headers: HeaderMap) -> Response {
     let session = match viewer(&s, &headers) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let list = match s.gateway.store().orphans(1000) {
         Ok(l) => l,
@@ -516,7 +541,7 @@ async fn orphans(State(s): State<ConsoleState>, headers: HeaderMap) -> Response 
 async fn audit(State(s): State<ConsoleState>, headers: HeaderMap) -> Response {
     let session = match viewer(&s, &headers) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let list = match s.gateway.store().audit_log(500) {
         Ok(l) => l,
@@ -550,13 +575,17 @@ async fn action(
 ) -> Response {
     let session = match viewer(&s, &headers) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let f = form(&body);
     let refuse = |why: &str| {
         html_response(
             StatusCode::FORBIDDEN,
-            page("Not allowed", Some(&session), &format!(r#"<p class="error" id="refused">{}</p>"#, esc(why))),
+            page(
+                "Not allowed",
+                Some(&session),
+                &format!(r#"<p class="error" id="refused">{}</p>"#, esc(why)),
+            ),
         )
     };
     if !session.can_act() {
@@ -658,7 +687,11 @@ async fn action(
             page(
                 "Not done",
                 Some(&session),
-                &format!(r#"<p class="error" id="not-done">{}</p><p><a href="{}">Back</a></p>"#, esc(&e.to_string()), esc(&back)),
+                &format!(
+                    r#"<p class="error" id="not-done">{}</p><p><a href="{}">Back</a></p>"#,
+                    esc(&e.to_string()),
+                    esc(&back)
+                ),
             ),
         ),
     }

@@ -137,7 +137,11 @@ fn form_html(s: &ConsoleState, integration: &str, sample: &str, kind: &str, case
             format!(
                 r#"<option value="{v}"{sel}>{v} ({kind})</option>"#,
                 v = esc(n),
-                sel = if n.as_str() == integration { " selected" } else { "" }
+                sel = if n.as_str() == integration {
+                    " selected"
+                } else {
+                    ""
+                }
             )
         })
         .collect();
@@ -168,10 +172,13 @@ fn form_html(s: &ConsoleState, integration: &str, sample: &str, kind: &str, case
 pub async fn show(State(s): State<ConsoleState>, headers: HeaderMap) -> Response {
     let session = match viewer(&s, &headers) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let body = form_html(&s, "", "", "ACK", "sample");
-    html_response(StatusCode::OK, page("Mapping playground", Some(&session), &body))
+    html_response(
+        StatusCode::OK,
+        page("Mapping playground", Some(&session), &body),
+    )
 }
 
 /// The runtime of the form's integration, or the page saying it is unknown.
@@ -181,17 +188,28 @@ fn runtime(s: &ConsoleState, name: &str) -> Option<IntegrationRuntime> {
 
 /// `POST /console/playground`: the form again, with the Dispatch or the problems, and
 /// the rendered post.
-pub async fn run(State(s): State<ConsoleState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+pub async fn run(
+    State(s): State<ConsoleState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
     let session = match viewer(&s, &headers) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let f = form(&body);
-    let (name, sample, kind) = (first(&f, "integration"), first(&f, "sample"), first(&f, "kind"));
+    let (name, sample, kind) = (
+        first(&f, "integration"),
+        first(&f, "sample"),
+        first(&f, "kind"),
+    );
     let mut out = form_html(&s, name, sample, kind, first(&f, "case"));
     let Some(rt) = runtime(&s, name) else {
         out.push_str(r#"<p class="error">Pick an integration.</p>"#);
-        return html_response(StatusCode::BAD_REQUEST, page("Mapping playground", Some(&session), &out));
+        return html_response(
+            StatusCode::BAD_REQUEST,
+            page("Mapping playground", Some(&session), &out),
+        );
     };
     let result = run_sample(&rt, sample, kind);
     let _ = write!(
@@ -202,7 +220,11 @@ pub async fn run(State(s): State<ConsoleState>, headers: HeaderMap, body: axum::
     );
     match &result.dispatch {
         Ok(json) => {
-            let _ = write!(out, r#"<h2>Dispatch</h2><pre class="msg" id="pg-dispatch">{}</pre>"#, esc(json));
+            let _ = write!(
+                out,
+                r#"<h2>Dispatch</h2><pre class="msg" id="pg-dispatch">{}</pre>"#,
+                esc(json)
+            );
         }
         Err(problems) => {
             let _ = write!(
@@ -210,7 +232,10 @@ pub async fn run(State(s): State<ConsoleState>, headers: HeaderMap, body: axum::
                 r#"<h2>{} problem{}</h2><ul class="error" id="pg-errors">{}</ul>"#,
                 problems.len(),
                 if problems.len() == 1 { "" } else { "s" },
-                problems.iter().map(|p| format!("<li>{}</li>", esc(p))).collect::<String>()
+                problems
+                    .iter()
+                    .map(|p| format!("<li>{}</li>", esc(p)))
+                    .collect::<String>()
             );
         }
     }
@@ -228,16 +253,27 @@ pub async fn run(State(s): State<ConsoleState>, headers: HeaderMap, body: axum::
                 let _ = write!(out, r#"<p class="error" id="pg-post-error">{}</p>"#, esc(e));
             }
         }
-        let _ = write!(out, r#"<details><summary>update given to the renderer</summary><pre class="msg">{}</pre></details>"#, esc(update));
+        let _ = write!(
+            out,
+            r#"<details><summary>update given to the renderer</summary><pre class="msg">{}</pre></details>"#,
+            esc(update)
+        );
     }
-    html_response(StatusCode::OK, page("Mapping playground", Some(&session), &out))
+    html_response(
+        StatusCode::OK,
+        page("Mapping playground", Some(&session), &out),
+    )
 }
 
 /// `POST /console/playground/fixture`: the sample and what it gave, as fixture files in a
 /// tar archive.
-pub async fn fixture(State(s): State<ConsoleState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+pub async fn fixture(
+    State(s): State<ConsoleState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
     if let Err(r) = viewer(&s, &headers) {
-        return r;
+        return *r;
     }
     let f = form(&body);
     let Some(rt) = runtime(&s, first(&f, "integration")) else {
@@ -247,17 +283,25 @@ pub async fn fixture(State(s): State<ConsoleState>, headers: HeaderMap, body: ax
         .chars()
         .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')
         .collect();
-    let case = if case.is_empty() { "sample".to_string() } else { case };
+    let case = if case.is_empty() {
+        "sample".to_string()
+    } else {
+        case
+    };
     let (sample, kind) = (first(&f, "sample"), first(&f, "kind"));
     let result = run_sample(&rt, sample, kind);
     let input_ext = match rt.plan.source_kind() {
         SourceKind::Xml => "xml",
         SourceKind::Fields => "json",
     };
-    let mut files: Vec<(String, String)> = vec![(format!("{case}.input.{input_ext}"), sample.to_string())];
+    let mut files: Vec<(String, String)> =
+        vec![(format!("{case}.input.{input_ext}"), sample.to_string())];
     match result.dispatch {
         Ok(json) => files.push((format!("{case}.expected.json"), json + "\n")),
-        Err(problems) => files.push((format!("{case}.expected-errors.txt"), problems.join("\n") + "\n")),
+        Err(problems) => files.push((
+            format!("{case}.expected-errors.txt"),
+            problems.join("\n") + "\n",
+        )),
     }
     if let Some((update, Ok(xml))) = result.post {
         let k = kind.to_ascii_lowercase().replace('_', "-");
@@ -289,7 +333,11 @@ pub fn tar_of(files: &[(String, String)]) -> Vec<u8> {
         put(&mut h, 108, b"0000000\0");
         put(&mut h, 116, b"0000000\0");
         put(&mut h, 124, format!("{:011o}\0", text.len()).as_bytes());
-        put(&mut h, 136, format!("{:011o}\0", jiff::Timestamp::now().as_second().max(0)).as_bytes());
+        put(
+            &mut h,
+            136,
+            format!("{:011o}\0", jiff::Timestamp::now().as_second().max(0)).as_bytes(),
+        );
         put(&mut h, 148, b"        ");
         h[156] = b'0';
         put(&mut h, 257, b"ustar\0");

@@ -211,7 +211,10 @@ mod tests {
             assert!(c.contains(part), "{c}");
         }
         let mut h = http::HeaderMap::new();
-        h.insert(http::header::COOKIE, format!("x=1; {COOKIE}={id}").parse().unwrap());
+        h.insert(
+            http::header::COOKIE,
+            format!("x=1; {COOKIE}={id}").parse().unwrap(),
+        );
         let found = s.find(&h).expect("open session");
         assert_eq!(found.who(), "alice (read-only)");
         assert!(!found.can_act());

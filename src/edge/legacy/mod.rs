@@ -260,7 +260,9 @@ async fn read_xml_body(
     body: Body,
     required: bool,
 ) -> Result<Option<Document>, LegacyError> {
-    Ok(read_xml(s, headers, body, required).await?.map(|(doc, _)| doc))
+    Ok(read_xml(s, headers, body, required)
+        .await?
+        .map(|(doc, _)| doc))
 }
 
 /// [`read_xml_body`], with the bytes as received (kept for the incident's timeline).
