@@ -412,9 +412,12 @@ async fn next_event(
 
 #[tokio::test]
 async fn an_open_timeline_and_the_overview_update_live() {
-    // The ACK comes in the body; Accept is the callback the test sends itself.
+    // The ACK comes in the body; Accept is the callback the test sends itself. The
+    // whole-request deadline is shorter than the overview's first event: an event
+    // stream outlives it (the deadline bounds a request, not a stream's body).
     let h = Harness::start(Options {
         simulator: "ack = \"body\"\naccept_after_ms = 600000\noutcome = \"none\"\n".into(),
+        request_timeout_ms: Some(500),
         ..Options::default()
     })
     .await;

@@ -170,15 +170,32 @@ async fn sign_in(b: &Client, base: &str, token: &str, name: &str) {
         .unwrap();
 }
 
+/// Clicks the element, again while the page is still being replaced (a stale element).
 async fn click(b: &Client, css: &str) {
-    b.wait()
-        .at_most(WAIT)
-        .for_element(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
-        .click()
-        .await
-        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let clicked = match b.find(Locator::Css(css)).await {
+            Ok(el) => el.click().await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match clicked {
+            Ok(()) => return,
+            Err(e) => assert!(tokio::time::Instant::now() < deadline, "{css}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the browser is at a URL containing `part`.
+async fn at(b: &Client, part: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !b.current_url().await.unwrap().as_str().contains(part) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never got to {part}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
@@ -230,7 +247,9 @@ async fn a_person_uses_the_console_in_a_real_browser() {
         .await
         .unwrap();
     click(&b, "#search-go").await;
+    at(&b, "reference=INC-B1").await;
     click(&b, "#incidents a").await;
+    at(&b, "/console/incidents/servicenow/INC-B1").await;
 
     // Its timeline: what the tool sent, the Dispatch, the callbacks, the posts back.
     let steps = text_until(&b, "#steps", "the post back", |t| {
@@ -279,6 +298,7 @@ async fn a_person_uses_the_console_in_a_real_browser() {
         pick.click().await.unwrap();
     }
     click(&b, "#replay-selected").await;
+    at(&b, "/console/actions/replay").await;
     text_until(&b, "#confirm-what", "the confirmation", |t| {
         t.contains("Replay")
     })
