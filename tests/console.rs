@@ -95,7 +95,11 @@ impl Console {
 
 #[tokio::test]
 async fn sign_in_refuses_wrong_tokens_and_shows_no_data_without_a_session() {
-    let h = Harness::start(Options::default()).await;
+    let h = Harness::start(Options {
+        read_only_token: true,
+        ..Options::default()
+    })
+    .await;
     let (status, _) = h.create(&sn_xml("INC-SECRET-1", "UG1234", "AC12")).await;
     assert_eq!(status, 202);
     let client = no_redirects();
@@ -169,7 +173,11 @@ async fn sign_in_refuses_wrong_tokens_and_shows_no_data_without_a_session() {
 
 #[tokio::test]
 async fn search_finds_incidents_and_the_timeline_tells_their_story() {
-    let h = Harness::start(Options::default()).await;
+    let h = Harness::start(Options {
+        read_only_token: true,
+        ..Options::default()
+    })
+    .await;
     for n in 1..=3 {
         let (status, body) = h
             .create(&sn_xml(&format!("INC-S{n}"), "UG1234", "AC12"))
@@ -243,6 +251,7 @@ async fn cancel_from_the_console_reaches_loomis_and_is_audited_and_only_admins_w
 {
     let h = Harness::start(Options {
         simulator: "ack = \"body\"\naccept_after_ms = 10\noutcome = \"none\"\n".into(),
+        read_only_token: true,
         ..Options::default()
     })
     .await;
@@ -418,6 +427,7 @@ async fn an_open_timeline_and_the_overview_update_live() {
     let h = Harness::start(Options {
         simulator: "ack = \"body\"\naccept_after_ms = 600000\noutcome = \"none\"\n".into(),
         request_timeout_ms: Some(500),
+        read_only_token: true,
         ..Options::default()
     })
     .await;
@@ -481,7 +491,11 @@ async fn an_open_timeline_and_the_overview_update_live() {
 
 #[tokio::test]
 async fn the_playground_maps_a_sample_or_names_every_problem_and_exports_a_fixture() {
-    let h = Harness::start(Options::default()).await;
+    let h = Harness::start(Options {
+        read_only_token: true,
+        ..Options::default()
+    })
+    .await;
     let c = Console::sign_in(&h.base(), READONLY_TOKEN, "").await;
     let good = sn_xml("INC-P1", "UG1234", "AC12");
     let (status, page) = c
@@ -587,6 +601,7 @@ async fn retry_now_sends_a_delivery_that_waits_for_its_backoff() {
     tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
     let h = Harness::start(Options {
         loomis_url: Some(url),
+        read_only_token: true,
         ..Options::default()
     })
     .await;

@@ -208,6 +208,7 @@ async fn a_person_uses_the_console_in_a_real_browser() {
         simulator: "ack = \"body\"\naccept_after_ms = 10\noutcome = \"none\"\n".into(),
         delivery_url: Some(tool(tool_status.clone()).await),
         delivery_max_attempts: 1,
+        read_only_token: true,
         ..Options::default()
     })
     .await;

@@ -53,6 +53,8 @@ pub struct Options {
     pub header_timeout_ms: Option<u64>,
     /// `server.max_body_bytes`; `None` keeps the gateway's default (1 MiB).
     pub max_body_bytes: Option<usize>,
+    /// `[admin] read_only_token_env = "READONLY_TOKEN"` (the console's look-only sign-in).
+    pub read_only_token: bool,
 }
 
 impl Default for Options {
@@ -70,6 +72,7 @@ impl Default for Options {
             request_timeout_ms: None,
             header_timeout_ms: None,
             max_body_bytes: None,
+            read_only_token: false,
         }
     }
 }
@@ -100,7 +103,7 @@ auth = {{ type = "bearer", token_env = "CB_TOKEN" }}
 {sim}
 [admin]
 token_env = "ADMIN_TOKEN"
-read_only_token_env = "READONLY_TOKEN"
+{read_only}
 
 [[integrations]]
 name = "servicenow"
@@ -113,6 +116,11 @@ api_key_env = "SN_KEY"
         age = o.retry_max_age_secs,
         sim = o.simulator,
         server_extra = server_extra(o),
+        read_only = if o.read_only_token {
+            "read_only_token_env = \"READONLY_TOKEN\""
+        } else {
+            ""
+        },
     );
     if let Some(url) = &o.delivery_url {
         t.push_str(&format!(
