@@ -25,6 +25,20 @@ use std::time::{Duration, Instant};
 const OVERVIEW_EVERY: Duration = Duration::from_secs(2);
 /// How often an open timeline looks for new steps.
 const TIMELINE_EVERY: Duration = Duration::from_millis(500);
+/// How often an open timeline reads its waiting deliveries again though nothing else moved.
+const TIMELINE_FULL_EVERY: Duration = Duration::from_secs(5);
+
+/// What an open timeline's event stream keeps between looks.
+struct Follow {
+    s: ConsoleState,
+    key: IncidentKey,
+    /// The rows last sent.
+    rows: String,
+    /// The incident's `updated_at`, timeline length and update count at the last full
+    /// read.
+    seen: Option<(jiff::Timestamp, usize, usize)>,
+    read_at: Instant,
+}
 
 /// Counters read from the metrics registry, by series and labels.
 #[derive(Default, Clone)]
@@ -458,26 +472,59 @@ pub async fn timeline_events(
         return *r;
     }
     let key = IncidentKey::new(integration, reference);
-    let start = (s, key, String::new());
-    let stream = futures::stream::unfold(start, |(s, key, last)| async move {
+    let start = Follow {
+        s,
+        key,
+        rows: String::new(),
+        seen: None,
+        read_at: Instant::now(),
+    };
+    let stream = futures::stream::unfold(start, |mut f| async move {
         loop {
-            let (s2, key2) = (s.clone(), key.clone());
-            let view = tokio::task::spawn_blocking(move || TimelineView::read(&s2, &key2))
-                .await
-                .ok()?;
-            let Ok(Some(view)) = view else {
+            // The whole view reads the outbox and the dead letters; the probe reads the
+            // incident and its update index only. Read it all when the probe moved, and
+            // every few seconds for deliveries waiting (attempts, errors).
+            let (s2, key2) = (f.s.clone(), f.key.clone());
+            let probe = tokio::task::spawn_blocking(
+                move || -> Result<Option<(jiff::Timestamp, usize, usize)>, StoreError> {
+                    let store = s2.gateway.store();
+                    let Some(inc) = store.incident(&key2)? else {
+                        return Ok(None);
+                    };
+                    Ok(Some((
+                        inc.updated_at,
+                        inc.timeline.len(),
+                        store.updates_of(&key2, 1000)?.len(),
+                    )))
+                },
+            )
+            .await
+            .ok()?;
+            let Ok(Some(probe)) = probe else {
                 // Gone (retention) or the store failing: end; the page keeps what it shows.
                 return None;
             };
-            let rows = view.rows();
-            if rows != last {
-                let data = serde_json::json!({
-                    "rows": rows,
-                    "state": view.incident.state.as_str(),
-                    "incident_id": view.incident.incident_id.as_deref().unwrap_or("–"),
-                });
-                let event = Event::default().event("steps").data(data.to_string());
-                return Some((Ok::<_, std::convert::Infallible>(event), (s, key, rows)));
+            if f.seen != Some(probe) || f.read_at.elapsed() >= TIMELINE_FULL_EVERY {
+                f.seen = Some(probe);
+                f.read_at = Instant::now();
+                let (s2, key2) = (f.s.clone(), f.key.clone());
+                let view = tokio::task::spawn_blocking(move || TimelineView::read(&s2, &key2))
+                    .await
+                    .ok()?;
+                let Ok(Some(view)) = view else {
+                    return None;
+                };
+                let rows = view.rows();
+                if rows != f.rows {
+                    let data = serde_json::json!({
+                        "rows": rows,
+                        "state": view.incident.state.as_str(),
+                        "incident_id": view.incident.incident_id.as_deref().unwrap_or("–"),
+                    });
+                    let event = Event::default().event("steps").data(data.to_string());
+                    f.rows = rows;
+                    return Some((Ok::<_, std::convert::Infallible>(event), f));
+                }
             }
             tokio::time::sleep(TIMELINE_EVERY).await;
         }
