@@ -1713,4 +1713,35 @@ mod tests {
             assert_eq!(backend.raw_input(&k).unwrap(), None, "{kind:?}");
         }
     }
+
+    #[test]
+    fn a_rare_match_past_the_scan_budget_is_reached_by_following_the_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let (backend, _) = open_both(EngineKind::Fjall, dir.path());
+        let mut group = backend.group();
+        // The one incident of "rare" is the oldest; more than a budget of newer ones
+        // of "busy" share its state.
+        for n in 0..query::SCAN_BUDGET + 50 {
+            let integration = if n == 0 { "rare" } else { "busy" };
+            let mut inc = Incident::new(
+                integration,
+                crate::loomis::message::Dispatch::sample(&format!("R{n:06}")),
+                jiff::Timestamp::UNIX_EPOCH,
+            );
+            at(&mut inc, 1_700_000_000 + n as i64);
+            group.run(&|txn| txn.put_incident(&inc)).unwrap();
+        }
+        group.commit().unwrap();
+        let filter = IncidentFilter {
+            state: Some(State::Queued),
+            integration: Some("rare".into()),
+            ..Default::default()
+        };
+        let first = backend.incidents_page(&filter, None, 10).unwrap();
+        assert!(first.incidents.is_empty(), "the budget ends the first page");
+        let next = first.next.expect("a cursor to go on from");
+        let second = backend.incidents_page(&filter, Some(&next), 10).unwrap();
+        assert_eq!(references(&second), ["rare/R000000"]);
+        assert!(second.next.is_none());
+    }
 }
