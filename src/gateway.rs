@@ -97,6 +97,8 @@ pub struct Gateway {
     /// `gateway_incidents_created_total` per integration, registered once (create the
     /// gateway after the metrics recorder is installed).
     created: Arc<HashMap<String, metrics::Counter>>,
+    /// The latest delivery attempts per incident, with their latency (console timeline).
+    attempts: Arc<crate::attempts::AttemptLog>,
 }
 
 impl Gateway {
@@ -117,6 +119,7 @@ impl Gateway {
             stopping: tokio_util::sync::CancellationToken::new(),
             integrations: Arc::new(integrations),
             created: Arc::new(created),
+            attempts: Arc::default(),
         }
     }
 
@@ -402,6 +405,11 @@ impl Gateway {
                 Ok(true)
             })
             .await
+    }
+
+    /// The latest delivery attempts per incident (in memory, since start).
+    pub fn attempts(&self) -> &crate::attempts::AttemptLog {
+        &self.attempts
     }
 
     /// Whether `integration` posts its updates back to its tool.

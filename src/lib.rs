@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod attempts;
 pub mod auth;
 pub mod cli;
 pub mod client;

@@ -11,7 +11,14 @@ use std::path::{Path, PathBuf};
 const FLOORS: &[&[&str]] = &[
     // Leaves: credentials, the HTTP client, logging, the deploy kit's metrics, the
     // holder of what a reload replaces. No gateway imports at all.
-    &["auth", "client", "live", "ops_metrics", "telemetry"],
+    &[
+        "attempts",
+        "auth",
+        "client",
+        "live",
+        "ops_metrics",
+        "telemetry",
+    ],
     // gateway.toml as data; reads secrets from the environment.
     &["config"],
     // The vendor protocol: wire types and their validation; server TLS from the

@@ -231,6 +231,8 @@ async fn search_finds_incidents_and_the_timeline_tells_their_story() {
         "{page}"
     );
     for step in [
+        "Attempt: Dispatch",
+        "answered in ",
         "ACK",
         "Accept",
         "Close",

@@ -34,9 +34,9 @@ struct Follow {
     key: IncidentKey,
     /// The rows last sent.
     rows: String,
-    /// The incident's `updated_at`, timeline length and update count at the last full
-    /// read.
-    seen: Option<(jiff::Timestamp, usize, usize)>,
+    /// The incident's `updated_at`, timeline length, update and attempt counts at the
+    /// last full read.
+    seen: Option<(jiff::Timestamp, usize, usize, usize)>,
     read_at: Instant,
 }
 
@@ -309,6 +309,8 @@ pub struct TimelineView {
     pub delivers: bool,
     /// The last durable update sequence of its integration (streams have up to it).
     pub watermark: u64,
+    /// Its latest delivery attempts since the gateway started, with their latency.
+    pub attempts: Vec<crate::attempts::Attempt>,
 }
 
 impl TimelineView {
@@ -335,7 +337,12 @@ impl TimelineView {
             .get(&key.integration)
             .copied()
             .unwrap_or(0);
+        let attempts = s
+            .gateway
+            .attempts()
+            .of(&key.integration, key.reference.as_str());
         Ok(Some(TimelineView {
+            attempts,
             incident,
             raw,
             updates,
@@ -451,6 +458,21 @@ impl TimelineView {
                 open: false,
             });
         }
+        for a in &self.attempts {
+            steps.push(Step {
+                at: a.at,
+                lane: if a.target == "loomis" {
+                    "to-loomis"
+                } else {
+                    "to-tool"
+                },
+                kind: format!("Attempt: {}", a.what),
+                outcome: a.outcome.clone(),
+                detail: format!("answered in {} ms", a.latency.as_millis()),
+                message: None,
+                open: false,
+            });
+        }
         steps.sort_by_key(|s| s.at);
         steps
     }
@@ -486,7 +508,7 @@ pub async fn timeline_events(
             // every few seconds for deliveries waiting (attempts, errors).
             let (s2, key2) = (f.s.clone(), f.key.clone());
             let probe = tokio::task::spawn_blocking(
-                move || -> Result<Option<(jiff::Timestamp, usize, usize)>, StoreError> {
+                move || -> Result<Option<(jiff::Timestamp, usize, usize, usize)>, StoreError> {
                     let store = s2.gateway.store();
                     let Some(inc) = store.incident(&key2)? else {
                         return Ok(None);
@@ -495,6 +517,10 @@ pub async fn timeline_events(
                         inc.updated_at,
                         inc.timeline.len(),
                         store.updates_of(&key2, 1000)?.len(),
+                        s2.gateway
+                            .attempts()
+                            .of(&key2.integration, key2.reference.as_str())
+                            .len(),
                     )))
                 },
             )
