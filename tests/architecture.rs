@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 /// Floors from the bottom. A module may use modules of strictly lower floors; modules on
 /// one floor do not use each other.
 const FLOORS: &[&[&str]] = &[
-    // Leaves: credentials, the HTTP client, logging, the deploy kit's metrics, the
-    // holder of what a reload replaces. No gateway imports at all.
+    // Leaves: the latest delivery attempts, credentials, the HTTP client, logging, the
+    // deploy kit's metrics, the holder of what a reload replaces. No gateway imports at
+    // all.
     &[
         "attempts",
         "auth",
