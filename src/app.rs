@@ -338,8 +338,21 @@ pub async fn start_from(config: Config, source: ConfigSource) -> anyhow::Result<
         integrations: live_integrations.clone(),
         limits: crate::edge::legacy::Limits::from(&config.server),
     });
+    let console = crate::edge::console::routes(crate::edge::console::ConsoleState {
+        gateway: gateway.clone(),
+        integrations: live_integrations.clone(),
+        sessions: Arc::new(crate::edge::console::session::Sessions::new(
+            config.admin_token.clone(),
+            config.read_only_token.clone(),
+            config.server.tls.is_some(),
+        )),
+        metrics: http_state.metrics.clone(),
+        store_path: config.store.path.clone(),
+    });
     let router = crate::edge::http::layered(
-        crate::edge::http::routes(http_state, config.server.max_callback_bytes).merge(legacy),
+        crate::edge::http::routes(http_state, config.server.max_callback_bytes)
+            .merge(legacy)
+            .merge(console),
         Duration::from_millis(config.server.request_timeout_ms),
     );
     let servers = vec![

@@ -98,6 +98,8 @@ pub struct Gateway {
     /// `gateway_incidents_created_total` per integration, registered once (create the
     /// gateway after the metrics recorder is installed).
     created: Arc<HashMap<String, metrics::Counter>>,
+    /// The latest delivery attempts per incident, with their latency (console timeline).
+    attempts: Arc<crate::attempts::AttemptLog>,
 }
 
 impl Gateway {
@@ -118,6 +120,7 @@ impl Gateway {
             stopping: tokio_util::sync::CancellationToken::new(),
             integrations: Arc::new(integrations),
             created: Arc::new(created),
+            attempts: Arc::default(),
         }
     }
 
@@ -153,6 +156,19 @@ impl Gateway {
         integration: &str,
         dispatch: Dispatch,
         mapping_version: &str,
+    ) -> Result<Submission, SubmitError> {
+        self.submit_with_input(integration, dispatch, mapping_version, None)
+            .await
+    }
+
+    /// [`Gateway::submit_mapped`], keeping `raw` (what the caller sent) beside a new
+    /// incident, in the same write, for its timeline.
+    pub async fn submit_with_input(
+        &self,
+        integration: &str,
+        dispatch: Dispatch,
+        mapping_version: &str,
+        raw: Option<crate::store::query::RawInput>,
     ) -> Result<Submission, SubmitError> {
         let mapping_version = mapping_version.to_string();
         if !self.integrations.contains_key(integration) {
@@ -200,6 +216,9 @@ impl Gateway {
                 }
                 tx.put_incident(&incident)?;
                 tx.put_reference(&incident.customer_number, &incident.reference, &key)?;
+                if let Some(raw) = &raw {
+                    tx.put_raw_input(&key, raw)?;
+                }
                 enqueue(tx, Target::Loomis, JobKind::Dispatch, key, now)?;
                 Ok(Ok(Submission {
                     created: true,
@@ -401,6 +420,16 @@ impl Gateway {
                 Ok(true)
             })
             .await
+    }
+
+    /// The latest delivery attempts per incident (in memory, since start).
+    pub fn attempts(&self) -> &crate::attempts::AttemptLog {
+        &self.attempts
+    }
+
+    /// Whether `integration` posts its updates back to its tool.
+    pub fn delivers_to_tool(&self, integration: &str) -> bool {
+        self.delivers(integration)
     }
 
     fn delivers(&self, integration: &str) -> bool {

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod attempts;
 pub mod auth;
 pub mod cli;
 pub mod client;
@@ -21,6 +22,7 @@ pub mod intake;
 pub mod live;
 pub mod loomis;
 pub mod mapping;
+pub mod operator;
 pub mod ops_metrics;
 pub mod retention;
 pub mod simulator;

@@ -9,9 +9,17 @@ use std::path::{Path, PathBuf};
 /// Floors from the bottom. A module may use modules of strictly lower floors; modules on
 /// one floor do not use each other.
 const FLOORS: &[&[&str]] = &[
-    // Leaves: credentials, the HTTP client, logging, the deploy kit's metrics, the
-    // holder of what a reload replaces. No gateway imports at all.
-    &["auth", "client", "live", "ops_metrics", "telemetry"],
+    // Leaves: the latest delivery attempts, credentials, the HTTP client, logging, the
+    // deploy kit's metrics, the holder of what a reload replaces. No gateway imports at
+    // all.
+    &[
+        "attempts",
+        "auth",
+        "client",
+        "live",
+        "ops_metrics",
+        "telemetry",
+    ],
     // gateway.toml as data; reads secrets from the environment.
     &["config"],
     // The vendor protocol: wire types and their validation; server TLS from the
@@ -28,7 +36,7 @@ const FLOORS: &[&[&str]] = &[
     // The core API.
     &["gateway"],
     // Workers on the core.
-    &["delivery", "retention"],
+    &["delivery", "operator", "retention"],
     // A stand-alone Loomis, used by `app` and the CLI only.
     &["simulator"],
     // Listeners.

@@ -634,3 +634,36 @@ async fn changed_files_are_picked_up_without_a_reload() {
     assert_eq!(served_certificate(&running, &ca).await, new_cert_der(&cert));
     running.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_console_cookie_is_secure_when_the_listener_serves_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let running = start(
+        dir.path(),
+        &config_text(dir.path(), &pki, "optional", false),
+    )
+    .await;
+    let client = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(pki.ca.pem().as_bytes()).unwrap())
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = client
+        .post(format!(
+            "https://127.0.0.1:{}/console/login",
+            running.http_addr.port()
+        ))
+        .form(&[("token", ADMIN_TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let cookie = r.headers()["set-cookie"].to_str().unwrap();
+    for part in ["Secure", "HttpOnly", "SameSite=Strict"] {
+        assert!(cookie.contains(part), "{cookie}");
+    }
+    running.stop().await.unwrap();
+}

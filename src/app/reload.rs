@@ -271,6 +271,10 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
     differs("log", format!("{:?}", old.log) != format!("{:?}", new.log));
     differs("telemetry", old.traces != new.traces);
     differs("admin.token_env", old.admin_token != new.admin_token);
+    differs(
+        "admin.read_only_token_env",
+        old.read_only_token != new.read_only_token,
+    );
     // The built-in simulator was given the callback token when it started.
     differs(
         "callbacks.auth (the built-in simulator calls back with the old token)",

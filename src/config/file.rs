@@ -236,6 +236,9 @@ pub struct LogSection {
 pub struct AdminSection {
     /// Bearer token for `/v1/admin/*` (dead letters, orphans). Unset: admin routes are off.
     pub token_env: Option<String>,
+    /// A second token that signs in to the web console (`/console`) to look, never to
+    /// act. Unset: only the admin token signs in.
+    pub read_only_token_env: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

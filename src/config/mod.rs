@@ -102,6 +102,8 @@ pub struct Config {
     pub simulator: SimulatorSection,
     pub log: LogSection,
     pub admin_token: Option<Secret>,
+    /// `[admin] read_only_token_env`: signs in to the console to look only.
+    pub read_only_token: Option<Secret>,
     pub integrations: Vec<Integration>,
     /// Where traces go (`[telemetry]`); `None`: traces are off.
     pub traces: Option<Traces>,

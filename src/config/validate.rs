@@ -248,6 +248,11 @@ impl Validator<'_> {
             .token_env
             .as_ref()
             .map(|v| self.secret("admin.token_env", v));
+        let read_only_token = f
+            .admin
+            .read_only_token_env
+            .as_ref()
+            .map(|v| self.secret("admin.read_only_token_env", v));
         if let Some(fmt) = &f.log.format {
             if fmt != "text" && fmt != "json" {
                 self.problem("log.format", format!("{fmt:?} is not text or json"));
@@ -355,6 +360,7 @@ impl Validator<'_> {
             simulator: f.simulator,
             log: f.log,
             admin_token,
+            read_only_token,
             integrations,
             traces,
         })

@@ -224,11 +224,23 @@ impl Attempt {
                 detail: "the gateway stopped while this Dispatch may have been in flight".into(),
             });
         }
-        let started = std::time::Instant::now();
+        let (sent_at, started) = (jiff::Timestamp::now(), std::time::Instant::now());
         let result = post(&self.client, &self.to, body, self.timeout).await;
         drop(self.slot);
         let kind = usize::from(!is_dispatch);
-        self.metrics.seconds[kind].record(started.elapsed().as_secs_f64());
+        let latency = started.elapsed();
+        self.metrics.seconds[kind].record(latency.as_secs_f64());
+        self.gateway.attempts().record(
+            &job.incident.integration,
+            job.incident.reference.as_str(),
+            crate::attempts::Attempt {
+                at: sent_at,
+                target: "loomis",
+                what: if is_dispatch { "Dispatch" } else { "Cancel" }.into(),
+                outcome: super::attempt_outcome(&result),
+                latency,
+            },
+        );
         match result {
             Ok(answer) => {
                 self.metrics.requests[kind][OK].increment(1);

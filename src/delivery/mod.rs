@@ -241,6 +241,15 @@ impl Destination {
 }
 
 /// POSTs `body` and classifies the result by the retry rules of the contract.
+/// What an attempt's result says, for the attempt log: `HTTP 200`, or why it failed.
+pub fn attempt_outcome(result: &Result<Answer, AttemptError>) -> String {
+    match result {
+        Ok(a) => format!("HTTP {}", a.status),
+        Err(AttemptError::Retryable { detail, .. }) => format!("to retry: {detail}"),
+        Err(AttemptError::Permanent { status, .. }) => format!("refused: HTTP {status}"),
+    }
+}
+
 pub async fn post(
     client: &crate::client::Client,
     to: &Destination,

@@ -170,6 +170,7 @@ impl Scheduler {
 
     fn add(&mut self, job: Job) {
         if !self.known.insert(job.id) {
+            self.sooner(job);
             return;
         }
         let lane = job.lane();
@@ -201,6 +202,28 @@ impl Scheduler {
             }
             self.arm(&lane);
         }
+    }
+
+    /// A job it already holds, sent again with an earlier attempt time (an operator's
+    /// "retry now"): the head of its lane, waiting for its timer, is due at the new time.
+    /// A job not waiting (queued behind another, or being attempted) keeps its place:
+    /// its attempt's outcome decides the next time.
+    fn sooner(&mut self, job: Job) {
+        let lane = job.lane();
+        let Some(head) = self.lanes.get_mut(&lane).and_then(|q| q.front_mut()) else {
+            return;
+        };
+        if head.id != job.id
+            || job.next_attempt_at >= head.next_attempt_at
+            || !self.timer_lanes.contains_key(&job.id)
+        {
+            return;
+        }
+        head.next_attempt_at = job.next_attempt_at;
+        // The timer's instant was computed when armed; find it by id (rare: people).
+        self.timers.retain(|(_, id)| *id != job.id);
+        self.timers
+            .insert((instant_for(job.next_attempt_at), job.id));
     }
 
     fn arm(&mut self, lane: &Lane) {
@@ -543,6 +566,48 @@ mod tests {
         assert_eq!(started_now(&mut started).await, vec![1, 2]);
         gates.remove(&2).unwrap().send(()).unwrap();
         assert_eq!(started_now(&mut started).await, vec![3]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_job_sent_again_with_an_earlier_time_goes_then() {
+        let (started, mut started_rx) = mpsc::unbounded_channel();
+        let mut gates = HashMap::new();
+        let mut opens = Vec::new();
+        for id in [1, 2] {
+            let (tx, rx) = oneshot::channel();
+            gates.insert(id, rx);
+            opens.push(tx);
+        }
+        let runner = Arc::new(Gated {
+            hold: Hold::UntilSettled,
+            limit: 4,
+            started,
+            gates: Mutex::new(gates),
+        });
+        let later = |id, reference| {
+            let mut j = job(id, reference);
+            j.next_attempt_at = Timestamp::now() + jiff::SignedDuration::from_hours(1);
+            j
+        };
+        let (feed, rx) = mpsc::unbounded_channel();
+        let shutdown = CancellationToken::new();
+        tokio::spawn(Scheduler::new("test", runner).run(
+            vec![later(1, "A"), later(2, "B")],
+            rx,
+            shutdown.clone(),
+        ));
+        assert_eq!(started_now(&mut started_rx).await, Vec::<u64>::new());
+        // "Retry now" for job 1: it goes; job 2 keeps waiting. A later time changes
+        // nothing.
+        feed.send(job(1, "A")).unwrap();
+        let mut much_later = later(2, "B");
+        much_later.next_attempt_at += jiff::SignedDuration::from_hours(5);
+        feed.send(much_later).unwrap();
+        assert_eq!(started_now(&mut started_rx).await, vec![1]);
+        // Sent again while it is being attempted: not started twice.
+        feed.send(job(1, "A")).unwrap();
+        assert_eq!(started_now(&mut started_rx).await, Vec::<u64>::new());
+        shutdown.cancel();
     }
 
     #[tokio::test(start_paused = true)]

@@ -128,8 +128,20 @@ async fn post_update(
         }
     };
     let d = &target.delivery;
+    let (sent_at, started) = (jiff::Timestamp::now(), std::time::Instant::now());
     let result = post(&client, &target.to, body, d.timeout).await;
     drop(slot);
+    gateway.attempts().record(
+        &job.incident.integration,
+        job.incident.reference.as_str(),
+        crate::attempts::Attempt {
+            at: sent_at,
+            target: "tool",
+            what: format!("Update #{sequence}"),
+            outcome: super::attempt_outcome(&result),
+            latency: started.elapsed(),
+        },
+    );
     match result {
         Ok(answer) => {
             metrics::counter!("gateway_tool_posts_total", "integration" => integration.clone(), "result" => "ok").increment(1);

@@ -15,13 +15,31 @@
 //! - `o` outbox: job id -> [`Job`] (binary)
 //! - `x` dead letters: id -> [`DeadLetter`] JSON
 //! - `p` orphans: id -> [`Orphan`] JSON
+//! - `w` raw inputs: integration `\0` reference -> [`RawInput`] JSON (what the caller
+//!   sent, bounded and redacted)
+//!
+//! Index keys for the console's search ([`super::query`]); their values are empty.
+//! `time` is `created_at` in nanoseconds, as 8 big-endian bytes that sort newest first:
+//! - `t` time `\0` integration `\0` reference
+//! - `g` integration `\0` time `\0` reference
+//! - `s` state (one byte) `\0` time `\0` integration `\0` reference
+//! - `f` reference `\0` integration
+//! - `l` Loomis IncidentId `\0` integration `\0` reference
+//! - `v` updates of an incident: integration `\0` reference `\0` sequence
+//! - `a` audit log: id -> [`AuditEntry`] JSON
+//! - `k` index mark: integration `\0` reference -> state byte, IncidentId indexed (0/1):
+//!   what the index holds for the incident, so a write changes only what moved without
+//!   decoding the incident's previous record. `m index` marks a store whose incidents
+//!   all have their keys (built once at open for a store written before them).
 //!
 //! Binary records and JSON records: see [`super::codec`].
 
+use super::audit::AuditEntry;
 use super::engine::{self, prefix_end, Engine, Entry, Writes};
+use super::query::{self, Cursor, IncidentFilter, IncidentPage, RawInput};
 use super::records::{DeadLetter, Job, Orphan};
 use super::{Backend, Group, StoreError, Txn};
-use crate::incident::{Incident, IncidentKey, Update};
+use crate::incident::{Incident, IncidentKey, State, Update};
 use serde::de::DeserializeOwned;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -34,6 +52,17 @@ const META: u8 = b'm';
 const OUTBOX: u8 = b'o';
 const DEAD_LETTERS: u8 = b'x';
 const ORPHANS: u8 = b'p';
+const RAW_INPUTS: u8 = b'w';
+const BY_TIME: u8 = b't';
+const BY_INTEGRATION: u8 = b'g';
+const BY_STATE: u8 = b's';
+const BY_REFERENCE: u8 = b'f';
+const BY_INCIDENT_ID: u8 = b'l';
+const INDEX_MARKS: u8 = b'k';
+const AUDIT: u8 = b'a';
+const UPDATES_BY_INCIDENT: u8 = b'v';
+/// The meta key saying every incident has its index keys.
+const INDEXED: &[u8] = b"mindex";
 
 /// The gateway's tables over an engine.
 pub struct KvBackend<E: Engine> {
@@ -165,6 +194,137 @@ fn parse_key(bytes: &[u8]) -> Result<IncidentKey, StoreError> {
     Ok(IncidentKey::new(i, r))
 }
 
+fn raw_key(k: &IncidentKey) -> Vec<u8> {
+    key(
+        RAW_INPUTS,
+        &[k.integration.as_bytes(), k.reference.as_bytes()],
+    )
+}
+
+/// `created_at` as 8 bytes whose order is newest first.
+fn time_bytes(t: jiff::Timestamp) -> [u8; 8] {
+    let nanos = t.as_nanosecond().clamp(i64::MIN as i128, i64::MAX as i128) as i64;
+    let ordered = (nanos as u64) ^ (1 << 63);
+    (u64::MAX - ordered).to_be_bytes()
+}
+
+fn state_byte(s: State) -> u8 {
+    State::ALL.iter().position(|x| *x == s).unwrap_or(0) as u8
+}
+
+/// What the index holds for one incident (stored under `k`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Mark {
+    state: u8,
+    id_indexed: bool,
+}
+
+impl Mark {
+    fn of(inc: &Incident) -> Self {
+        Mark {
+            state: state_byte(inc.state),
+            id_indexed: inc.incident_id.is_some(),
+        }
+    }
+    fn bytes(self) -> [u8; 2] {
+        [self.state, self.id_indexed as u8]
+    }
+    fn parse(v: &[u8]) -> Result<Mark, StoreError> {
+        match v {
+            [state, id] if (*state as usize) < State::ALL.len() && *id <= 1 => Ok(Mark {
+                state: *state,
+                id_indexed: *id == 1,
+            }),
+            _ => Err(StoreError::Corrupt("index mark".into())),
+        }
+    }
+}
+
+fn state_key(inc: &Incident, state: u8) -> Vec<u8> {
+    key(
+        BY_STATE,
+        &[
+            &[state],
+            &time_bytes(inc.created_at),
+            inc.integration.as_bytes(),
+            inc.reference.as_bytes(),
+        ],
+    )
+}
+
+/// Every index key of `inc` as `mark` describes it.
+fn index_keys(inc: &Incident, mark: Mark) -> Vec<Vec<u8>> {
+    let (i, r) = (inc.integration.as_bytes(), inc.reference.as_bytes());
+    let t = time_bytes(inc.created_at);
+    let mut keys = vec![
+        key(BY_TIME, &[&t, i, r]),
+        key(BY_INTEGRATION, &[i, &t, r]),
+        key(BY_REFERENCE, &[r, i]),
+        state_key(inc, mark.state),
+    ];
+    if let (true, Some(id)) = (mark.id_indexed, inc.incident_id.as_deref()) {
+        keys.push(key(BY_INCIDENT_ID, &[id.as_bytes(), i, r]));
+    }
+    keys
+}
+
+/// The writes that move the index of `inc` from `old` (`None`: not indexed) to `new`.
+/// Time, integration and reference never change; state and IncidentId may.
+fn index_changes(inc: &Incident, old: Option<Mark>, new: Mark) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    let Some(old) = old else {
+        return index_keys(inc, new)
+            .into_iter()
+            .map(|k| (k, Some(Vec::new())))
+            .collect();
+    };
+    let mut out = Vec::new();
+    if old.state != new.state {
+        out.push((state_key(inc, old.state), None));
+        out.push((state_key(inc, new.state), Some(Vec::new())));
+    }
+    if !old.id_indexed && new.id_indexed {
+        if let Some(id) = inc.incident_id.as_deref() {
+            out.push((
+                key(
+                    BY_INCIDENT_ID,
+                    &[
+                        id.as_bytes(),
+                        inc.integration.as_bytes(),
+                        inc.reference.as_bytes(),
+                    ],
+                ),
+                Some(Vec::new()),
+            ));
+        }
+    }
+    out
+}
+
+/// Reads the incident key and time at the end of an index key: `time \0 integration \0
+/// reference` (`integration` given when the index key holds it before the time).
+fn parse_indexed(rest: &[u8], integration: Option<&str>) -> Result<IncidentKey, StoreError> {
+    let bad = || StoreError::Corrupt("index entry".into());
+    let after_time = rest.get(9..).ok_or_else(bad)?;
+    match integration {
+        Some(i) => {
+            let r = std::str::from_utf8(after_time).map_err(|_| bad())?;
+            Ok(IncidentKey::new(i, r))
+        }
+        None => parse_key(after_time),
+    }
+}
+
+fn update_of_incident_key(u: &Update) -> Vec<u8> {
+    key(
+        UPDATES_BY_INCIDENT,
+        &[
+            u.integration.as_bytes(),
+            u.incident_reference.as_bytes(),
+            &u.sequence.get().to_be_bytes(),
+        ],
+    )
+}
+
 fn seq_key(integration: &str, seq: u64) -> Vec<u8> {
     key(UPDATES, &[integration.as_bytes(), &seq.to_be_bytes()])
 }
@@ -196,6 +356,7 @@ impl<E: Engine> KvBackend<E> {
     }
 
     fn build(engine: E, reopen: Option<Reopen<E>>) -> Result<Self, StoreError> {
+        build_indexes(&engine)?;
         let reserved = reserved_ids(&engine)?;
         Ok(KvBackend {
             engine: std::sync::RwLock::new(Some(Arc::new(engine))),
@@ -235,6 +396,64 @@ impl<E: Engine> KvBackend<E> {
             .map(|(k, v)| decode_at(k.as_ref(), v.as_ref()))
             .collect()
     }
+}
+
+/// Gives every incident its index keys once, for a store written before they existed
+/// (marked done by `m index`). Runs at open, before the writer starts.
+fn build_indexes<E: Engine>(engine: &E) -> Result<(), StoreError> {
+    if engine.get(INDEXED)?.is_some() {
+        return Ok(());
+    }
+    let mut start = vec![INCIDENTS];
+    let mut count = 0usize;
+    loop {
+        let chunk = engine.range(&start, &[INCIDENTS + 1], 2048)?;
+        let Some((last, _)) = chunk.last() else { break };
+        start = last.as_ref().to_vec();
+        start.push(0);
+        let mut writes = Writes::new();
+        for (k, v) in &chunk {
+            let inc: Incident = decode_at(k.as_ref(), v.as_ref())?;
+            let mark = Mark::of(&inc);
+            for ik in index_keys(&inc, mark) {
+                writes.insert(ik, Some(Vec::new()));
+            }
+            let ik = inc.key();
+            writes.insert(
+                key(
+                    INDEX_MARKS,
+                    &[ik.integration.as_bytes(), ik.reference.as_bytes()],
+                ),
+                Some(mark.bytes().to_vec()),
+            );
+            count += 1;
+        }
+        engine.commit(writes)?;
+    }
+    let mut start = vec![UPDATES];
+    loop {
+        let chunk = engine.range(&start, &[UPDATES + 1], 4096)?;
+        let Some((last, _)) = chunk.last() else { break };
+        start = last.as_ref().to_vec();
+        start.push(0);
+        let mut writes = Writes::new();
+        for (k, v) in &chunk {
+            let u: Update = decode_at(k.as_ref(), v.as_ref())?;
+            writes.insert(update_of_incident_key(&u), Some(Vec::new()));
+        }
+        engine.commit(writes)?;
+    }
+    let mut done = Writes::new();
+    done.insert(INDEXED.to_vec(), Some(1u64.to_be_bytes().to_vec()));
+    engine.commit(done)?;
+    engine.sync()?;
+    if count > 0 {
+        tracing::info!(
+            incidents = count,
+            "built the search index of an existing store"
+        );
+    }
+    Ok(())
 }
 
 /// The id reservation stored in `engine`.
@@ -279,6 +498,13 @@ pub fn describe_key(k: &[u8]) -> String {
         OUTBOX => id("job"),
         DEAD_LETTERS => id("dead letter"),
         ORPHANS => id("orphan"),
+        RAW_INPUTS => format!("raw input {}", text(rest)),
+        AUDIT => id("audit entry"),
+        BY_TIME | BY_INTEGRATION | BY_STATE | BY_REFERENCE | BY_INCIDENT_ID
+        | UPDATES_BY_INCIDENT => {
+            format!("index {} {}", table as char, rest.escape_ascii())
+        }
+        INDEX_MARKS => format!("index mark {}", text(rest)),
         _ => format!("key {}", k.escape_ascii()),
     }
 }
@@ -314,7 +540,7 @@ impl<E: Engine> KvTxn<'_, E> {
         if let Some(v) = self.group.get(k) {
             return f(v.as_deref());
         }
-        if k.first() == Some(&INCIDENTS) {
+        if matches!(k.first(), Some(&INCIDENTS | &INDEX_MARKS)) {
             let recent = self.recent.read().expect("recent lock").get(k);
             if let Some(v) = recent {
                 return f(Some(&v));
@@ -358,7 +584,26 @@ impl<E: Engine> Txn for KvTxn<'_, E> {
         self.get(&incident_key(k))
     }
     fn put_incident(&self, incident: &Incident) -> Result<(), StoreError> {
-        self.put(incident_key(&incident.key()), encode_binary(incident))
+        let k = incident.key();
+        let mark_key = key(
+            INDEX_MARKS,
+            &[k.integration.as_bytes(), k.reference.as_bytes()],
+        );
+        let old = self.raw(&mark_key, |v| v.map(Mark::parse).transpose())?;
+        let new = Mark::of(incident);
+        if old != Some(new) {
+            for (kk, v) in index_changes(incident, old, new) {
+                self.writes.borrow_mut().insert(kk, v);
+            }
+            self.set(mark_key, new.bytes().to_vec());
+        }
+        self.put(incident_key(&k), encode_binary(incident))
+    }
+    fn put_raw_input(&self, k: &IncidentKey, raw: &RawInput) -> Result<(), StoreError> {
+        self.put(raw_key(k), encode_json(raw))
+    }
+    fn put_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        self.put(id_key(AUDIT, entry.id), encode_json(entry))
     }
     fn by_reference(
         &self,
@@ -386,6 +631,7 @@ impl<E: Engine> Txn for KvTxn<'_, E> {
         self.bump(key(META, &[b"seq", integration.as_bytes()]))
     }
     fn put_update(&self, update: &Update) -> Result<(), StoreError> {
+        self.set(update_of_incident_key(update), Vec::new());
         self.put(
             seq_key(&update.integration, update.sequence.get()),
             encode_binary(update),
@@ -423,6 +669,16 @@ impl<E: Engine> Txn for KvTxn<'_, E> {
         self.put(id_key(ORPHANS, orphan.id), encode_json(orphan))
     }
     fn remove_incident(&self, k: &IncidentKey) -> Result<(), StoreError> {
+        if let Some(inc) = self.incident(k)? {
+            for kk in index_keys(&inc, Mark::of(&inc)) {
+                self.del(kk);
+            }
+        }
+        self.del(key(
+            INDEX_MARKS,
+            &[k.integration.as_bytes(), k.reference.as_bytes()],
+        ));
+        self.del(raw_key(k));
         self.del(incident_key(k));
         Ok(())
     }
@@ -434,6 +690,9 @@ impl<E: Engine> Txn for KvTxn<'_, E> {
         Ok(())
     }
     fn remove_update(&self, integration: &str, sequence: u64) -> Result<(), StoreError> {
+        if let Some(u) = self.update(integration, sequence)? {
+            self.del(update_of_incident_key(&u));
+        }
         self.del(seq_key(integration, sequence));
         Ok(())
     }
@@ -476,9 +735,12 @@ impl<E: Engine> Group for KvGroup<'_, E> {
             self.pending
                 .insert(key(META, &[b"id"]), Some(r.to_be_bytes().to_vec()));
         }
+        // Incident records and their index marks: the next write of the incident reads
+        // both.
         let incidents: Vec<(Vec<u8>, Option<Record>)> = self
             .pending
             .range(vec![INCIDENTS]..vec![INCIDENTS + 1])
+            .chain(self.pending.range(vec![INDEX_MARKS]..vec![INDEX_MARKS + 1]))
             .map(|(k, v)| (k.clone(), v.as_deref().map(Arc::from)))
             .collect();
         let engine = self.engine.as_ref().map_err(Clone::clone)?;
@@ -603,6 +865,168 @@ impl<E: Engine> Backend for KvBackend<E> {
         self.counters(b"pruned")
     }
 
+    fn updates_of(&self, k: &IncidentKey, limit: usize) -> Result<Vec<Update>, StoreError> {
+        let prefix = key(
+            UPDATES_BY_INCIDENT,
+            &[k.integration.as_bytes(), k.reference.as_bytes(), b""],
+        );
+        let engine = self.engine()?;
+        let mut out = Vec::new();
+        for (ik, _) in self.prefixed(&prefix, limit)? {
+            let seq = counter(&ik.as_ref()[prefix.len()..])?;
+            let sk = seq_key(&k.integration, seq);
+            if let Some(v) = engine.get(&sk)? {
+                out.push(decode_at(&sk, v.as_ref())?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        // Few entries (people's actions): read them all, keep the newest.
+        let mut all: Vec<AuditEntry> = self.scan(AUDIT, usize::MAX)?;
+        all.reverse();
+        all.truncate(limit);
+        Ok(all)
+    }
+
+    fn raw_input(&self, k: &IncidentKey) -> Result<Option<RawInput>, StoreError> {
+        let k = raw_key(k);
+        self.engine()?
+            .get(&k)?
+            .map(|v| decode_at(&k, v.as_ref()))
+            .transpose()
+    }
+
+    fn incidents_page(
+        &self,
+        filter: &IncidentFilter,
+        cursor: Option<&Cursor>,
+        limit: usize,
+    ) -> Result<IncidentPage, StoreError> {
+        // An exact lookup finds a handful of candidates: page them in memory.
+        let exact = if let Some(r) = filter.reference.as_deref() {
+            Some(match filter.integration.as_deref() {
+                Some(i) => vec![IncidentKey::new(i, r)],
+                None => self
+                    .prefixed(&key(BY_REFERENCE, &[r.as_bytes(), b""]), 1024)?
+                    .iter()
+                    .map(|(k, _)| {
+                        let i = &k.as_ref()[2 + r.len()..];
+                        Ok(IncidentKey::new(
+                            std::str::from_utf8(i)
+                                .map_err(|_| StoreError::Corrupt("index entry".into()))?,
+                            r,
+                        ))
+                    })
+                    .collect::<Result<_, StoreError>>()?,
+            })
+        } else if let Some(id) = filter.incident_id.as_deref() {
+            let prefix = key(BY_INCIDENT_ID, &[id.as_bytes(), b""]);
+            Some(
+                self.prefixed(&prefix, 1024)?
+                    .iter()
+                    .map(|(k, _)| parse_key(&k.as_ref()[prefix.len()..]))
+                    .collect::<Result<_, StoreError>>()?,
+            )
+        } else {
+            None
+        };
+        if let Some(keys) = exact {
+            let mut found = Vec::new();
+            for k in keys {
+                found.extend(self.incident(&k)?);
+            }
+            return Ok(query::page_of(found, filter, cursor, limit));
+        }
+        // Otherwise walk the narrowest index newest first, from the cursor (or `until`)
+        // to `since`, checking each incident against the whole filter.
+        let (prefix, integration_in_key): (Vec<u8>, Option<&str>) =
+            match (filter.state, filter.integration.as_deref()) {
+                (Some(s), _) => (vec![BY_STATE, state_byte(s), 0], None),
+                (None, Some(i)) => (key(BY_INTEGRATION, &[i.as_bytes(), b""]), Some(i)),
+                (None, None) => (vec![BY_TIME], None),
+            };
+        let position = |t: jiff::Timestamp, k: Option<&IncidentKey>| {
+            let mut p = prefix.clone();
+            p.extend_from_slice(&time_bytes(t));
+            if let Some(k) = k {
+                p.push(0);
+                if integration_in_key.is_none() {
+                    p.extend_from_slice(k.integration.as_bytes());
+                    p.push(0);
+                }
+                p.extend_from_slice(k.reference.as_bytes());
+                // The smallest key after this one.
+                p.push(0);
+            }
+            p
+        };
+        let mut start = match filter.until {
+            Some(t) => position(t, None),
+            None => prefix.clone(),
+        };
+        if let Some(c) = cursor {
+            start = start.max(position(c.created_at, Some(&c.key)));
+        }
+        let end = match filter.since {
+            // Keys of `since` itself sort before those of one nanosecond earlier.
+            Some(t) => position(t - jiff::SignedDuration::from_nanos(1), None),
+            None => prefix_end(&prefix).ok_or_else(|| StoreError::Corrupt("prefix".into()))?,
+        };
+        let engine = self.engine()?;
+        let mut page = IncidentPage::default();
+        let mut scanned = 0;
+        while start < end {
+            let chunk = engine.range(&start, &end, (limit * 2).clamp(64, 1024))?;
+            let Some((final_key, _)) = chunk.last() else {
+                return Ok(page);
+            };
+            start = final_key.as_ref().to_vec();
+            start.push(0);
+            for (k, _) in &chunk {
+                let rest = &k.as_ref()[prefix.len()..];
+                let ik = parse_indexed(rest, integration_in_key)?;
+                scanned += 1;
+                // The key names the integration: skip others without reading them.
+                if filter
+                    .integration
+                    .as_deref()
+                    .is_some_and(|i| ik.integration != i)
+                {
+                    if scanned >= query::SCAN_BUDGET {
+                        // Resume after this entry: its time is in the key.
+                        let t = u64::from_be_bytes(rest[..8].try_into().expect("8 bytes"));
+                        let nanos = ((u64::MAX - t) ^ (1 << 63)) as i64;
+                        page.next = Some(Cursor {
+                            created_at: jiff::Timestamp::from_nanosecond(nanos as i128)
+                                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                            key: ik,
+                        });
+                        return Ok(page);
+                    }
+                    continue;
+                }
+                let Some(inc) = self.incident(&ik)? else {
+                    continue;
+                };
+                let here = Cursor::of(&inc);
+                if filter.matches(&inc) {
+                    page.incidents.push(inc);
+                    if page.incidents.len() == limit {
+                        page.next = Some(here);
+                        return Ok(page);
+                    }
+                }
+                if scanned >= query::SCAN_BUDGET {
+                    page.next = Some(here);
+                    return Ok(page);
+                }
+            }
+        }
+        Ok(page)
+    }
+
     fn last_sequences(&self) -> Result<HashMap<String, u64>, StoreError> {
         self.counters(b"seq")
     }
@@ -689,6 +1113,19 @@ pub(super) fn check_record(k: &[u8], v: &[u8]) -> Result<(), String> {
         Some(&OUTBOX) => decode::<Job>(v).map(drop),
         Some(&DEAD_LETTERS) => decode::<DeadLetter>(v).map(drop),
         Some(&ORPHANS) => decode::<Orphan>(v).map(drop),
+        Some(&RAW_INPUTS) => decode::<RawInput>(v).map(drop),
+        Some(&AUDIT) => decode::<AuditEntry>(v).map(drop),
+        Some(
+            &BY_TIME | &BY_INTEGRATION | &BY_STATE | &BY_REFERENCE | &BY_INCIDENT_ID
+            | &UPDATES_BY_INCIDENT,
+        ) => {
+            if v.is_empty() {
+                Ok(())
+            } else {
+                Err(StoreError::Corrupt("index entry with a value".into()))
+            }
+        }
+        Some(&INDEX_MARKS) => Mark::parse(v).map(drop),
         _ => return Err("a key of no known table".into()),
     };
     result.map_err(|e| match e {
@@ -992,5 +1429,319 @@ mod tests {
         // An empty directory is new: either engine may create its store there.
         let empty = tempfile::tempdir().unwrap();
         assert_eq!(engine::detect(empty.path()), None);
+    }
+
+    fn at(inc: &mut Incident, secs: i64) {
+        inc.created_at = jiff::Timestamp::from_second(secs).unwrap();
+    }
+
+    fn references(page: &IncidentPage) -> Vec<String> {
+        page.incidents
+            .iter()
+            .map(|i| format!("{}/{}", i.integration, i.reference))
+            .collect()
+    }
+
+    /// Every page of `filter`, `limit` at a time, joined.
+    fn all_pages(backend: &dyn Backend, filter: &IncidentFilter, limit: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = backend
+                .incidents_page(filter, cursor.as_ref(), limit)
+                .unwrap();
+            out.extend(references(&page));
+            match page.next {
+                Some(c) => cursor = Some(c),
+                None => return out,
+            }
+        }
+    }
+
+    #[test]
+    fn search_answers_from_the_indexes_like_a_scan_on_both_engines() {
+        /// The default (scanning) implementation over the same tables, to compare with.
+        struct Scan<'a>(&'a dyn Backend);
+        impl Scan<'_> {
+            fn page(&self, f: &IncidentFilter) -> Vec<String> {
+                let all = self.0.incidents_after(None, usize::MAX).unwrap();
+                references(&query::page_of(all, f, None, usize::MAX))
+            }
+        }
+        for kind in ENGINES {
+            let dir = tempfile::tempdir().unwrap();
+            let (backend, tables) = open_both(kind, dir.path());
+            let mut group = backend.group();
+            for n in 0..60i64 {
+                let integration = if n % 3 == 0 { "sn" } else { "remedy" };
+                let mut d = crate::loomis::message::Dispatch::sample(&format!("INC{n:03}"));
+                d.subject = "x".into();
+                let mut inc = Incident::new(integration, d, jiff::Timestamp::UNIX_EPOCH);
+                // Several incidents share a second, so ties are ordered by key.
+                at(&mut inc, 1_700_000_000 + n / 4);
+                if n % 5 == 0 {
+                    inc.state = State::Closed;
+                    inc.incident_id = Some(format!("L{n}").into());
+                }
+                group.run(&|txn| txn.put_incident(&inc)).unwrap();
+            }
+            // The same reference in another integration.
+            let mut twin = Incident::new(
+                "sn",
+                crate::loomis::message::Dispatch::sample("INC001"),
+                jiff::Timestamp::UNIX_EPOCH,
+            );
+            at(&mut twin, 1_600_000_000);
+            group.run(&|txn| txn.put_incident(&twin)).unwrap();
+            group.commit().unwrap();
+
+            let t = |s: i64| Some(jiff::Timestamp::from_second(s).unwrap());
+            let filters = [
+                IncidentFilter::default(),
+                IncidentFilter {
+                    integration: Some("sn".into()),
+                    ..Default::default()
+                },
+                IncidentFilter {
+                    state: Some(State::Closed),
+                    ..Default::default()
+                },
+                IncidentFilter {
+                    state: Some(State::Queued),
+                    integration: Some("remedy".into()),
+                    since: t(1_700_000_003),
+                    until: t(1_700_000_010),
+                    ..Default::default()
+                },
+                IncidentFilter {
+                    reference: Some("INC001".into()),
+                    ..Default::default()
+                },
+                IncidentFilter {
+                    incident_id: Some("L15".into()),
+                    ..Default::default()
+                },
+                IncidentFilter {
+                    since: t(1_700_000_014),
+                    ..Default::default()
+                },
+            ];
+            let scan = Scan(&*backend);
+            for f in &filters {
+                let want = scan.page(f);
+                assert!(
+                    !want.is_empty(),
+                    "{kind:?} {f:?}: the example finds something"
+                );
+                for limit in [1, 7, 100] {
+                    assert_eq!(
+                        all_pages(&*backend, f, limit),
+                        want,
+                        "{kind:?} {f:?} {limit}"
+                    );
+                }
+            }
+            let newest = backend
+                .incidents_page(&IncidentFilter::default(), None, 2)
+                .unwrap();
+            assert_eq!(
+                references(&newest),
+                ["remedy/INC056", "remedy/INC058"],
+                "{kind:?}"
+            );
+            assert_eq!(scan.page(&filters[4]), ["remedy/INC001", "sn/INC001"]);
+
+            // A state change moves the incident in the state index; removal drops it
+            // from every index.
+            let k = IncidentKey::new("remedy", "INC001");
+            let mut inc = backend.incident(&k).unwrap().unwrap();
+            inc.state = State::Closed;
+            inc.incident_id = Some("L1".into());
+            put(&*backend, &inc).unwrap();
+            let closed = IncidentFilter {
+                state: Some(State::Closed),
+                ..Default::default()
+            };
+            assert!(all_pages(&*backend, &closed, 5).contains(&"remedy/INC001".to_string()));
+            let queued = IncidentFilter {
+                state: Some(State::Queued),
+                ..Default::default()
+            };
+            assert!(!all_pages(&*backend, &queued, 5).contains(&"remedy/INC001".to_string()));
+            let by_id = IncidentFilter {
+                incident_id: Some("L1".into()),
+                ..Default::default()
+            };
+            assert_eq!(all_pages(&*backend, &by_id, 5), ["remedy/INC001"]);
+            let mut group = backend.group();
+            group.run(&|txn| txn.remove_incident(&k)).unwrap();
+            group.commit().unwrap();
+            for f in [&closed, &by_id, &IncidentFilter::default()] {
+                assert!(!all_pages(&*backend, f, 50).contains(&"remedy/INC001".to_string()));
+            }
+            // Nothing of the removed incident is left in any table.
+            let mut stray = Vec::new();
+            for table in [
+                BY_TIME,
+                BY_INTEGRATION,
+                BY_STATE,
+                BY_REFERENCE,
+                BY_INCIDENT_ID,
+                INDEX_MARKS,
+            ] {
+                for k in tables.keys(table) {
+                    let text = String::from_utf8_lossy(&k);
+                    let of_it = text.contains("remedy\0INC001")
+                        || text.contains("L1\0remedy")
+                        || k == key(BY_REFERENCE, &[b"INC001", b"remedy"])
+                        || (table == BY_INTEGRATION
+                            && text.starts_with("gremedy")
+                            && text.ends_with("\0INC001"));
+                    if of_it {
+                        stray.push(describe_key(&k));
+                    }
+                }
+            }
+            assert!(stray.is_empty(), "{kind:?}: {stray:?}");
+        }
+    }
+
+    /// Raw access to a backend's tables, for tests.
+    trait Tables {
+        fn keys(&self, table: u8) -> Vec<Vec<u8>>;
+        fn commit_raw(&self, writes: Writes);
+    }
+
+    impl<E: Engine> Tables for KvBackend<E> {
+        fn keys(&self, table: u8) -> Vec<Vec<u8>> {
+            self.prefixed(&[table], usize::MAX)
+                .unwrap()
+                .iter()
+                .map(|(k, _)| k.as_ref().to_vec())
+                .collect()
+        }
+        fn commit_raw(&self, writes: Writes) {
+            let engine = self.engine().unwrap();
+            engine.commit(writes).unwrap();
+            engine.sync().unwrap();
+        }
+    }
+
+    type Both = (Arc<dyn Backend>, Arc<dyn Tables>);
+
+    /// A backend of `kind` in `dir`, as the store sees it and with its tables open.
+    fn open_both(kind: EngineKind, dir: &std::path::Path) -> Both {
+        fn both<E: Engine>(engine: E) -> Both {
+            let b = Arc::new(KvBackend::new(engine).unwrap());
+            (b.clone(), b)
+        }
+        for _ in 0..100 {
+            let opened = match kind {
+                EngineKind::Fjall => engine::FjallEngine::open(dir, 1 << 20).map(both),
+                EngineKind::Sled => engine::SledEngine::open(dir, 1 << 20).map(both),
+            };
+            if let Ok(b) = opened {
+                return b;
+            }
+            // The previous handle's background threads may still hold the lock.
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("cannot open the {kind:?} store")
+    }
+
+    #[test]
+    fn a_store_written_before_the_indexes_gets_them_at_open() {
+        for kind in ENGINES {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let (backend, tables) = open_both(kind, dir.path());
+                for n in 0..3 {
+                    put(&*backend, &incident(&format!("OLD{n}"), "x")).unwrap();
+                }
+                // Take away what the index wrote, as in a store of an earlier release.
+                let mut writes = Writes::new();
+                for table in [BY_TIME, BY_INTEGRATION, BY_STATE, BY_REFERENCE, INDEX_MARKS] {
+                    for k in tables.keys(table) {
+                        writes.insert(k, None);
+                    }
+                }
+                writes.insert(INDEXED.to_vec(), None);
+                tables.commit_raw(writes);
+                assert!(backend
+                    .incidents_page(&IncidentFilter::default(), None, 10)
+                    .unwrap()
+                    .incidents
+                    .is_empty());
+            }
+            let (backend, _) = open_both(kind, dir.path());
+            let page = backend
+                .incidents_page(&IncidentFilter::default(), None, 10)
+                .unwrap();
+            assert_eq!(page.incidents.len(), 3, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn raw_input_is_kept_beside_its_incident_and_removed_with_it() {
+        for kind in ENGINES {
+            let dir = tempfile::tempdir().unwrap();
+            let backend = super::open(kind, dir.path(), 1 << 20).unwrap();
+            let k = IncidentKey::new("servicenow", "INC1");
+            let raw = RawInput::new(
+                "xml",
+                b"<incident><number>INC1</number><password>pw1</password></incident>",
+                jiff::Timestamp::UNIX_EPOCH,
+            );
+            let mut group = backend.group();
+            group
+                .run(&|txn| {
+                    txn.put_incident(&incident("INC1", "x"))?;
+                    txn.put_raw_input(&k, &raw)
+                })
+                .unwrap();
+            group.commit().unwrap();
+            let back = backend.raw_input(&k).unwrap().expect("kept");
+            assert_eq!(back, raw, "{kind:?}");
+            assert!(
+                back.body.contains("<password>***</password>"),
+                "{}",
+                back.body
+            );
+            let mut group = backend.group();
+            group.run(&|txn| txn.remove_incident(&k)).unwrap();
+            group.commit().unwrap();
+            assert_eq!(backend.raw_input(&k).unwrap(), None, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn a_rare_match_past_the_scan_budget_is_reached_by_following_the_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let (backend, _) = open_both(EngineKind::Fjall, dir.path());
+        let mut group = backend.group();
+        // The one incident of "rare" is the oldest; more than a budget of newer ones
+        // of "busy" share its state.
+        for n in 0..query::SCAN_BUDGET + 50 {
+            let integration = if n == 0 { "rare" } else { "busy" };
+            let mut inc = Incident::new(
+                integration,
+                crate::loomis::message::Dispatch::sample(&format!("R{n:06}")),
+                jiff::Timestamp::UNIX_EPOCH,
+            );
+            at(&mut inc, 1_700_000_000 + n as i64);
+            group.run(&|txn| txn.put_incident(&inc)).unwrap();
+        }
+        group.commit().unwrap();
+        let filter = IncidentFilter {
+            state: Some(State::Queued),
+            integration: Some("rare".into()),
+            ..Default::default()
+        };
+        let first = backend.incidents_page(&filter, None, 10).unwrap();
+        assert!(first.incidents.is_empty(), "the budget ends the first page");
+        let next = first.next.expect("a cursor to go on from");
+        let second = backend.incidents_page(&filter, Some(&next), 10).unwrap();
+        assert_eq!(references(&second), ["rare/R000000"]);
+        assert!(second.next.is_none());
     }
 }

@@ -11,15 +11,18 @@
 //! The backend is a small trait ([`Backend`], [`Txn`]); [`kv::KvBackend`] implements it
 //! over an ordered key-value [`engine`] (fjall by default, or sled).
 
+pub mod audit;
 pub mod codec;
 pub mod engine;
 mod health;
 pub mod kv;
+pub mod query;
 pub mod records;
 pub mod verify;
 
 use crate::incident::{Incident, IncidentKey, Update};
 use health::Health;
+use query::{IncidentFilter, IncidentPage, RawInput};
 use records::{DeadLetter, Job, Orphan, Target};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -79,6 +82,19 @@ pub trait Txn {
     fn remove_orphan(&self, id: u64) -> Result<(), StoreError>;
     /// Records that updates of `integration` up to `sequence` were removed by retention.
     fn set_pruned(&self, integration: &str, sequence: u64) -> Result<(), StoreError>;
+    /// Keeps what the caller sent for a new incident (its timeline shows it). Written in
+    /// the incident's own transaction. A backend that keeps no raw input drops it: the
+    /// timeline then shows the mapped Dispatch only.
+    fn put_raw_input(&self, _key: &IncidentKey, _raw: &RawInput) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Appends to the operators' audit log. A backend without one refuses, so that no
+    /// action is taken unrecorded.
+    fn put_audit(&self, _entry: &audit::AuditEntry) -> Result<(), StoreError> {
+        Err(StoreError::Database(
+            "this store engine keeps no audit log; console actions are off".into(),
+        ))
+    }
 }
 
 /// A group commit: operations run one after another, each atomic on its own (an
@@ -118,6 +134,51 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<Vec<Incident>, StoreError>;
     /// For each integration, the last update sequence removed by retention.
     fn pruned_sequences(&self) -> Result<HashMap<String, u64>, StoreError>;
+    /// One page of incidents matching `filter`, newest first, strictly after `cursor`
+    /// (see [`query`] for the order and the contract). This default scans every
+    /// incident; a backend with indexes answers from them.
+    fn incidents_page(
+        &self,
+        filter: &IncidentFilter,
+        cursor: Option<&query::Cursor>,
+        limit: usize,
+    ) -> Result<IncidentPage, StoreError> {
+        let mut all = Vec::new();
+        let mut after: Option<IncidentKey> = None;
+        loop {
+            let chunk = self.incidents_after(after.as_ref(), 1024)?;
+            let Some(last) = chunk.last() else { break };
+            after = Some(last.key());
+            all.extend(chunk.into_iter().filter(|i| filter.matches(i)));
+        }
+        Ok(query::page_of(all, filter, cursor, limit))
+    }
+    /// The updates of the incident `key`, oldest first, at most `limit`. This default
+    /// scans the integration's whole update log; a backend with an index answers from it.
+    fn updates_of(&self, key: &IncidentKey, limit: usize) -> Result<Vec<Update>, StoreError> {
+        let mut out = Vec::new();
+        let mut after = 0;
+        loop {
+            let chunk = self.updates_between(&key.integration, after, u64::MAX, 4096)?;
+            let Some(last) = chunk.last() else { break };
+            after = last.sequence.get();
+            out.extend(
+                chunk
+                    .into_iter()
+                    .filter(|u| u.incident_reference == key.reference),
+            );
+        }
+        out.truncate(limit);
+        Ok(out)
+    }
+    /// The newest `limit` entries of the audit log, newest first.
+    fn audit_log(&self, _limit: usize) -> Result<Vec<audit::AuditEntry>, StoreError> {
+        Ok(Vec::new())
+    }
+    /// What the caller sent for the incident `key`, if kept ([`Txn::put_raw_input`]).
+    fn raw_input(&self, _key: &IncidentKey) -> Result<Option<RawInput>, StoreError> {
+        Ok(None)
+    }
     /// How many dead letters are stored (the `gateway_dead_letters` gauge).
     fn dead_letter_count(&self) -> Result<u64, StoreError> {
         Ok(self.dead_letters(usize::MAX)?.len() as u64)
@@ -444,6 +505,33 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<Incident>, StoreError> {
         self.seen(self.backend.incidents_after(after, limit))
+    }
+
+    /// One page of incidents matching `filter`, newest first, after `cursor`; at most
+    /// `limit` (capped at [`query::MAX_PAGE`]).
+    pub fn incidents_page(
+        &self,
+        filter: &IncidentFilter,
+        cursor: Option<&query::Cursor>,
+        limit: usize,
+    ) -> Result<IncidentPage, StoreError> {
+        let limit = limit.clamp(1, query::MAX_PAGE);
+        self.seen(self.backend.incidents_page(filter, cursor, limit))
+    }
+
+    /// The updates of the incident `key`, oldest first, at most `limit`.
+    pub fn updates_of(&self, key: &IncidentKey, limit: usize) -> Result<Vec<Update>, StoreError> {
+        self.seen(self.backend.updates_of(key, limit))
+    }
+
+    /// The newest `limit` operator actions, newest first.
+    pub fn audit_log(&self, limit: usize) -> Result<Vec<audit::AuditEntry>, StoreError> {
+        self.seen(self.backend.audit_log(limit))
+    }
+
+    /// What the caller sent for the incident `key`, if kept.
+    pub fn raw_input(&self, key: &IncidentKey) -> Result<Option<RawInput>, StoreError> {
+        self.seen(self.backend.raw_input(key))
     }
 
     /// Follows the last durable update sequence of `integration`.

@@ -14,6 +14,8 @@ pub const SN_KEY: &str = "sn-key-123";
 pub const INTERNAL_KEY: &str = "internal-key-456";
 pub const CB_TOKEN: &str = "callback-token-789";
 pub const ADMIN_TOKEN: &str = "admin-token-000";
+/// Signs in to the console to look only.
+pub const READONLY_TOKEN: &str = "readonly-token-111";
 pub const REMEDY_KEY: &str = "remedy-key-321";
 /// The Loomis CustomerNumber of the `remedy` integration (distinct from servicenow's).
 pub const REMEDY_CUSTOMER: &str = "R555001";
@@ -25,6 +27,7 @@ pub fn env(k: &str) -> Option<String> {
         "INTERNAL_KEY" => Some(INTERNAL_KEY.into()),
         "CB_TOKEN" => Some(CB_TOKEN.into()),
         "ADMIN_TOKEN" => Some(ADMIN_TOKEN.into()),
+        "READONLY_TOKEN" => Some(READONLY_TOKEN.into()),
         "REMEDY_KEY" => Some(REMEDY_KEY.into()),
         "TOOL_PW" => Some("tool-pw".into()),
         _ => None,
@@ -50,6 +53,8 @@ pub struct Options {
     pub header_timeout_ms: Option<u64>,
     /// `server.max_body_bytes`; `None` keeps the gateway's default (1 MiB).
     pub max_body_bytes: Option<usize>,
+    /// `[admin] read_only_token_env = "READONLY_TOKEN"` (the console's look-only sign-in).
+    pub read_only_token: bool,
 }
 
 impl Default for Options {
@@ -67,6 +72,7 @@ impl Default for Options {
             request_timeout_ms: None,
             header_timeout_ms: None,
             max_body_bytes: None,
+            read_only_token: false,
         }
     }
 }
@@ -97,6 +103,7 @@ auth = {{ type = "bearer", token_env = "CB_TOKEN" }}
 {sim}
 [admin]
 token_env = "ADMIN_TOKEN"
+{read_only}
 
 [[integrations]]
 name = "servicenow"
@@ -109,6 +116,11 @@ api_key_env = "SN_KEY"
         age = o.retry_max_age_secs,
         sim = o.simulator,
         server_extra = server_extra(o),
+        read_only = if o.read_only_token {
+            "read_only_token_env = \"READONLY_TOKEN\""
+        } else {
+            ""
+        },
     );
     if let Some(url) = &o.delivery_url {
         t.push_str(&format!(

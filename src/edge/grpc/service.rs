@@ -65,9 +65,17 @@ impl GatewayService {
             tracing::info!(integration = %rt.name, problems = problems.len(), "gRPC incident refused by the mapping");
             error::invalid("the incident was refused", &problems)
         })?;
+        let fields: std::collections::BTreeMap<_, _> = req.fields.iter().collect();
+        let raw = crate::store::query::RawInput::new(
+            "grpc-fields",
+            serde_json::to_string_pretty(&fields)
+                .unwrap_or_default()
+                .as_bytes(),
+            jiff::Timestamp::now(),
+        );
         let sub = self
             .gateway
-            .submit_mapped(&rt.name, dispatch, &rt.mapping_version)
+            .submit_with_input(&rt.name, dispatch, &rt.mapping_version, Some(raw))
             .await
             .map_err(error::submit)?;
         let inc = &sub.incident;

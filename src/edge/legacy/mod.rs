@@ -260,6 +260,18 @@ async fn read_xml_body(
     body: Body,
     required: bool,
 ) -> Result<Option<Document>, LegacyError> {
+    Ok(read_xml(s, headers, body, required)
+        .await?
+        .map(|(doc, _)| doc))
+}
+
+/// [`read_xml_body`], with the bytes as received (kept for the incident's timeline).
+async fn read_xml(
+    s: &LegacyState,
+    headers: &HeaderMap,
+    body: Body,
+    required: bool,
+) -> Result<Option<(Document, bytes::Bytes)>, LegacyError> {
     let env = announced_envelope(headers);
     if let Some(ct) = headers.get(http::header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
@@ -309,7 +321,7 @@ async fn read_xml_body(
         return Ok(None);
     }
     match Document::parse(&bytes, &s.limits.xml) {
-        Ok(doc) => Ok(Some(doc)),
+        Ok(doc) => Ok(Some((doc, bytes))),
         Err(e) => {
             let status = match e {
                 XmlError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -361,9 +373,10 @@ async fn create(
 ) -> Result<Response, LegacyError> {
     let (parts, body) = req.into_parts();
     let rt = authenticate(&s, &name, &parts)?;
-    let doc = read_xml_body(&s, &parts.headers, body, true)
+    let (doc, raw) = read_xml(&s, &parts.headers, body, true)
         .await?
         .expect("required body");
+    let raw = crate::store::query::RawInput::new("xml", &raw, jiff::Timestamp::now());
     let env = envelope_of(&doc);
     if rt.plan.source_kind() != SourceKind::Xml {
         return Err(LegacyError::new(
@@ -392,7 +405,7 @@ async fn create(
     })?;
     match s
         .gateway
-        .submit_mapped(&name, dispatch, &rt.mapping_version)
+        .submit_with_input(&name, dispatch, &rt.mapping_version, Some(raw))
         .await
     {
         Ok(sub) => {
