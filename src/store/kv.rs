@@ -675,6 +675,9 @@ pub fn open(
     match kind {
         engine::EngineKind::Fjall => reopening(path, cache_bytes, engine::FjallEngine::open),
         engine::EngineKind::Sled => reopening(path, cache_bytes, engine::SledEngine::open),
+        engine::EngineKind::Postgres => Err(StoreError::Database(
+            "engine \"postgres\" keeps no directory; open it with its URL".into(),
+        )),
     }
 }
 

@@ -15,6 +15,7 @@ pub mod codec;
 pub mod engine;
 mod health;
 pub mod kv;
+pub mod pg;
 pub mod records;
 pub mod verify;
 
@@ -146,7 +147,16 @@ pub trait Backend: Send + Sync + 'static {
     fn takes_writes(&self) -> Result<(), StoreError> {
         Ok(())
     }
+    /// Whether other processes write the same database (PostgreSQL): the store then
+    /// follows the update sequences they commit, not only its own.
+    fn shared(&self) -> bool {
+        false
+    }
 }
+
+/// How often a store on a shared database reads the update sequences other instances
+/// committed (streams on this instance are woken by it).
+pub const SHARED_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// The shortest time between two attempts to [`Backend::recover`] while writes fail:
 /// meanwhile writes are refused at once, with the reason, instead of each waiting for
@@ -282,6 +292,27 @@ impl Store {
         Ok(Store::new(kv::open(kind, path, cache_bytes)?))
     }
 
+    /// Opens the store the configuration describes: the embedded engine's directory, or
+    /// the PostgreSQL database at `url` (the value of `store.url_env`).
+    pub fn open_config(
+        section: &crate::config::StoreSection,
+        url: Option<&crate::auth::Secret>,
+    ) -> Result<Store, StoreError> {
+        if section.engine != engine::EngineKind::Postgres {
+            return Store::open_configured(section);
+        }
+        let url = url.ok_or_else(|| {
+            StoreError::Database("engine \"postgres\" needs store.url_env".into())
+        })?;
+        let backend = pg::PgBackend::open(pg::PgSettings {
+            url: url.expose().to_string(),
+            pool_size: section.pool_size,
+            statement_timeout: std::time::Duration::from_millis(section.statement_timeout_ms),
+            lease: std::time::Duration::from_secs(section.lease_secs),
+        })?;
+        Ok(Store::new(Arc::new(backend)))
+    }
+
     /// Opens the store `[store]` describes, creating its directory if needed.
     pub fn open_configured(section: &crate::config::StoreSection) -> Result<Store, StoreError> {
         std::fs::create_dir_all(&section.path).map_err(|e| {
@@ -321,6 +352,14 @@ impl Store {
                 })
                 .expect("spawn store writer thread")
         };
+        if backend.shared() {
+            follow_shared(
+                Arc::downgrade(&backend),
+                Arc::downgrade(&watermarks),
+                Arc::downgrade(&pruned),
+                closing.clone(),
+            );
+        }
         Store {
             backend,
             writer: tx,
@@ -552,6 +591,45 @@ impl Store {
             }
             (_, e) => e,
         })
+    }
+}
+
+/// On a shared database, reads the update sequences (and retention's marks) that any
+/// instance committed, every [`SHARED_POLL`], and moves the watermarks: the table is the
+/// truth, and a counter row is only raised in the commit that stores its updates, so every
+/// update up to it is durable. Ends with the store.
+fn follow_shared(
+    backend: std::sync::Weak<dyn Backend>,
+    watermarks: std::sync::Weak<Watermarks>,
+    pruned: std::sync::Weak<RwLock<HashMap<String, u64>>>,
+    closing: Arc<AtomicBool>,
+) {
+    let spawned = std::thread::Builder::new()
+        .name("store-follow".into())
+        .spawn(move || {
+            while !closing.load(Ordering::SeqCst) {
+                std::thread::sleep(SHARED_POLL);
+                let (Some(backend), Some(watermarks), Some(pruned)) =
+                    (backend.upgrade(), watermarks.upgrade(), pruned.upgrade())
+                else {
+                    return;
+                };
+                if let Ok(last) = backend.last_sequences() {
+                    for (integration, seq) in last {
+                        watermarks.advance(&integration, seq);
+                    }
+                }
+                if let Ok(marks) = backend.pruned_sequences() {
+                    let mut map = pruned.write().expect("pruned lock");
+                    for (integration, seq) in marks {
+                        let v = map.entry(integration).or_insert(0);
+                        *v = (*v).max(seq);
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the thread that follows other instances' updates");
     }
 }
 
