@@ -73,3 +73,12 @@ CREATE TABLE spg_leases (
     holder     text,
     expires_at timestamptz NOT NULL DEFAULT 'epoch'
 );
+
+-- Instances seen lately (each renews its row with its leases): the lanes are shared
+-- out among those alive.
+CREATE TABLE spg_instances (
+    id      text PRIMARY KEY,
+    seen_at timestamptz NOT NULL
+);
+
+INSERT INTO spg_leases (lane) SELECT generate_series(0, 63);

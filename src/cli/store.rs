@@ -61,3 +61,52 @@ pub fn run(command: StoreCommand) -> ExitCode {
         }
     }
 }
+
+/// `migrate`: applies the embedded schema migrations to the configured PostgreSQL
+/// database and says which.
+pub fn migrate(config: Option<&std::path::Path>) -> ExitCode {
+    let config = match Config::locate(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    let Some(settings) = pg_settings(&config) else {
+        eprintln!(
+            "{}: store.engine is \"{}\"; migrate is for engine \"postgres\" (the embedded \
+             engines need no migration)",
+            config.origin,
+            config.store.engine.name()
+        );
+        return ExitCode::from(1);
+    };
+    match crate::store::pg::migrate(&settings) {
+        Ok(done) => {
+            for m in &done.applied {
+                println!("applied {m}");
+            }
+            println!(
+                "schema at version {} ({} migration(s) applied now)",
+                done.version,
+                done.applied.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The PostgreSQL settings of `config`, if its store is PostgreSQL.
+fn pg_settings(config: &Config) -> Option<crate::store::pg::PgSettings> {
+    let url = config.store_url.as_ref()?;
+    Some(crate::store::pg::PgSettings {
+        url: url.expose().to_string(),
+        pool_size: config.store.pool_size,
+        statement_timeout: std::time::Duration::from_millis(config.store.statement_timeout_ms),
+        lease: std::time::Duration::from_secs(config.store.lease_secs),
+    })
+}

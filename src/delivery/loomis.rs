@@ -2,6 +2,7 @@
 //! contract's retry classes. An ACK or NAK in the response body is applied as if it had
 //! come by callback.
 
+use crate::store::Work;
 use super::scheduler::{Runner, Slot, Verdict};
 use super::{after_failure, post, retry_soon, settle, AttemptError, Destination, RetryPolicy};
 use crate::gateway::{Gateway, JobAction};
@@ -67,6 +68,11 @@ const RETRY: usize = 2;
 
 impl Runner for LoomisRunner {
     fn run(&self, job: Job, slot: Slot) -> BoxFuture<'static, Verdict> {
+        // On a cluster: only the holder of the job's lane sends it.
+        let taken_over = match self.gateway.store().claim_work(&job) {
+            Work::Elsewhere => return Box::pin(async { Verdict::Done }),
+            Work::Mine { uncertain } => uncertain,
+        };
         let this = Attempt {
             slot,
             gateway: self.gateway.clone(),
@@ -78,7 +84,8 @@ impl Runner for LoomisRunner {
                 .recovered
                 .lock()
                 .expect("recovered lock")
-                .remove(&job.id),
+                .remove(&job.id)
+                || taken_over,
             metrics: self.metrics.clone(),
         };
         Box::pin(this.run(job))

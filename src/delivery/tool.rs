@@ -38,6 +38,10 @@ pub struct ToolRunner {
 
 impl Runner for ToolRunner {
     fn run(&self, job: Job, slot: Slot) -> BoxFuture<'static, Verdict> {
+        // On a cluster: only the holder of the job's lane posts it.
+        if self.gateway.store().claim_work(&job) == crate::store::Work::Elsewhere {
+            return Box::pin(async { Verdict::Done });
+        }
         let gateway = self.gateway.clone();
         let client = self.client.clone();
         let target = self.targets.get().get(&job.incident.integration).cloned();

@@ -152,6 +152,33 @@ pub trait Backend: Send + Sync + 'static {
     fn shared(&self) -> bool {
         false
     }
+    /// Whether this instance works `job` now. On a shared database a job is worked by
+    /// the instance holding its lane, and only while the job is still in the outbox.
+    fn claim_work(&self, _job: &Job) -> Work {
+        Work::Mine { uncertain: false }
+    }
+    /// On a shared database: jobs of this instance's lanes that it has not been handed
+    /// yet (committed by other instances, or of lanes it just took over).
+    fn new_jobs(&self) -> Result<Vec<Job>, StoreError> {
+        Ok(Vec::new())
+    }
+    /// Whether this instance runs the cluster's single tasks (retention).
+    fn leads(&self) -> bool {
+        true
+    }
+    /// Called once the store is closed: a shared backend gives up its claims, so that
+    /// other instances take its work over at once instead of after the lease.
+    fn shut_down(&self) {}
+}
+
+/// Whether an instance should work a job it was handed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Work {
+    /// Work it. `uncertain`: another holder of its lane (a dead or stopped instance) may
+    /// have been sending it, so a Dispatch may already be at Loomis.
+    Mine { uncertain: bool },
+    /// Another instance works it (or it is done): drop it.
+    Elsewhere,
 }
 
 /// How often a store on a shared database reads the update sequences other instances
@@ -357,6 +384,7 @@ impl Store {
                 Arc::downgrade(&backend),
                 Arc::downgrade(&watermarks),
                 Arc::downgrade(&pruned),
+                Arc::downgrade(&job_sinks),
                 closing.clone(),
             );
         }
@@ -517,6 +545,17 @@ impl Store {
             .insert(target, sink);
     }
 
+    /// Whether this instance works `job` (see [`Backend::claim_work`]).
+    pub fn claim_work(&self, job: &Job) -> Work {
+        self.backend.claim_work(job)
+    }
+
+    /// Whether this instance runs the cluster's single tasks (retention): always on an
+    /// embedded store, one instance at a time on a shared database.
+    pub fn leads(&self) -> bool {
+        self.backend.leads()
+    }
+
     pub fn stats(&self) -> &CommitStats {
         &self.stats
     }
@@ -584,6 +623,7 @@ impl Store {
             Err(StoreError::Closed) | Ok(()) => self.backend.flush(),
             Err(e) => Err(e),
         };
+        self.backend.shut_down();
         // Name the cause, not only the last echo of it (fjall says "poisoned").
         flushed.map_err(|e| match (self.health.failure(), e) {
             (Some(why), StoreError::Database(last)) => {
@@ -602,13 +642,30 @@ fn follow_shared(
     backend: std::sync::Weak<dyn Backend>,
     watermarks: std::sync::Weak<Watermarks>,
     pruned: std::sync::Weak<RwLock<HashMap<String, u64>>>,
+    job_sinks: std::sync::Weak<Mutex<HashMap<Target, mpsc::UnboundedSender<Job>>>>,
     closing: Arc<AtomicBool>,
 ) {
     let spawned = std::thread::Builder::new()
         .name("store-follow".into())
         .spawn(move || {
+            let mut round = 0u32;
             while !closing.load(Ordering::SeqCst) {
                 std::thread::sleep(SHARED_POLL);
+                round = round.wrapping_add(1);
+                if round % 5 == 0 {
+                    let (Some(backend), Some(sinks)) = (backend.upgrade(), job_sinks.upgrade())
+                    else {
+                        return;
+                    };
+                    if let Ok(jobs) = backend.new_jobs() {
+                        let sinks = sinks.lock().expect("job sink lock");
+                        for job in jobs {
+                            if let Some(sink) = sinks.get(&job.target) {
+                                let _ = sink.send(job);
+                            }
+                        }
+                    }
+                }
                 let (Some(backend), Some(watermarks), Some(pruned)) =
                     (backend.upgrade(), watermarks.upgrade(), pruned.upgrade())
                 else {

@@ -218,10 +218,48 @@ pub struct PgBackend {
     pool: Pool,
     ids: Mutex<Ids>,
     settings: PgSettings,
+    /// The delivery lanes this instance holds, kept by [`keep_lanes`].
+    lanes: std::sync::Arc<Lanes>,
+    keeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// This instance's claims on delivery lanes.
+struct Lanes {
+    /// This instance's name in `spg_leases` and `spg_instances` (host, process, random).
+    me: String,
+    state: Mutex<LaneState>,
+}
+
+#[derive(Default)]
+struct LaneState {
+    held: std::collections::HashSet<u32>,
+    /// Until when the leases are surely ours (the last renewal's start plus two thirds
+    /// of the lease): past it, no job is started, since another instance may take over.
+    valid_until: Option<std::time::Instant>,
+    /// Lanes claimed since the last job poll: their jobs may have been in flight at
+    /// their previous holder.
+    claimed: std::collections::HashSet<u32>,
+    /// Jobs found in lanes when they were claimed: a Dispatch among them may already
+    /// have reached Loomis.
+    uncertain: std::collections::HashSet<u64>,
+    /// Jobs of held lanes already handed to the schedulers.
+    handed: std::collections::HashSet<u64>,
+}
+
+impl LaneState {
+    fn holds(&self, lane: u32) -> bool {
+        self.held.contains(&lane)
+            && self
+                .valid_until
+                .is_some_and(|t| std::time::Instant::now() < t)
+    }
 }
 
 impl Drop for PgBackend {
     fn drop(&mut self) {
+        if let Some(k) = self.keeper.lock().expect("keeper lock").take() {
+            k.abort();
+        }
         if let Some(rt) = self.rt.take() {
             rt.shutdown_background();
         }
@@ -258,6 +296,11 @@ impl PgBackend {
             handle,
             pool,
             ids: Mutex::new(Ids { next: 0, end: 0 }),
+            lanes: std::sync::Arc::new(Lanes {
+                me: instance_name(),
+                state: Mutex::new(LaneState::default()),
+            }),
+            keeper: Mutex::new(None),
             settings,
         };
         backend.block(async {
@@ -268,6 +311,12 @@ impl PgBackend {
             }
             Ok::<_, StoreError>(())
         })?;
+        let keeper = backend.handle.spawn(keep_lanes(
+            backend.pool.clone(),
+            backend.lanes.clone(),
+            backend.settings.lease,
+        ));
+        *backend.keeper.lock().expect("keeper lock") = Some(keeper);
         Ok(backend)
     }
 
@@ -290,11 +339,6 @@ impl PgBackend {
         F::Output: Send + 'static,
     {
         self.handle.spawn(f)
-    }
-
-    /// A pooled connection (for tasks of this module beside the store).
-    pub(crate) fn pool(&self) -> &Pool {
-        &self.pool
     }
 
     fn query(
@@ -337,6 +381,101 @@ impl PgBackend {
             "SELECT record FROM spg_jobs WHERE lane = ANY($1) ORDER BY id",
             &[&lanes],
         )
+    }
+}
+
+/// This instance's name among the cluster's: host, process and a random part (a
+/// restarted process is a new instance).
+fn instance_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".into());
+    format!("{host}/{}/{:08x}", std::process::id(), rand::random::<u32>())
+}
+
+/// Keeps this instance's share of the delivery lanes: every third of the lease it renews
+/// what it holds, counts the instances alive, and claims free or expired lanes up to its
+/// share (`LANES` / instances, rounded up). Lanes are given up only when the instance
+/// stops ([`Backend::shut_down`]) or dies (its leases run out and are taken over).
+async fn keep_lanes(pool: Pool, lanes: std::sync::Arc<Lanes>, lease: Duration) {
+    let every = lease / 3;
+    let secs = lease.as_secs_f64();
+    let mut failing = false;
+    loop {
+        let started = std::time::Instant::now();
+        let round = async {
+            let c = pool.get().await.map_err(pool_err)?;
+            c.execute(
+                "INSERT INTO spg_instances (id, seen_at) VALUES ($1, now()) \
+                 ON CONFLICT (id) DO UPDATE SET seen_at = now()",
+                &[&lanes.me],
+            )
+            .await
+            .map_err(db)?;
+            let renewed: Vec<u32> = c
+                .query(
+                    "UPDATE spg_leases SET expires_at = now() + make_interval(secs => $2) \
+                     WHERE holder = $1 RETURNING lane",
+                    &[&lanes.me, &secs],
+                )
+                .await
+                .map_err(db)?
+                .iter()
+                .map(|r| r.get::<_, i32>(0) as u32)
+                .collect();
+            let alive: i64 = c
+                .query_one(
+                    "SELECT count(*) FROM spg_instances \
+                     WHERE seen_at > now() - make_interval(secs => $1)",
+                    &[&secs],
+                )
+                .await
+                .map_err(db)?
+                .get(0);
+            let share = LANES.div_ceil(alive.max(1) as u32) as usize;
+            let mut claimed = Vec::new();
+            if renewed.len() < share {
+                let want = (share - renewed.len()) as i64;
+                claimed = c
+                    .query(
+                        "UPDATE spg_leases l SET holder = $1, \
+                         expires_at = now() + make_interval(secs => $2) \
+                         FROM (SELECT lane FROM spg_leases \
+                               WHERE holder IS NULL OR expires_at < now() \
+                               ORDER BY lane LIMIT $3 FOR UPDATE SKIP LOCKED) f \
+                         WHERE l.lane = f.lane RETURNING l.lane",
+                        &[&lanes.me, &secs, &want],
+                    )
+                    .await
+                    .map_err(db)?
+                    .iter()
+                    .map(|r| r.get::<_, i32>(0) as u32)
+                    .collect();
+            }
+            Ok::<_, StoreError>((renewed, claimed))
+        };
+        match round.await {
+            Ok((renewed, claimed)) => {
+                if failing {
+                    tracing::info!("delivery lanes renewed again");
+                    failing = false;
+                }
+                if !claimed.is_empty() {
+                    tracing::info!(lanes = ?claimed, "claimed delivery lanes");
+                }
+                let mut st = lanes.state.lock().expect("lane lock");
+                st.held = renewed.iter().chain(&claimed).copied().collect();
+                st.claimed.extend(claimed);
+                st.valid_until = Some(started + lease * 2 / 3);
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "cannot renew delivery lanes; no job is started once they may have run out");
+                    failing = true;
+                }
+            }
+        }
+        tokio::time::sleep(every).await;
     }
 }
 
@@ -1026,6 +1165,101 @@ impl Backend for PgBackend {
 
     fn shared(&self) -> bool {
         true
+    }
+
+    fn claim_work(&self, job: &Job) -> super::Work {
+        let lane = lane_of(&job.incident);
+        if !self.lanes.state.lock().expect("lane lock").holds(lane) {
+            return super::Work::Elsewhere;
+        }
+        // A job handed out twice (by this instance's commit and by a poll) may be done
+        // already: the outbox says.
+        match self.query("SELECT 1 FROM spg_jobs WHERE id = $1", &[&(job.id as i64)]) {
+            Ok(rows) if rows.is_empty() => super::Work::Elsewhere,
+            // Cannot tell: try it; its settlement goes through the database anyway.
+            _ => super::Work::Mine {
+                uncertain: self
+                    .lanes
+                    .state
+                    .lock()
+                    .expect("lane lock")
+                    .uncertain
+                    .remove(&job.id),
+            },
+        }
+    }
+
+    fn new_jobs(&self) -> Result<Vec<Job>, StoreError> {
+        let (held, claimed): (Vec<i32>, Vec<i32>) = {
+            let st = self.lanes.state.lock().expect("lane lock");
+            if st.valid_until.is_none_or(|t| std::time::Instant::now() >= t) {
+                return Ok(Vec::new());
+            }
+            (
+                st.held.iter().map(|l| *l as i32).collect(),
+                st.claimed.iter().map(|l| *l as i32).collect(),
+            )
+        };
+        let rows = self.query(
+            "SELECT id, lane FROM spg_jobs WHERE lane = ANY($1)",
+            &[&held],
+        )?;
+        let mut st = self.lanes.state.lock().expect("lane lock");
+        let mut fresh = Vec::new();
+        let mut all = std::collections::HashSet::with_capacity(rows.len());
+        for r in &rows {
+            let id = r.get::<_, i64>(0) as u64;
+            let lane = r.get::<_, i32>(1);
+            all.insert(id);
+            if claimed.contains(&lane) {
+                st.uncertain.insert(id);
+            }
+            if !st.handed.contains(&id) {
+                fresh.push(id as i64);
+            }
+        }
+        for l in &claimed {
+            st.claimed.remove(&(*l as u32));
+        }
+        st.uncertain.retain(|id| all.contains(id));
+        st.handed = all;
+        drop(st);
+        if fresh.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.records(
+            "job",
+            "SELECT record FROM spg_jobs WHERE id = ANY($1) ORDER BY id",
+            &[&fresh],
+        )
+    }
+
+    fn leads(&self) -> bool {
+        // The holder of lane 0 runs the cluster's single tasks.
+        self.lanes.state.lock().expect("lane lock").holds(0)
+    }
+
+    fn shut_down(&self) {
+        if let Some(k) = self.keeper.lock().expect("keeper lock").take() {
+            k.abort();
+        }
+        let me = self.lanes.me.clone();
+        let released = self.block(async {
+            let c = self.pool.get().await.map_err(pool_err)?;
+            c.execute(
+                "UPDATE spg_leases SET holder = NULL, expires_at = 'epoch' WHERE holder = $1",
+                &[&me],
+            )
+            .await
+            .map_err(db)?;
+            c.execute("DELETE FROM spg_instances WHERE id = $1", &[&me])
+                .await
+                .map_err(db)
+        });
+        if let Err(e) = released {
+            tracing::warn!(error = %e, "cannot give the delivery lanes up; others take them over when the lease runs out");
+        }
+        self.lanes.state.lock().expect("lane lock").held.clear();
     }
 
     fn recover(&self) -> Result<(), StoreError> {

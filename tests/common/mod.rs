@@ -4,6 +4,8 @@
 //! against the spec.
 #![allow(dead_code)]
 
+pub mod pg;
+
 use safepoint_gateway::app::{self, Running};
 use safepoint_gateway::config::Config;
 use safepoint_gateway::incident::{Incident, State, Update};
@@ -27,7 +29,7 @@ pub fn env(k: &str) -> Option<String> {
         "ADMIN_TOKEN" => Some(ADMIN_TOKEN.into()),
         "REMEDY_KEY" => Some(REMEDY_KEY.into()),
         "TOOL_PW" => Some("tool-pw".into()),
-        _ => None,
+        other => pg::url_of(other),
     }
 }
 
@@ -50,6 +52,9 @@ pub struct Options {
     pub header_timeout_ms: Option<u64>,
     /// `server.max_body_bytes`; `None` keeps the gateway's default (1 MiB).
     pub max_body_bytes: Option<usize>,
+    /// `Some(url)`: the store is this PostgreSQL database (see [`pg::TestDb`]), not a
+    /// directory.
+    pub database_url: Option<String>,
 }
 
 impl Default for Options {
@@ -67,6 +72,7 @@ impl Default for Options {
             request_timeout_ms: None,
             header_timeout_ms: None,
             max_body_bytes: None,
+            database_url: None,
         }
     }
 }
@@ -83,7 +89,7 @@ shutdown_grace_ms = 3000
 {server_extra}
 [store]
 path = "{store}"
-
+{store_extra}
 [loomis]
 url = "{loomis}"
 timeout_ms = {timeout}
@@ -109,6 +115,11 @@ api_key_env = "SN_KEY"
         age = o.retry_max_age_secs,
         sim = o.simulator,
         server_extra = server_extra(o),
+        store_extra = o
+            .database_url
+            .as_deref()
+            .map(pg::store_lines)
+            .unwrap_or_default(),
     );
     if let Some(url) = &o.delivery_url {
         t.push_str(&format!(
