@@ -13,13 +13,15 @@
 //! writes go out at commit in a few array statements, pipelined, then `COMMIT`. Nothing is
 //! answered before the `COMMIT` returns, so nothing is acknowledged that is not durable.
 //!
-//! Locks, and why they cannot deadlock within one integration: the first read of an
+//! Locks, and why groups of different instances cannot deadlock: the first read of an
 //! incident (or sequence) of an integration in a group locks that integration's counter
 //! row first, then the incident's row. So the counter row orders the groups of one
 //! integration across the cluster (which also keeps its update sequences gap-free), and
-//! incident locks are only taken under it. A group touching several integrations may
-//! still meet another in the opposite order; the database then ends one of them
-//! (deadlock detected) and its callers get a passing error (503, send again).
+//! incident rows are only locked under it. Counter rows are locked in ascending name
+//! order within a transaction; an operation that needs one below a row already held takes
+//! it only if it is free at once (`NOWAIT`), and otherwise the group commits the
+//! operations before it and runs it again in a new transaction. No wait is ever out of
+//! order, so no circle of waits forms.
 //!
 //! The backend owns a small tokio runtime for its connections: the store's traits are
 //! synchronous (the writer is a thread), and its reads are called from request handlers,
@@ -395,8 +397,10 @@ fn instance_name() -> String {
 
 /// Keeps this instance's share of the delivery lanes: every third of the lease it renews
 /// what it holds, counts the instances alive, and claims free or expired lanes up to its
-/// share (`LANES` / instances, rounded up). Lanes are given up only when the instance
-/// stops ([`Backend::shut_down`]) or dies (its leases run out and are taken over).
+/// share (`LANES` / instances, rounded up). An instance above its share (one joined)
+/// stops renewing the excess, which the others claim when it runs out; an instance that
+/// stops gives all up at once ([`Backend::shut_down`]); a dead one's leases run out and
+/// are taken over.
 async fn keep_lanes(pool: Pool, lanes: std::sync::Arc<Lanes>, lease: Duration) {
     let every = lease / 3;
     let secs = lease.as_secs_f64();
@@ -412,11 +416,15 @@ async fn keep_lanes(pool: Pool, lanes: std::sync::Arc<Lanes>, lease: Duration) {
             )
             .await
             .map_err(db)?;
-            let renewed: Vec<u32> = c
+            let keep: Vec<i32> = {
+                let st = lanes.state.lock().expect("lane lock");
+                st.held.iter().map(|l| *l as i32).collect()
+            };
+            let mut renewed: Vec<u32> = c
                 .query(
                     "UPDATE spg_leases SET expires_at = now() + make_interval(secs => $2) \
-                     WHERE holder = $1 RETURNING lane",
-                    &[&lanes.me, &secs],
+                     WHERE holder = $1 AND lane = ANY($3) RETURNING lane",
+                    &[&lanes.me, &secs, &keep],
                 )
                 .await
                 .map_err(db)?
@@ -433,6 +441,14 @@ async fn keep_lanes(pool: Pool, lanes: std::sync::Arc<Lanes>, lease: Duration) {
                 .map_err(db)?
                 .get(0);
             let share = LANES.div_ceil(alive.max(1) as u32) as usize;
+            // More than a fair share (another instance joined): the excess is no longer
+            // renewed, and no job of it is started from now on; its leases run out and
+            // the others claim it, by which time attempts begun here have ended.
+            renewed.sort_unstable();
+            let let_go = renewed.split_off(renewed.len().min(share));
+            if !let_go.is_empty() {
+                tracing::info!(lanes = ?let_go, alive, "letting delivery lanes go to other instances");
+            }
             let mut claimed = Vec::new();
             if renewed.len() < share {
                 let want = (share - renewed.len()) as i64;
@@ -529,6 +545,12 @@ struct PgGroup<'a> {
     absent: RefCell<HashMap<Key, bool>>,
     /// Counter rows locked in this group: (last sequence, pruned) as stored.
     counters: RefCell<HashMap<String, (u64, u64)>>,
+    /// Whether earlier operations of this transaction hold counter locks (the operation
+    /// running then takes one below them only without waiting).
+    earlier_locks: std::cell::Cell<bool>,
+    /// Set when an operation stopped for the lock order: the group commits and runs it
+    /// again.
+    must_split: std::cell::Cell<bool>,
     finished: bool,
 }
 
@@ -584,6 +606,55 @@ impl PgGroup<'_> {
         }
         const LOCK: &str =
             "SELECT last_sequence, pruned FROM spg_counters WHERE integration = $1 FOR UPDATE";
+        // Counter rows are locked in ascending name order, so groups of different
+        // instances never wait for each other in a circle. An operation that needs a
+        // row below one an earlier operation of the group locked takes it only if it is
+        // free at once; otherwise the group commits what it has and runs the operation
+        // again in a new transaction (see `Group::run`).
+        let out_of_order = self.earlier_locks.get()
+            && self
+                .counters
+                .borrow()
+                .keys()
+                .any(|held| held.as_str() > integration);
+        if out_of_order {
+            const TRY_LOCK: &str = "SELECT last_sequence, pruned FROM spg_counters \
+                 WHERE integration = $1 FOR UPDATE NOWAIT";
+            self.with_conn(|c| self.backend.block(c.batch_execute("SAVEPOINT lock_order")))?;
+            let tried = self.with_conn(|c| {
+                self.backend.block(async {
+                    let st = c.prepare_cached(TRY_LOCK).await?;
+                    match c.query(&st, &[&integration]).await {
+                        Ok(rows) => {
+                            c.batch_execute("RELEASE SAVEPOINT lock_order").await?;
+                            Ok(Some(rows))
+                        }
+                        Err(e)
+                            if e.code()
+                                == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) =>
+                        {
+                            c.batch_execute("ROLLBACK TO SAVEPOINT lock_order").await?;
+                            Ok(None)
+                        }
+                        Err(e) => Err(e),
+                    }
+                })
+            })?;
+            match tried {
+                Some(rows) if !rows.is_empty() => {
+                    let row = &rows[0];
+                    let v = (row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64);
+                    self.counters.borrow_mut().insert(integration.to_string(), v);
+                    return Ok(v);
+                }
+                _ => {
+                    self.must_split.set(true);
+                    return Err(StoreError::Database(
+                        "lock order: the group commits before this operation".into(),
+                    ));
+                }
+            }
+        }
         let mut rows = self.query(LOCK, &[&integration])?;
         if rows.is_empty() {
             self.query(
@@ -1105,19 +1176,50 @@ impl Group for PgGroup<'_> {
         if let Some(e) = self.broken.borrow().as_ref() {
             return Err(e.clone());
         }
-        let txn = PgTxn {
-            group: self,
-            writes: RefCell::new(Writes::new()),
-        };
-        f(&txn)?;
-        let writes = txn.writes.into_inner();
-        self.pending.extend(writes);
-        Ok(())
+        for _ in 0..2 {
+            self.earlier_locks.set(!self.counters.borrow().is_empty());
+            self.must_split.set(false);
+            let txn = PgTxn {
+                group: self,
+                writes: RefCell::new(Writes::new()),
+            };
+            match f(&txn) {
+                Ok(()) => {
+                    let writes = txn.writes.into_inner();
+                    self.pending.extend(writes);
+                    return Ok(());
+                }
+                Err(_) if self.must_split.replace(false) => {
+                    // The operation needs a lock out of order that another instance
+                    // holds: commit the operations before it (they are answered with
+                    // the group), then run it first in a new transaction.
+                    drop(txn);
+                    self.commit_now()?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(StoreError::Database(
+            "lock order: the operation could not be run".into(),
+        ))
     }
 
     fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
+        let out = self.commit_now();
+        if out.is_err() {
+            // The transaction is rolled back (or the connection is gone).
+            self.abandon();
+        }
+        self.finished = true;
+        out
+    }
+}
+
+impl PgGroup<'_> {
+    /// Writes the pending operations and commits them; the group goes on in a new
+    /// transaction (begun at its next read).
+    fn commit_now(&mut self) -> Result<(), StoreError> {
         if self.pending.is_empty() && self.conn.borrow().is_none() {
-            self.finished = true;
             return Ok(());
         }
         let pending = std::mem::take(&mut self.pending);
@@ -1128,20 +1230,12 @@ impl Group for PgGroup<'_> {
                 c.batch_execute("COMMIT").await
             })
         });
-        match sent {
-            Ok(()) => {
-                self.finished = true;
-                // Back to the pool, its transaction over.
-                drop(self.conn.borrow_mut().take());
-                Ok(())
-            }
-            Err(e) => {
-                // The transaction is rolled back (or the connection is gone).
-                self.abandon();
-                self.finished = true;
-                Err(e)
-            }
-        }
+        sent?;
+        // Back to the pool, its transaction over; its locks are gone.
+        drop(self.conn.borrow_mut().take());
+        self.absent.borrow_mut().clear();
+        self.counters.borrow_mut().clear();
+        Ok(())
     }
 }
 
@@ -1154,6 +1248,8 @@ impl Backend for PgBackend {
             pending: Writes::new(),
             absent: RefCell::new(HashMap::new()),
             counters: RefCell::new(HashMap::new()),
+            earlier_locks: std::cell::Cell::new(false),
+            must_split: std::cell::Cell::new(false),
             finished: false,
         })
     }

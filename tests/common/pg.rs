@@ -86,6 +86,13 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// The number a counting query (`SELECT count(...) ...`) gives in this database.
+    pub fn count(&self, sql: &str) -> i64 {
+        query_number(&self.url, sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         let _ = run_admin(
@@ -93,6 +100,33 @@ impl Drop for TestDb {
             &format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name),
         );
     }
+}
+
+/// The first column of the first row of `sql` as a number (on a thread of its own).
+fn query_number(url: &str, sql: &str) -> Result<i64, String> {
+    let (url, sql) = (url.to_string(), sql.to_string());
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(async {
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .map_err(|e| e.to_string())?;
+            let driver = tokio::spawn(conn);
+            let out = client
+                .query_one(&sql, &[])
+                .await
+                .map(|r| r.get::<_, i64>(0))
+                .map_err(|e| e.to_string());
+            drop(client);
+            let _ = driver.await;
+            out
+        })
+    })
+    .join()
+    .map_err(|_| "query thread panicked".to_string())?
 }
 
 /// Runs one statement on the server's own database, on a runtime of its own (callers may
