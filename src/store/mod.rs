@@ -43,6 +43,11 @@ pub enum StoreError {
     Closed,
 }
 
+/// What the edges put in `Retry-After` (and gRPC's RetryInfo) when the store is
+/// unavailable: long enough for a database failover or reconnection, short enough that
+/// callers come back soon after it.
+pub const RETRY_AFTER_SECS: u64 = 5;
+
 /// One atomic unit of work against the backend. Writes become visible and durable only
 /// if the closure returns `Ok`.
 pub trait Txn {

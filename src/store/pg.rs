@@ -329,9 +329,37 @@ impl PgBackend {
 
     /// Runs `f` to completion on the calling thread, with the backend's runtime as the
     /// context (its connections and timers live there).
+    ///
+    /// Called on a worker of a multi-threaded runtime (a request handler reading), it
+    /// tells that runtime first (`block_in_place`), so the worker's other tasks move on
+    /// to another thread while this one waits for the database.
     fn block<F: Future>(&self, f: F) -> F::Output {
-        let _ctx = self.handle.enter();
-        futures::executor::block_on(f)
+        let run = || {
+            let _ctx = self.handle.enter();
+            futures::executor::block_on(f)
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(run)
+            }
+            _ => run(),
+        }
+    }
+
+    /// [`PgBackend::block`] with a limit: a database that stopped answering (a network
+    /// partition leaves no error to see) fails the call after the statement timeout and
+    /// a second, instead of holding the writer for ever.
+    fn timed<T>(&self, f: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+        let limit = self.settings.statement_timeout + Duration::from_secs(1);
+        self.block(async {
+            match tokio::time::timeout(limit, f).await {
+                Ok(r) => r,
+                Err(_) => Err(StoreError::Database(format!(
+                    "postgres: no answer within {} ms",
+                    limit.as_millis()
+                ))),
+            }
+        })
     }
 
     /// Runs `f` on the backend's runtime (for tasks that outlive a call).
@@ -348,7 +376,7 @@ impl PgBackend {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
-        self.block(async {
+        self.timed(async {
             let c = self.pool.get().await.map_err(pool_err)?;
             let st = c.prepare_cached(sql).await.map_err(db)?;
             c.query(&st, params).await.map_err(db)
@@ -558,13 +586,13 @@ impl PgGroup<'_> {
     /// The group's connection, in its transaction.
     fn with_conn<R>(
         &self,
-        f: impl FnOnce(&Object) -> Result<R, tokio_postgres::Error>,
+        f: impl FnOnce(&Object) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
         if let Some(e) = self.broken.borrow().as_ref() {
             return Err(e.clone());
         }
         if self.conn.borrow().is_none() {
-            let got = self.backend.block(async {
+            let got = self.backend.timed(async {
                 let c = self.backend.pool.get().await.map_err(pool_err)?;
                 c.batch_execute("BEGIN").await.map_err(db)?;
                 Ok::<_, StoreError>(c)
@@ -579,10 +607,8 @@ impl PgGroup<'_> {
         }
         let conn = self.conn.borrow();
         let c = conn.as_ref().expect("connection just set");
-        f(c).map_err(|e| {
-            let e = db(e);
+        f(c).inspect_err(|e| {
             *self.broken.borrow_mut() = Some(e.clone());
-            e
         })
     }
 
@@ -592,9 +618,9 @@ impl PgGroup<'_> {
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
         self.with_conn(|c| {
-            self.backend.block(async {
-                let st = c.prepare_cached(sql).await?;
-                c.query(&st, params).await
+            self.backend.timed(async {
+                let st = c.prepare_cached(sql).await.map_err(db)?;
+                c.query(&st, params).await.map_err(db)
             })
         })
     }
@@ -620,23 +646,30 @@ impl PgGroup<'_> {
         if out_of_order {
             const TRY_LOCK: &str = "SELECT last_sequence, pruned FROM spg_counters \
                  WHERE integration = $1 FOR UPDATE NOWAIT";
-            self.with_conn(|c| self.backend.block(c.batch_execute("SAVEPOINT lock_order")))?;
+            self.with_conn(|c| {
+                self.backend
+                    .timed(async { c.batch_execute("SAVEPOINT lock_order").await.map_err(db) })
+            })?;
             let tried = self.with_conn(|c| {
-                self.backend.block(async {
-                    let st = c.prepare_cached(TRY_LOCK).await?;
+                self.backend.timed(async {
+                    let st = c.prepare_cached(TRY_LOCK).await.map_err(db)?;
                     match c.query(&st, &[&integration]).await {
                         Ok(rows) => {
-                            c.batch_execute("RELEASE SAVEPOINT lock_order").await?;
+                            c.batch_execute("RELEASE SAVEPOINT lock_order")
+                                .await
+                                .map_err(db)?;
                             Ok(Some(rows))
                         }
                         Err(e)
                             if e.code()
                                 == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) =>
                         {
-                            c.batch_execute("ROLLBACK TO SAVEPOINT lock_order").await?;
+                            c.batch_execute("ROLLBACK TO SAVEPOINT lock_order")
+                                .await
+                                .map_err(db)?;
                             Ok(None)
                         }
-                        Err(e) => Err(e),
+                        Err(e) => Err(db(e)),
                     }
                 })
             })?;
@@ -675,7 +708,10 @@ impl PgGroup<'_> {
     /// that fails: it is in no state to be reused).
     fn abandon(&mut self) {
         if let Some(c) = self.conn.borrow_mut().take() {
-            let ok = self.backend.block(c.batch_execute("ROLLBACK")).is_ok();
+            let ok = self
+                .backend
+                .timed(async { c.batch_execute("ROLLBACK").await.map_err(db) })
+                .is_ok();
             if !ok {
                 let _ = Object::take(c);
             }
@@ -1225,9 +1261,9 @@ impl PgGroup<'_> {
         let pending = std::mem::take(&mut self.pending);
         let batch = Batch::build(pending, &self.absent.borrow(), &self.counters.borrow());
         let sent = self.with_conn(|c| {
-            self.backend.block(async {
-                batch.send(c).await?;
-                c.batch_execute("COMMIT").await
+            self.backend.timed(async {
+                batch.send(c).await.map_err(db)?;
+                c.batch_execute("COMMIT").await.map_err(db)
             })
         });
         sent?;
@@ -1340,7 +1376,7 @@ impl Backend for PgBackend {
             k.abort();
         }
         let me = self.lanes.me.clone();
-        let released = self.block(async {
+        let released = self.timed(async {
             let c = self.pool.get().await.map_err(pool_err)?;
             c.execute(
                 "UPDATE spg_leases SET holder = NULL, expires_at = 'epoch' WHERE holder = $1",
@@ -1356,6 +1392,12 @@ impl Backend for PgBackend {
             tracing::warn!(error = %e, "cannot give the delivery lanes up; others take them over when the lease runs out");
         }
         self.lanes.state.lock().expect("lane lock").held.clear();
+    }
+
+    fn takes_writes(&self) -> Result<(), StoreError> {
+        // While the database cannot be reached, the store waits for it: a restart would
+        // not bring it back, so liveness keeps passing (readiness does not).
+        self.query("SELECT 1", &[]).map(drop)
     }
 
     fn recover(&self) -> Result<(), StoreError> {
