@@ -151,9 +151,7 @@ async fn a_database_outage_refuses_intake_and_heals_without_a_restart() {
         }
         assert_eq!(status, 503);
         assert_eq!(
-            r.headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok()),
+            r.headers().get("retry-after").and_then(|v| v.to_str().ok()),
             Some("5")
         );
         let body = r.text().await.unwrap();

@@ -146,7 +146,9 @@ async fn incidents_and_references_round_trip_and_survive_a_reopen(place: Place) 
     let key = IncidentKey::new("servicenow", "INC1");
     store
         .write(|tx| {
-            assert!(tx.incident(&IncidentKey::new("servicenow", "INC1"))?.is_none());
+            assert!(tx
+                .incident(&IncidentKey::new("servicenow", "INC1"))?
+                .is_none());
             assert!(tx.by_reference("A123456", "INC1")?.is_none());
             let inc = incident("servicenow", "INC1", "first");
             tx.put_incident(&inc)?;
@@ -167,7 +169,9 @@ async fn incidents_and_references_round_trip_and_survive_a_reopen(place: Place) 
     // A read in a write, then an overwrite.
     store
         .write(|tx| {
-            let k = tx.by_reference("A123456", "INC1")?.expect("reference stored");
+            let k = tx
+                .by_reference("A123456", "INC1")?
+                .expect("reference stored");
             let mut inc = tx.incident(&k)?.expect("incident stored");
             inc.dispatch.subject = "second".into();
             inc.state = State::Sent;
@@ -177,7 +181,10 @@ async fn incidents_and_references_round_trip_and_survive_a_reopen(place: Place) 
         .unwrap();
     let store = place.reopen(store).await;
     let inc = store.incident(&key).unwrap().expect("kept across a reopen");
-    assert_eq!((inc.dispatch.subject.as_str(), inc.state), ("second", State::Sent));
+    assert_eq!(
+        (inc.dispatch.subject.as_str(), inc.state),
+        ("second", State::Sent)
+    );
     let found = store
         .write(|tx| tx.by_reference("A123456", "INC1"))
         .await
@@ -318,7 +325,11 @@ async fn jobs_are_handed_out_after_commit_and_listed_in_id_order(place: Place) {
     let kept: Vec<u64> = store.jobs().unwrap().iter().map(|j| j.id).collect();
     assert_eq!(kept.len(), 2);
     while let Ok(j) = handed.try_recv() {
-        assert!(kept.contains(&j.id), "job {} of a failed write handed out", j.id);
+        assert!(
+            kept.contains(&j.id),
+            "job {} of a failed write handed out",
+            j.id
+        );
     }
     store.close().await.unwrap();
 }
@@ -397,7 +408,10 @@ async fn incidents_are_scanned_in_key_order(place: Place) {
         }
         assert!(page.len() <= 2);
         after = page.last().map(|i| i.key());
-        seen.extend(page.iter().map(|i| (i.integration.clone(), i.reference.to_string())));
+        seen.extend(
+            page.iter()
+                .map(|i| (i.integration.clone(), i.reference.to_string())),
+        );
     }
     let want: Vec<(String, String)> = [
         ("a", "A"),
@@ -503,7 +517,11 @@ async fn retention_marks_and_removals_persist(place: Place) {
 async fn ids_keep_growing_across_a_reopen(place: Place) {
     let store = place.open();
     let before = store
-        .write(|tx| (0..2000).map(|_| tx.next_id()).collect::<Result<Vec<_>, _>>())
+        .write(|tx| {
+            (0..2000)
+                .map(|_| tx.next_id())
+                .collect::<Result<Vec<_>, _>>()
+        })
         .await
         .unwrap();
     // Stored, so that the reservation covering them is durable too.

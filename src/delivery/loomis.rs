@@ -2,7 +2,6 @@
 //! contract's retry classes. An ACK or NAK in the response body is applied as if it had
 //! come by callback.
 
-use crate::store::Work;
 use super::scheduler::{Runner, Slot, Verdict};
 use super::{after_failure, post, retry_soon, settle, AttemptError, Destination, RetryPolicy};
 use crate::gateway::{Gateway, JobAction};
@@ -10,6 +9,7 @@ use crate::incident::machine::{self, Event, Via};
 use crate::incident::{Incident, State};
 use crate::loomis::message::{format_utc, CustomerCancel, InboundKind, InboundMessage};
 use crate::store::records::{Job, JobKind};
+use crate::store::Work;
 use futures::future::BoxFuture;
 use jiff::Timestamp;
 use std::collections::HashSet;

@@ -452,6 +452,13 @@ impl Store {
     fn seen<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
         if let Err(e) = &r {
             self.health.saw(e);
+            if matches!(e, StoreError::Database(_)) && self.backend.shared() {
+                // A shared database that cannot be read cannot be written either:
+                // unready until a write (the probe's, at the latest) succeeds, and
+                // liveness passes meanwhile, since a restart would not bring it back.
+                self.health.write_failed(e, true);
+                self.health.waiting_for_room(true);
+            }
         }
         r
     }
