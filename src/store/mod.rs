@@ -12,6 +12,7 @@
 //! over an ordered key-value [`engine`] (fjall by default, or sled).
 
 pub mod codec;
+pub mod copy;
 pub mod engine;
 mod health;
 pub mod kv;
