@@ -214,9 +214,8 @@ impl Validator<'_> {
         };
         let url = self.secret("store.url_env", var);
         let text = url.expose();
-        if !text.is_empty()
-            && !(text.starts_with("postgres://") || text.starts_with("postgresql://"))
-        {
+        let scheme_ok = text.starts_with("postgres://") || text.starts_with("postgresql://");
+        if !text.is_empty() && !scheme_ok {
             self.problem(
                 "store.url_env",
                 format!("environment variable {var} must hold a postgres:// URL"),

@@ -993,38 +993,39 @@ impl Txn for PgTxn<'_, '_> {
     }
 }
 
+/// Incident rows as column arrays: integration, reference, state, Loomis id, record.
+type IncidentColumns = (
+    Vec<String>,
+    Vec<String>,
+    Vec<String>,
+    Vec<Option<String>>,
+    Vec<Vec<u8>>,
+);
+
+/// Job rows as column arrays: id, target, lane, integration, reference, next attempt,
+/// record.
+type JobColumns = (
+    Vec<i64>,
+    Vec<String>,
+    Vec<i32>,
+    Vec<String>,
+    Vec<String>,
+    Vec<String>,
+    Vec<Vec<u8>>,
+);
+
 /// The statements of one commit, as column arrays.
 #[derive(Default)]
 struct Batch {
-    inc_new: (
-        Vec<String>,
-        Vec<String>,
-        Vec<String>,
-        Vec<Option<String>>,
-        Vec<Vec<u8>>,
-    ),
-    inc_put: (
-        Vec<String>,
-        Vec<String>,
-        Vec<String>,
-        Vec<Option<String>>,
-        Vec<Vec<u8>>,
-    ),
+    inc_new: IncidentColumns,
+    inc_put: IncidentColumns,
     inc_del: (Vec<String>, Vec<String>),
     ref_new: (Vec<String>, Vec<String>, Vec<String>, Vec<String>),
     ref_put: (Vec<String>, Vec<String>, Vec<String>, Vec<String>),
     ref_del: (Vec<String>, Vec<String>),
     upd_new: (Vec<String>, Vec<i64>, Vec<Vec<u8>>),
     upd_del: (Vec<String>, Vec<i64>),
-    job_put: (
-        Vec<i64>,
-        Vec<String>,
-        Vec<i32>,
-        Vec<String>,
-        Vec<String>,
-        Vec<String>,
-        Vec<Vec<u8>>,
-    ),
+    job_put: JobColumns,
     job_del: Vec<i64>,
     dl_put: (Vec<i64>, Vec<Vec<u8>>),
     dl_del: Vec<i64>,
