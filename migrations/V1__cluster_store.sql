@@ -48,9 +48,13 @@ CREATE TABLE spg_jobs (
     integration     text NOT NULL,
     reference       text NOT NULL,
     next_attempt_at timestamptz NOT NULL,
+    -- The job's place in its incident's order (Job::position): a job runs only when no
+    -- job of the same incident and target stands before it.
+    position        bigint NOT NULL,
     record          bytea NOT NULL
 );
 CREATE INDEX spg_jobs_lane ON spg_jobs (lane, id);
+CREATE INDEX spg_jobs_incident ON spg_jobs (integration, reference, target);
 
 CREATE TABLE spg_dead_letters (
     id     bigint PRIMARY KEY,

@@ -156,9 +156,8 @@ fn store_engine_is_fjall_unless_sled_is_named() {
 
 #[test]
 fn postgres_takes_its_url_from_the_environment_and_every_problem_is_named() {
-    let text = format!(
-        "{GOOD}\n[store]\nengine = \"postgres\"\nurl_env = \"DB_URL\"\npool_size = 4\n"
-    );
+    let text =
+        format!("{GOOD}\n[store]\nengine = \"postgres\"\nurl_env = \"DB_URL\"\npool_size = 4\n");
     let with_url = |k: &str| match k {
         "DB_URL" => Some("postgres://gw:pw@db.example:5432/spg".into()),
         other => env(other),

@@ -71,6 +71,10 @@ impl Runner for LoomisRunner {
         // On a cluster: only the holder of the job's lane sends it.
         let taken_over = match self.gateway.store().claim_work(&job) {
             Work::Elsewhere => return Box::pin(async { Verdict::Done }),
+            Work::Later => {
+                drop(slot);
+                return Box::pin(std::future::ready(super::wait_for_earlier(&job)));
+            }
             Work::Mine { uncertain } => uncertain,
         };
         let this = Attempt {

@@ -185,6 +185,9 @@ pub enum Work {
     Mine { uncertain: bool },
     /// Another instance works it (or it is done): drop it.
     Elsewhere,
+    /// A job of the same incident stands before it and has not arrived yet (another
+    /// instance committed it): try again shortly, after it.
+    Later,
 }
 
 /// How often a store on a shared database reads the update sequences other instances

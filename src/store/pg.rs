@@ -557,6 +557,7 @@ enum Val {
         lane: u32,
         key: IncidentKey,
         next_attempt_at: Timestamp,
+        position: u64,
     },
 }
 
@@ -922,6 +923,7 @@ impl Txn for PgTxn<'_, '_> {
                 lane: lane_of(&job.incident),
                 key: job.incident.clone(),
                 next_attempt_at: job.next_attempt_at,
+                position: job.position(),
             }),
         );
         Ok(())
@@ -1003,7 +1005,7 @@ type IncidentColumns = (
 );
 
 /// Job rows as column arrays: id, target, lane, integration, reference, next attempt,
-/// record.
+/// position, record.
 type JobColumns = (
     Vec<i64>,
     Vec<String>,
@@ -1011,6 +1013,7 @@ type JobColumns = (
     Vec<String>,
     Vec<String>,
     Vec<String>,
+    Vec<i64>,
     Vec<Vec<u8>>,
 );
 
@@ -1100,6 +1103,7 @@ impl Batch {
                         lane,
                         key,
                         next_attempt_at,
+                        position,
                     }),
                 ) => {
                     let t = &mut b.job_put;
@@ -1109,7 +1113,8 @@ impl Batch {
                     t.3.push(key.integration);
                     t.4.push(key.reference.into_string());
                     t.5.push(next_attempt_at.to_string());
-                    t.6.push(record);
+                    t.6.push(position as i64);
+                    t.7.push(record);
                 }
                 (Key::Job(id), _) => b.job_del.push(id as i64),
                 (Key::DeadLetter(id), Some(Val::Record(r))) => {
@@ -1224,12 +1229,12 @@ impl Batch {
         }
         if !self.job_put.0.is_empty() {
             let t = &self.job_put;
-            exec!("INSERT INTO spg_jobs (id, target, lane, integration, reference, next_attempt_at, record) \
-                   SELECT i, t, l, n, r, a::timestamptz, b FROM unnest($1::int8[], $2::text[], $3::int4[], $4::text[], \
-                   $5::text[], $6::text[], $7::bytea[]) AS u(i, t, l, n, r, a, b) \
+            exec!("INSERT INTO spg_jobs (id, target, lane, integration, reference, next_attempt_at, position, record) \
+                   SELECT i, t, l, n, r, a::timestamptz, p, b FROM unnest($1::int8[], $2::text[], $3::int4[], $4::text[], \
+                   $5::text[], $6::text[], $7::int8[], $8::bytea[]) AS u(i, t, l, n, r, a, p, b) \
                    ON CONFLICT (id) DO UPDATE SET next_attempt_at = EXCLUDED.next_attempt_at, \
                    record = EXCLUDED.record",
-                  &t.0, &t.1, &t.2, &t.3, &t.4, &t.5, &t.6);
+                  &t.0, &t.1, &t.2, &t.3, &t.4, &t.5, &t.6, &t.7);
         }
         if !self.job_del.is_empty() {
             exec!("DELETE FROM spg_jobs WHERE id = ANY($1)", &self.job_del);
@@ -1377,9 +1382,26 @@ impl Backend for PgBackend {
             return super::Work::Elsewhere;
         }
         // A job handed out twice (by this instance's commit and by a poll) may be done
-        // already: the outbox says.
-        match self.query("SELECT 1 FROM spg_jobs WHERE id = $1", &[&(job.id as i64)]) {
-            Ok(rows) if rows.is_empty() => super::Work::Elsewhere,
+        // already, and a job of the same incident committed by another instance may
+        // stand before it and not have arrived yet: the outbox says.
+        let rows = self.query(
+            "SELECT bool_or(id = $4), min(position) FROM spg_jobs \
+             WHERE integration = $1 AND reference = $2 AND target = $3",
+            &[
+                &job.incident.integration,
+                &job.incident.reference.as_str(),
+                &target_name(job.target),
+                &(job.id as i64),
+            ],
+        );
+        let first = |r: &tokio_postgres::Row| {
+            let exists: Option<bool> = r.get(0);
+            let min: Option<i64> = r.get(1);
+            (exists.unwrap_or(false), min)
+        };
+        match rows.as_ref().map(|r| r.first().map(first)) {
+            Ok(None) | Ok(Some((false, _))) => super::Work::Elsewhere,
+            Ok(Some((true, Some(min)))) if (min as u64) < job.position() => super::Work::Later,
             // Cannot tell: try it; its settlement goes through the database anyway.
             _ => super::Work::Mine {
                 uncertain: self
