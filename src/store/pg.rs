@@ -148,6 +148,22 @@ pub struct Migrated {
 /// Brings the database's schema up to this build's, refusing one that is newer (written
 /// by a later release: this build would misread it).
 pub async fn migrate_async(client: &mut tokio_postgres::Client) -> Result<Migrated, StoreError> {
+    // Instances starting together migrate one after another.
+    client
+        .batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
+        .await
+        .map_err(db)?;
+    let out = migrate_locked(client).await;
+    let _ = client
+        .batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"))
+        .await;
+    out
+}
+
+/// The advisory lock key held while migrating (an arbitrary constant).
+const MIGRATION_LOCK: i64 = 0x5350_475f_4d49_47;
+
+async fn migrate_locked(client: &mut tokio_postgres::Client) -> Result<Migrated, StoreError> {
     let known = known_schema_version();
     let exists: bool = client
         .query_one(

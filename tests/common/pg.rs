@@ -91,6 +91,11 @@ impl TestDb {
     pub fn count(&self, sql: &str) -> i64 {
         query_number(&self.url, sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
+
+    /// Runs statements in this database.
+    pub fn execute(&self, sql: &str) {
+        run_admin(&self.url, sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
 }
 
 impl Drop for TestDb {
