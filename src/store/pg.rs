@@ -262,6 +262,17 @@ struct LaneState {
     uncertain: std::collections::HashSet<u64>,
     /// Jobs of held lanes already handed to the schedulers.
     handed: std::collections::HashSet<u64>,
+    /// When the outbox of the held lanes was last read: with a large backlog (Loomis
+    /// down for hours) reading every id each 100 ms would cost the database more than
+    /// the backlog is worth, so the poll slows down with it (see `poll_interval`).
+    last_poll: Option<std::time::Instant>,
+}
+
+/// How often the outbox of an instance's lanes is read when it holds `backlog` jobs:
+/// 100 ms up to 5,000, then 100 ms more per 5,000 (a backlog that size is waiting for
+/// its receiver anyway).
+fn poll_interval(backlog: usize) -> Duration {
+    Duration::from_millis(100 * (1 + backlog as u64 / 5_000))
 }
 
 impl LaneState {
@@ -1440,6 +1451,13 @@ impl Backend for PgBackend {
             {
                 return Ok(Vec::new());
             }
+            let too_soon = st.claimed.is_empty()
+                && st
+                    .last_poll
+                    .is_some_and(|t| t.elapsed() < poll_interval(st.handed.len()));
+            if too_soon {
+                return Ok(Vec::new());
+            }
             (
                 st.held.iter().map(|l| *l as i32).collect(),
                 st.claimed.iter().map(|l| *l as i32).collect(),
@@ -1450,6 +1468,7 @@ impl Backend for PgBackend {
             &[&held],
         )?;
         let mut st = self.lanes.state.lock().expect("lane lock");
+        st.last_poll = Some(std::time::Instant::now());
         let mut fresh = Vec::new();
         let mut all = std::collections::HashSet::with_capacity(rows.len());
         for r in &rows {
