@@ -133,7 +133,8 @@ async fn a_database_outage_refuses_intake_and_heals_without_a_restart() {
     let mut acknowledged = Vec::new();
     for i in 0..5 {
         let r = post(&h, &format!("OUT-{i}")).await;
-        assert_eq!(r.status().as_u16(), 202);
+        let status = r.status().as_u16();
+        assert_eq!(status, 202, "{}", r.text().await.unwrap());
         acknowledged.push(format!("OUT-{i}"));
     }
     assert_eq!(status_of(&h, "/readyz").await, 200);

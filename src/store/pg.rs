@@ -227,6 +227,10 @@ struct Ids {
 
 const ID_BLOCK: u64 = 1024;
 
+/// A call to the database slower than this marks it slow: the next calls from request
+/// handlers hand their worker over while they wait.
+const SLOW_CALL: Duration = Duration::from_millis(20);
+
 /// The gateway's tables in one PostgreSQL database.
 pub struct PgBackend {
     /// Runs the connections; `None` only while dropping (shut down in the background,
@@ -236,6 +240,8 @@ pub struct PgBackend {
     pool: Pool,
     ids: Mutex<Ids>,
     settings: PgSettings,
+    /// Whether the last call to the database was slow (see [`PgBackend::block`]).
+    slow: std::sync::atomic::AtomicBool,
     /// The delivery lanes this instance holds, kept by [`keep_lanes`].
     lanes: std::sync::Arc<Lanes>,
     keeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -330,6 +336,7 @@ impl PgBackend {
                 state: Mutex::new(LaneState::default()),
             }),
             keeper: Mutex::new(None),
+            slow: std::sync::atomic::AtomicBool::new(false),
             settings,
         };
         backend.block(async {
@@ -360,17 +367,28 @@ impl PgBackend {
     /// Called on a worker of a multi-threaded runtime (a request handler reading), it
     /// tells that runtime first (`block_in_place`), so the worker's other tasks move on
     /// to another thread while this one waits for the database.
+    ///
+    /// Handing the worker over costs more CPU than a quick query takes, so it is done only
+    /// while the database is slow (the last call took more than [`SLOW_CALL`]): then a
+    /// call may wait up to the statement timeout, and the workers must stay free.
     fn block<F: Future>(&self, f: F) -> F::Output {
+        let started = std::time::Instant::now();
         let run = || {
             let _ctx = self.handle.enter();
             futures::executor::block_on(f)
         };
-        match tokio::runtime::Handle::try_current() {
-            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+        let slow = self.slow.load(std::sync::atomic::Ordering::Relaxed);
+        let out = match tokio::runtime::Handle::try_current() {
+            Ok(h) if slow && h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
                 tokio::task::block_in_place(run)
             }
             _ => run(),
-        }
+        };
+        self.slow.store(
+            started.elapsed() > SLOW_CALL,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        out
     }
 
     /// [`PgBackend::block`] with a limit: a database that stopped answering (a network
@@ -1405,8 +1423,15 @@ impl Backend for PgBackend {
 
     fn claim_work(&self, job: &Job) -> super::Work {
         let lane = lane_of(&job.incident);
-        if !self.lanes.state.lock().expect("lane lock").holds(lane) {
-            return super::Work::Elsewhere;
+        {
+            let mut st = self.lanes.state.lock().expect("lane lock");
+            if !st.holds(lane) {
+                // Dropped here: if this instance holds (or regains) the lane, its next
+                // poll hands the job out again (a copy the poll handed meanwhile may
+                // have been dropped by the scheduler as a duplicate of this one).
+                st.handed.remove(&job.id);
+                return super::Work::Elsewhere;
+            }
         }
         // A job handed out twice (by this instance's commit and by a poll) may be done
         // already, and a job of the same incident committed by another instance may
