@@ -86,7 +86,7 @@ fn main() {
         let instances = env_or("E2E_INSTANCES", 1).max(1);
         assert!(instances == 1 || engine == "postgres", "E2E_INSTANCES > 1 needs E2E_ENGINE=postgres");
         let ports: Vec<(u16, u16)> = (0..instances).map(|_| (free_port(), free_port())).collect();
-        let (hp, gp) = ports[0];
+        let hp = ports[0].0;
         // Loomis: ACK in the body. By default the Accept is an hour away, so only intake
         // and dispatch run; with E2E_LIFECYCLE=1 Loomis also calls back Accept and Close
         // 100 ms apart and the run ends when the last Close was accepted.

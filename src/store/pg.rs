@@ -161,7 +161,7 @@ pub async fn migrate_async(client: &mut tokio_postgres::Client) -> Result<Migrat
 }
 
 /// The advisory lock key held while migrating (an arbitrary constant).
-const MIGRATION_LOCK: i64 = 0x5350_475f_4d49_47;
+const MIGRATION_LOCK: i64 = 0x0053_5047_5f4d_4947;
 
 async fn migrate_locked(client: &mut tokio_postgres::Client) -> Result<Migrated, StoreError> {
     let known = known_schema_version();
@@ -227,10 +227,6 @@ struct Ids {
 
 const ID_BLOCK: u64 = 1024;
 
-/// A call to the database slower than this marks it slow: the next calls from request
-/// handlers hand their worker over while they wait.
-const SLOW_CALL: Duration = Duration::from_millis(20);
-
 /// The gateway's tables in one PostgreSQL database.
 pub struct PgBackend {
     /// Runs the connections; `None` only while dropping (shut down in the background,
@@ -240,8 +236,6 @@ pub struct PgBackend {
     pool: Pool,
     ids: Mutex<Ids>,
     settings: PgSettings,
-    /// Whether the last call to the database was slow (see [`PgBackend::block`]).
-    slow: std::sync::atomic::AtomicBool,
     /// The delivery lanes this instance holds, kept by [`keep_lanes`].
     lanes: std::sync::Arc<Lanes>,
     keeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -336,7 +330,6 @@ impl PgBackend {
                 state: Mutex::new(LaneState::default()),
             }),
             keeper: Mutex::new(None),
-            slow: std::sync::atomic::AtomicBool::new(false),
             settings,
         };
         backend.block(async {
@@ -367,28 +360,17 @@ impl PgBackend {
     /// Called on a worker of a multi-threaded runtime (a request handler reading), it
     /// tells that runtime first (`block_in_place`), so the worker's other tasks move on
     /// to another thread while this one waits for the database.
-    ///
-    /// Handing the worker over costs more CPU than a quick query takes, so it is done only
-    /// while the database is slow (the last call took more than [`SLOW_CALL`]): then a
-    /// call may wait up to the statement timeout, and the workers must stay free.
     fn block<F: Future>(&self, f: F) -> F::Output {
-        let started = std::time::Instant::now();
         let run = || {
             let _ctx = self.handle.enter();
             futures::executor::block_on(f)
         };
-        let slow = self.slow.load(std::sync::atomic::Ordering::Relaxed);
-        let out = match tokio::runtime::Handle::try_current() {
-            Ok(h) if slow && h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
                 tokio::task::block_in_place(run)
             }
             _ => run(),
-        };
-        self.slow.store(
-            started.elapsed() > SLOW_CALL,
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        out
+        }
     }
 
     /// [`PgBackend::block`] with a limit: a database that stopped answering (a network
