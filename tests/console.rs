@@ -312,26 +312,11 @@ async fn cancel_from_the_console_reaches_loomis_and_is_audited_and_only_admins_w
     h.stop().await;
 }
 
-/// A tool that answers with the status it is set to.
-async fn tool(status: Arc<AtomicU16>) -> String {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/updates", l.local_addr().unwrap());
-    let app = axum::Router::new().route(
-        "/updates",
-        axum::routing::post(move || {
-            let s = status.load(Ordering::SeqCst);
-            async move { axum::http::StatusCode::from_u16(s).unwrap() }
-        }),
-    );
-    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
-    url
-}
-
 #[tokio::test]
 async fn dead_letters_are_replayed_from_the_console() {
     let status = Arc::new(AtomicU16::new(400));
     let o = Options {
-        delivery_url: Some(tool(status.clone()).await),
+        delivery_url: Some(common::status_tool(status.clone()).await),
         delivery_max_attempts: 1,
         ..Options::default()
     };

@@ -106,21 +106,6 @@ fn browser_present() -> bool {
     present
 }
 
-/// A tool that answers every post with the status it is set to.
-async fn tool(status: Arc<AtomicU16>) -> String {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/updates", l.local_addr().unwrap());
-    let app = axum::Router::new().route(
-        "/updates",
-        axum::routing::post(move || {
-            let s = status.load(Ordering::SeqCst);
-            async move { axum::http::StatusCode::from_u16(s).unwrap() }
-        }),
-    );
-    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
-    url
-}
-
 /// Waits (bounded) until the element's text satisfies `pred`; returns the text.
 async fn text_until(b: &Client, css: &str, what: &str, pred: impl Fn(&str) -> bool) -> String {
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -206,7 +191,7 @@ async fn a_person_uses_the_console_in_a_real_browser() {
     let tool_status = Arc::new(AtomicU16::new(200));
     let h = Harness::start(Options {
         simulator: "ack = \"body\"\naccept_after_ms = 10\noutcome = \"none\"\n".into(),
-        delivery_url: Some(tool(tool_status.clone()).await),
+        delivery_url: Some(common::status_tool(tool_status.clone()).await),
         delivery_max_attempts: 1,
         read_only_token: true,
         ..Options::default()

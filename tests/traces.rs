@@ -61,6 +61,28 @@ async fn serve(router: Router) -> String {
     base
 }
 
+/// The Loomis double and the tool endpoint every test here starts, with what each saw.
+struct Doubles {
+    dispatches: Log,
+    posts: Log,
+    loomis: String,
+    tool: String,
+}
+
+impl Doubles {
+    async fn start() -> Doubles {
+        let (dispatches, posts): (Log, Log) = Default::default();
+        let loomis = loomis(dispatches.clone()).await;
+        let tool = tool(posts.clone()).await;
+        Doubles {
+            dispatches,
+            posts,
+            loomis,
+            tool,
+        }
+    }
+}
+
 /// Loomis: records each Dispatch and ACKs it in the response body.
 async fn loomis(log: Log) -> String {
     async fn dispatch(State(log): State<Log>, headers: HeaderMap, body: Bytes) -> String {
@@ -299,10 +321,13 @@ fn ids(traceparent: &Option<String>) -> (String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_from_intake_through_loomis_to_the_tool_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let (dispatches, posts): (Log, Log) = Default::default();
+    let Doubles {
+        dispatches,
+        posts,
+        loomis,
+        tool,
+    } = Doubles::start().await;
     let spans: Arc<Mutex<Vec<Exported>>> = Default::default();
-    let loomis = loomis(dispatches.clone()).await;
-    let tool = tool(posts.clone()).await;
     let collector = collector(spans.clone()).await;
     // The base URL: the gateway appends /v1/traces.
     let telemetry = format!(
@@ -467,9 +492,12 @@ async fn one_trace_from_intake_through_loomis_to_the_tool_across_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_telemetry_no_traceparent_goes_out() {
     let dir = tempfile::tempdir().unwrap();
-    let (dispatches, posts): (Log, Log) = Default::default();
-    let loomis = loomis(dispatches.clone()).await;
-    let tool = tool(posts.clone()).await;
+    let Doubles {
+        dispatches,
+        posts,
+        loomis,
+        tool,
+    } = Doubles::start().await;
     let gw = Gateway::spawn(dir.path(), &loomis, &tool, "").await;
     let r = reqwest::Client::new()
         .post(format!("{}/v1/integrations/servicenow/incidents", gw.http))
@@ -491,9 +519,12 @@ async fn without_telemetry_no_traceparent_goes_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_collector_that_refuses_spans_costs_no_incident_and_is_counted() {
     let dir = tempfile::tempdir().unwrap();
-    let (dispatches, posts): (Log, Log) = Default::default();
-    let loomis = loomis(dispatches.clone()).await;
-    let tool = tool(posts.clone()).await;
+    let Doubles {
+        dispatches,
+        posts,
+        loomis,
+        tool,
+    } = Doubles::start().await;
     let refused = Arc::new(Mutex::new(0u32));
     let collector = {
         let refused = refused.clone();
@@ -549,10 +580,13 @@ async fn a_collector_that_refuses_spans_costs_no_incident_and_is_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_callers_sampling_decision_is_kept_and_the_ratio_decides_the_rest() {
     let dir = tempfile::tempdir().unwrap();
-    let (dispatches, posts): (Log, Log) = Default::default();
+    let Doubles {
+        dispatches,
+        posts,
+        loomis,
+        tool,
+    } = Doubles::start().await;
     let spans: Arc<Mutex<Vec<Exported>>> = Default::default();
-    let loomis = loomis(dispatches.clone()).await;
-    let tool = tool(posts.clone()).await;
     let collector = collector(spans.clone()).await;
     // Record no trace that starts here.
     let telemetry = format!("[telemetry]\notlp_endpoint = \"{collector}\"\nsample_ratio = 0.0\n");

@@ -725,3 +725,19 @@ pub fn problem_fields(err: &XmlNode) -> Vec<String> {
         .map(|p| p.attr("field").expect("Problem has field").to_string())
         .collect()
 }
+
+/// A legacy tool's update endpoint that answers every post with the status it is set to
+/// (change it with `status.store(..)`); returns its URL.
+pub async fn status_tool(status: std::sync::Arc<std::sync::atomic::AtomicU16>) -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/updates", l.local_addr().unwrap());
+    let app = axum::Router::new().route(
+        "/updates",
+        axum::routing::post(move || {
+            let s = status.load(std::sync::atomic::Ordering::SeqCst);
+            async move { axum::http::StatusCode::from_u16(s).unwrap() }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    url
+}
