@@ -7,7 +7,11 @@
 //! Accept and Close callbacks too; `E2E_FRONT=grpc` for unary gRPC CreateIncident; `E2E_SENDERS`,
 //! default 64; `E2E_ENGINE=sled` for the sled store engine instead of fjall;
 //! `E2E_LOOMIS=minimal` for a minimal Loomis stand-in instead of the simulator, see
-//! [`minimal_loomis`]; `E2E_LOOMIS_CONCURRENCY`, default 64, sets `loomis.concurrency`).
+//! [`minimal_loomis`]; `E2E_LOOMIS_CONCURRENCY`, default 64, sets `loomis.concurrency`;
+//! `E2E_ENGINE=postgres` for PostgreSQL, in a database created for the run on the server
+//! `SPG_TEST_DATABASE_URL` names (default `postgres://postgres@127.0.0.1:5432/test`) and
+//! dropped after it, with `E2E_INSTANCES`, default 1, gateways on it, the senders spread
+//! over them round-robin).
 //! The load tool, the Loomis side and the gateway share the machine's
 //! cores.
 
@@ -78,7 +82,11 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async move {
-        let (hp, gp) = (free_port(), free_port());
+        let engine = std::env::var("E2E_ENGINE").unwrap_or_else(|_| "fjall".into());
+        let instances = env_or("E2E_INSTANCES", 1).max(1);
+        assert!(instances == 1 || engine == "postgres", "E2E_INSTANCES > 1 needs E2E_ENGINE=postgres");
+        let ports: Vec<(u16, u16)> = (0..instances).map(|_| (free_port(), free_port())).collect();
+        let hp = ports[0].0;
         // Loomis: ACK in the body. By default the Accept is an hour away, so only intake
         // and dispatch run; with E2E_LIFECYCLE=1 Loomis also calls back Accept and Close
         // 100 ms apart and the run ends when the last Close was accepted.
@@ -98,40 +106,55 @@ fn main() {
         let acked = Arc::new(AtomicUsize::new(0));
         let loomis_url = if minimal { minimal_loomis(acked.clone()).await } else { sim.incidents_url() };
         let dir = tempfile::tempdir().unwrap();
-        let engine = std::env::var("E2E_ENGINE").unwrap_or_else(|_| "fjall".into());
+        let database = (engine == "postgres").then(bench_database);
         let loomis_concurrency = env_or("E2E_LOOMIS_CONCURRENCY", 64);
-        let config = format!(
-            "[server]\nhttp_listen = \"127.0.0.1:{hp}\"\ngrpc_listen = \"127.0.0.1:{gp}\"\n[store]\npath = \"{}\"\nengine = \"{engine}\"\n\
+        let store = match &database {
+            Some(_) => "engine = \"postgres\"\nurl_env = \"SPG_BENCH_DB\"\nlease_secs = 3\n".to_string(),
+            None => format!("path = \"{}\"\nengine = \"{engine}\"\n", dir.path().join("data").display()),
+        };
+        let config = |hp: u16, gp: u16| format!(
+            "[server]\nhttp_listen = \"127.0.0.1:{hp}\"\ngrpc_listen = \"127.0.0.1:{gp}\"\n[store]\n{store}\
 [loomis]\nurl = \"{}\"\nconcurrency = {loomis_concurrency}\n[callbacks]\nauth = {{ type = \"bearer\", token_env = \"CB_TOKEN\" }}\n[log]\nlevel = \"warn\"\n\
 [[integrations]]\nname = \"servicenow\"\ncustomer_number = \"A123456\"\nmapping = \"{}/mappings/servicenow.toml\"\napi_key_env = \"SN_KEY\"\n\
 [[integrations]]\nname = \"internal\"\ncustomer_number = \"A123458\"\nmapping = \"{}/mappings/internal-grpc.toml\"\napi_key_env = \"SN_KEY\"\n",
-            dir.path().join("data").display(),
             loomis_url,
             env!("CARGO_MANIFEST_DIR"),
             env!("CARGO_MANIFEST_DIR")
         );
-        let cfg_path = dir.path().join("gateway.toml");
-        std::fs::write(&cfg_path, config).unwrap();
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_safepoint-gateway"))
-            .args(["serve", "--config"])
-            .arg(&cfg_path)
-            .env("SN_KEY", "bench-key")
-            .env("CB_TOKEN", "bench-cb")
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let pid = child.id().unwrap();
-        let base = format!("http://127.0.0.1:{hp}");
         let client = reqwest::Client::new();
-        while client.get(format!("{base}/readyz")).send().await.map(|r| r.status() != 200).unwrap_or(true) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut children = Vec::new();
+        for (k, (hp, gp)) in ports.iter().enumerate() {
+            let cfg_path = dir.path().join(format!("gateway-{k}.toml"));
+            std::fs::write(&cfg_path, config(*hp, *gp)).unwrap();
+            let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_safepoint-gateway"))
+                .args(["serve", "--config"])
+                .arg(&cfg_path)
+                .env("SN_KEY", "bench-key")
+                .env("CB_TOKEN", "bench-cb")
+                .env("SPG_BENCH_DB", database.as_ref().map(|d| d.1.clone()).unwrap_or_default())
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap();
+            let base = format!("http://127.0.0.1:{hp}");
+            while client.get(format!("{base}/readyz")).send().await.map(|r| r.status() != 200).unwrap_or(true) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            children.push(child);
         }
+        if instances > 1 {
+            // Let the instances share the delivery lanes out (a lease and a renewal).
+            tokio::time::sleep(Duration::from_secs(8)).await;
+        }
+        let pids: Vec<u32> = children.iter().map(|c| c.id().unwrap()).collect();
+        let pid = pids[0];
+        let base = format!("http://127.0.0.1:{hp}");
         let rss_idle = vm_hwm_kib(pid);
         let front = if std::env::var("E2E_FRONT").is_ok_and(|v| v == "grpc") { "gRPC CreateIncident calls" } else { "XML" };
         let loomis_side = if minimal { "minimal Loomis stand-in" } else { "simulator" };
-        println!("e2e load: {n} incidents as {front}, {senders} concurrent senders, gateway pid {pid} (release, {engine} store), {loomis_side} in the load tool");
+        println!("e2e load: {n} incidents as {front}, {senders} concurrent senders, {instances} gateway(s), pid {pid} (release, {engine} store), {loomis_side} in the load tool");
+        let gateways_cpu = || pids.iter().map(|p| cpu_time(&p.to_string())).sum::<Duration>();
         let next = Arc::new(AtomicUsize::new(0));
-        let (gw_cpu0, tool_cpu0) = (cpu_time(&pid.to_string()), cpu_time("self"));
+        let (gw_cpu0, tool_cpu0) = (gateways_cpu(), cpu_time("self"));
         let started = Instant::now();
         let mut tasks = Vec::new();
         // Each sender is one keep-alive HTTP/1.1 connection driven by hyper's bare client
@@ -140,7 +163,8 @@ fn main() {
         let grpc_front = std::env::var("E2E_FRONT").is_ok_and(|v| v == "grpc");
         let channels: Vec<tonic::transport::Channel> = if grpc_front {
             let mut v = Vec::new();
-            for _ in 0..4 {
+            for k in 0..4 {
+                let gp = ports[k % instances].1;
                 v.push(tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{gp}")).unwrap().connect().await.expect("gRPC connect"));
             }
             v
@@ -179,6 +203,7 @@ fn main() {
                 }));
                 continue;
             }
+            let hp = ports[sender % instances].0;
             tasks.push(tokio::spawn(async move {
                 let stream = tokio::net::TcpStream::connect(("127.0.0.1", hp)).await.expect("connect to the gateway");
                 stream.set_nodelay(true).unwrap();
@@ -230,7 +255,7 @@ fn main() {
         } else {
             None
         };
-        let gw_cpu = cpu_time(&pid.to_string()) - gw_cpu0;
+        let gw_cpu = gateways_cpu() - gw_cpu0;
         let tool_cpu = cpu_time("self") - tool_cpu0;
         lat.sort();
         let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
@@ -246,20 +271,66 @@ fn main() {
             tool_cpu.as_secs_f64() * 1e6 / n as f64
         );
         println!("  gateway peak RSS: {:.1} MiB (idle {:.1} MiB)", vm_hwm_kib(pid) as f64 / 1024.0, rss_idle as f64 / 1024.0);
-        let metrics = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
-        let metric = |name: &str| -> f64 {
-            metrics
-                .lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.split_whitespace().last()?.parse().ok())
-                .unwrap_or(0.0)
-        };
-        let (commits, flushes) = (metric("gateway_store_commits_total"), metric("gateway_store_flushes_total"));
+        let (mut commits, mut flushes) = (0.0, 0.0);
+        for (hp, _) in &ports {
+            let metrics = client.get(format!("http://127.0.0.1:{hp}/metrics")).send().await.unwrap().text().await.unwrap();
+            let metric = |name: &str| -> f64 {
+                metrics
+                    .lines()
+                    .find(|l| l.starts_with(name))
+                    .and_then(|l| l.split_whitespace().last()?.parse().ok())
+                    .unwrap_or(0.0)
+            };
+            commits += metric("gateway_store_commits_total");
+            flushes += metric("gateway_store_flushes_total");
+        }
         println!("  store: {commits:.0} commits in {flushes:.0} flushes ({:.1} per flush)", commits / flushes.max(1.0));
-        let _ = child.start_kill();
-        let _ = child.wait().await;
+        let _ = &base;
+        for mut child in children {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
         sim.shutdown().await;
+        if let Some((name, _)) = database {
+            admin(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).await;
+        }
     });
+}
+
+/// The PostgreSQL server the benchmark creates its database on.
+fn server_url() -> String {
+    std::env::var("SPG_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// Runs one statement on the server's own database.
+async fn admin(sql: &str) {
+    let (client, conn) = tokio_postgres::connect(&server_url(), tokio_postgres::NoTls)
+        .await
+        .expect("PostgreSQL for E2E_ENGINE=postgres");
+    let driver = tokio::spawn(conn);
+    client.batch_execute(sql).await.expect(sql);
+    drop(client);
+    let _ = driver.await;
+}
+
+/// A fresh database for the run: (name, URL).
+fn bench_database() -> (String, String) {
+    let name = format!("spg_bench_{}", std::process::id());
+    let server = server_url();
+    let base = server
+        .rsplit_once('/')
+        .map(|(b, _)| b.to_string())
+        .unwrap_or(server.clone());
+    let sql = format!("CREATE DATABASE \"{name}\"");
+    std::thread::spawn(move || {
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(admin(&sql))
+    })
+    .join()
+    .unwrap();
+    (name.clone(), format!("{base}/{name}"))
 }
 
 /// A minimal Loomis stand-in (`E2E_LOOMIS=minimal`): answers each Dispatch with an ACK

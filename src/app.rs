@@ -167,7 +167,7 @@ pub async fn start_from(config: Config, source: ConfigSource) -> anyhow::Result<
     // handles (the store sets gateway_store_healthy) when they are built.
     let metrics = crate::edge::http::metrics_handle();
     crate::ops_metrics::register();
-    let store = Store::open_configured(&config.store)?;
+    let store = Store::open_config(&config.store, config.store_url.as_ref())?;
     let infos = config
         .integrations
         .iter()

@@ -191,6 +191,10 @@ pub async fn run(store: Store, keep: Duration, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
         }
         next += Duration::from_secs(3600);
+        if !store.leads() {
+            // On a cluster one instance at a time removes (the one leading).
+            continue;
+        }
         let Ok(cutoff) = Timestamp::now().checked_sub(keep) else {
             continue;
         };

@@ -52,6 +52,13 @@ enum Command {
     /// Check the store of a stopped gateway.
     #[command(subcommand)]
     Store(store::StoreCommand),
+    /// Bring the PostgreSQL schema (store.engine = "postgres") up to this release's; the
+    /// gateway also does it at start. Refuses a schema newer than this release knows.
+    Migrate {
+        /// The configuration file naming the database (default: ./gateway.toml).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -203,6 +210,7 @@ pub fn run_cli(cli: Cli) -> ExitCode {
         Command::Orphans(a) => admin(&a, http::Method::GET, "/v1/admin/orphans"),
         Command::Probe(a) => probe::run(&a),
         Command::Store(c) => store::run(c),
+        Command::Migrate { config } => store::migrate(config.as_deref()),
     }
 }
 

@@ -11,6 +11,8 @@ pub enum EngineKind {
     #[default]
     Fjall,
     Sled,
+    /// PostgreSQL: any number of instances share one database (a cluster).
+    Postgres,
 }
 
 impl EngineKind {
@@ -18,6 +20,7 @@ impl EngineKind {
         match self {
             EngineKind::Fjall => "fjall",
             EngineKind::Sled => "sled",
+            EngineKind::Postgres => "postgres",
         }
     }
 }
@@ -142,6 +145,18 @@ pub struct StoreSection {
     /// Terminal incidents, updates, dead letters and orphans older than this many days
     /// are removed (see `retention`); 0 keeps everything.
     pub retention_days: u32,
+    /// Engine "postgres": the environment variable holding the `postgres://` URL (its
+    /// password is a secret, so the URL is never in the file).
+    pub url_env: Option<String>,
+    /// Engine "postgres": connections to the database for reads (the writer has one more
+    /// of its own, and so do the lease keeper and the update watcher).
+    pub pool_size: usize,
+    /// Engine "postgres": the longest one statement may run before the database cancels
+    /// it (an outage is then noticed within this time).
+    pub statement_timeout_ms: u64,
+    /// Engine "postgres": how long an instance's claim on a delivery lane lasts without
+    /// renewal; a dead instance's lanes are taken over after it.
+    pub lease_secs: u64,
 }
 
 impl Default for StoreSection {
@@ -151,6 +166,10 @@ impl Default for StoreSection {
             engine: EngineKind::default(),
             cache_mb: 32,
             retention_days: 90,
+            url_env: None,
+            pool_size: 8,
+            statement_timeout_ms: 5_000,
+            lease_secs: 15,
         }
     }
 }

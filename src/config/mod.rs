@@ -91,6 +91,9 @@ pub struct Config {
     pub grpc_listen: SocketAddr,
     pub server: ServerSection,
     pub store: StoreSection,
+    /// Engine "postgres": the database URL read from `store.url_env` (a secret: it may
+    /// carry the password).
+    pub store_url: Option<Secret>,
     pub loomis: LoomisTarget,
     pub loomis_auth: Auth,
     pub loomis_section: LoomisSection,

@@ -155,6 +155,53 @@ fn store_engine_is_fjall_unless_sled_is_named() {
 }
 
 #[test]
+fn postgres_takes_its_url_from_the_environment_and_every_problem_is_named() {
+    let text =
+        format!("{GOOD}\n[store]\nengine = \"postgres\"\nurl_env = \"DB_URL\"\npool_size = 4\n");
+    let with_url = |k: &str| match k {
+        "DB_URL" => Some("postgres://gw:pw@db.example:5432/spg".into()),
+        other => env(other),
+    };
+    let c = Config::parse(&text, "gateway.toml", false, &with_url).unwrap();
+    assert_eq!(c.store.engine, EngineKind::Postgres);
+    assert_eq!(c.store.pool_size, 4);
+    assert_eq!(c.store.lease_secs, 15, "default lease");
+    // The URL (with its password) is a secret: never printed.
+    assert!(!format!("{c:?}").contains("pw@"));
+    assert_eq!(
+        c.store_url.as_ref().map(|u| u.expose().to_string()),
+        Some("postgres://gw:pw@db.example:5432/spg".into())
+    );
+    // Unset variable, and bad settings, all reported at once.
+    let text = format!(
+        "{GOOD}\n[store]\nengine = \"postgres\"\nurl_env = \"DB_URL\"\npool_size = 0\nlease_secs = 1\n"
+    );
+    let msg = Config::parse(&text, "gateway.toml", false, &env)
+        .unwrap_err()
+        .to_string();
+    for want in [
+        "store.url_env: environment variable DB_URL is not set",
+        "store.pool_size",
+        "store.lease_secs",
+    ] {
+        assert!(msg.contains(want), "{want} in {msg}");
+    }
+    let text = format!("{GOOD}\n[store]\nengine = \"postgres\"\n");
+    let msg = Config::parse(&text, "gateway.toml", false, &env)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("store.url_env"), "{msg}");
+    let text = format!("{GOOD}\n[store]\nengine = \"postgres\"\nurl_env = \"DB_URL\"\n");
+    let msg = Config::parse(&text, "gateway.toml", false, &|k: &str| match k {
+        "DB_URL" => Some("mysql://db".into()),
+        other => env(other),
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(msg.contains("postgres:// URL"), "{msg}");
+}
+
+#[test]
 fn the_shipped_example_is_valid() {
     let text = include_str!("../../deploy/gateway.example.toml");
     Config::parse(text, "deploy/gateway.example.toml", false, &|_| {

@@ -188,6 +188,42 @@ impl Validator<'_> {
         }
     }
 
+    /// `[store]`: the engine's own keys, and for PostgreSQL the URL from the environment.
+    fn store(&mut self, s: &StoreSection) -> Option<Secret> {
+        if s.engine != EngineKind::Postgres {
+            return None;
+        }
+        if s.pool_size == 0 {
+            self.problem("store.pool_size", "must be positive");
+        }
+        if s.statement_timeout_ms == 0 {
+            self.problem("store.statement_timeout_ms", "must be positive");
+        }
+        if s.lease_secs < 3 {
+            self.problem(
+                "store.lease_secs",
+                "must be at least 3 (the lease is renewed every third of it)",
+            );
+        }
+        let Some(var) = &s.url_env else {
+            self.problem(
+                "store.url_env",
+                "engine \"postgres\" needs the name of the variable holding its URL, e.g. url_env = \"SPG_DATABASE_URL\"",
+            );
+            return None;
+        };
+        let url = self.secret("store.url_env", var);
+        let text = url.expose();
+        let scheme_ok = text.starts_with("postgres://") || text.starts_with("postgresql://");
+        if !text.is_empty() && !scheme_ok {
+            self.problem(
+                "store.url_env",
+                format!("environment variable {var} must hold a postgres:// URL"),
+            );
+        }
+        Some(url)
+    }
+
     pub(super) fn build(mut self, f: FileConfig, origin: &str) -> Result<Config, ConfigError> {
         let http_listen = self.addr("server.http_listen", &f.server.http_listen);
         let grpc_listen = self.addr("server.grpc_listen", &f.server.grpc_listen);
@@ -208,6 +244,7 @@ impl Validator<'_> {
                 .unwrap_or(LoomisTarget::Simulator)
         };
         let loomis_auth = self.auth("loomis.auth", &f.loomis.auth);
+        let store_url = self.store(&f.store);
         if f.loomis.concurrency == 0 {
             self.problem("loomis.concurrency", "must be positive");
         }
@@ -351,6 +388,7 @@ impl Validator<'_> {
             grpc_listen,
             server: f.server,
             store: f.store,
+            store_url,
             loomis,
             loomis_auth,
             loomis_section: f.loomis,

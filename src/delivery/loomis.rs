@@ -9,6 +9,7 @@ use crate::incident::machine::{self, Event, Via};
 use crate::incident::{Incident, State};
 use crate::loomis::message::{format_utc, CustomerCancel, InboundKind, InboundMessage};
 use crate::store::records::{Job, JobKind};
+use crate::store::Work;
 use futures::future::BoxFuture;
 use jiff::Timestamp;
 use std::collections::HashSet;
@@ -67,6 +68,15 @@ const RETRY: usize = 2;
 
 impl Runner for LoomisRunner {
     fn run(&self, job: Job, slot: Slot) -> BoxFuture<'static, Verdict> {
+        // On a cluster: only the holder of the job's lane sends it.
+        let taken_over = match self.gateway.store().claim_work(&job) {
+            Work::Elsewhere => return Box::pin(async { Verdict::Done }),
+            Work::Later => {
+                drop(slot);
+                return Box::pin(std::future::ready(super::wait_for_earlier(&job)));
+            }
+            Work::Mine { uncertain } => uncertain,
+        };
         let this = Attempt {
             slot,
             gateway: self.gateway.clone(),
@@ -78,7 +88,8 @@ impl Runner for LoomisRunner {
                 .recovered
                 .lock()
                 .expect("recovered lock")
-                .remove(&job.id),
+                .remove(&job.id)
+                || taken_over,
             metrics: self.metrics.clone(),
         };
         Box::pin(this.run(job))

@@ -151,6 +151,15 @@ pub async fn settle(
     }
 }
 
+/// The job again shortly, after a job of its incident that stands before it (committed
+/// by another instance of a cluster) has arrived and gone first. Not persisted: nothing
+/// was attempted.
+pub fn wait_for_earlier(job: &crate::store::records::Job) -> scheduler::Verdict {
+    let mut j = job.clone();
+    j.next_attempt_at = Timestamp::now() + Duration::from_millis(100);
+    scheduler::Verdict::Retry(j)
+}
+
 /// The job again in a second (after a store read or write failed).
 pub fn retry_soon(job: &crate::store::records::Job) -> scheduler::Verdict {
     let mut j = job.clone();

@@ -181,9 +181,14 @@ impl Scheduler {
             .lanes
             .entry(lane.clone())
             .or_insert_with(|| VecDeque::with_capacity(1));
-        // Jobs of a lane run in id order; a job recovered at start-up may arrive after a
+        // Jobs of a lane run in order (position, then id; see `Job::position`); a job
+        // recovered at start-up, or committed by another instance, may arrive after a
         // newer one, so insert in place.
-        let pos = q.iter().position(|j| j.id > job.id).unwrap_or(q.len());
+        let key = (job.position(), job.id);
+        let pos = q
+            .iter()
+            .position(|j| (j.position(), j.id) > key)
+            .unwrap_or(q.len());
         let becomes_head = pos == 0;
         let displaced = if becomes_head {
             q.front().map(|j| j.id)

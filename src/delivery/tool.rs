@@ -38,6 +38,15 @@ pub struct ToolRunner {
 
 impl Runner for ToolRunner {
     fn run(&self, job: Job, slot: Slot) -> BoxFuture<'static, Verdict> {
+        // On a cluster: only the holder of the job's lane posts it.
+        match self.gateway.store().claim_work(&job) {
+            crate::store::Work::Elsewhere => return Box::pin(async { Verdict::Done }),
+            crate::store::Work::Later => {
+                drop(slot);
+                return Box::pin(std::future::ready(super::wait_for_earlier(&job)));
+            }
+            crate::store::Work::Mine { .. } => {}
+        }
         let gateway = self.gateway.clone();
         let client = self.client.clone();
         let target = self.targets.get().get(&job.incident.integration).cloned();

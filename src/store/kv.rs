@@ -1099,6 +1099,9 @@ pub fn open(
     match kind {
         engine::EngineKind::Fjall => reopening(path, cache_bytes, engine::FjallEngine::open),
         engine::EngineKind::Sled => reopening(path, cache_bytes, engine::SledEngine::open),
+        engine::EngineKind::Postgres => Err(StoreError::Database(
+            "engine \"postgres\" keeps no directory; open it with its URL".into(),
+        )),
     }
 }
 
@@ -1639,6 +1642,7 @@ mod tests {
             let opened = match kind {
                 EngineKind::Fjall => engine::FjallEngine::open(dir, 1 << 20).map(both),
                 EngineKind::Sled => engine::SledEngine::open(dir, 1 << 20).map(both),
+                EngineKind::Postgres => unreachable!("a key-value test opens fjall or sled"),
             };
             if let Ok(b) = opened {
                 return b;

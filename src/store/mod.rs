@@ -13,9 +13,11 @@
 
 pub mod audit;
 pub mod codec;
+pub mod copy;
 pub mod engine;
 mod health;
 pub mod kv;
+pub mod pg;
 pub mod query;
 pub mod records;
 pub mod verify;
@@ -44,6 +46,11 @@ pub enum StoreError {
     #[error("the store is shutting down")]
     Closed,
 }
+
+/// What the edges put in `Retry-After` (and gRPC's RetryInfo) when the store is
+/// unavailable: long enough for a database failover or reconnection, short enough that
+/// callers come back soon after it.
+pub const RETRY_AFTER_SECS: u64 = 5;
 
 /// One atomic unit of work against the backend. Writes become visible and durable only
 /// if the closure returns `Ok`.
@@ -207,7 +214,46 @@ pub trait Backend: Send + Sync + 'static {
     fn takes_writes(&self) -> Result<(), StoreError> {
         Ok(())
     }
+    /// Whether other processes write the same database (PostgreSQL): the store then
+    /// follows the update sequences they commit, not only its own.
+    fn shared(&self) -> bool {
+        false
+    }
+    /// Whether this instance works `job` now. On a shared database a job is worked by
+    /// the instance holding its lane, and only while the job is still in the outbox.
+    fn claim_work(&self, _job: &Job) -> Work {
+        Work::Mine { uncertain: false }
+    }
+    /// On a shared database: jobs of this instance's lanes that it has not been handed
+    /// yet (committed by other instances, or of lanes it just took over).
+    fn new_jobs(&self) -> Result<Vec<Job>, StoreError> {
+        Ok(Vec::new())
+    }
+    /// Whether this instance runs the cluster's single tasks (retention).
+    fn leads(&self) -> bool {
+        true
+    }
+    /// Called once the store is closed: a shared backend gives up its claims, so that
+    /// other instances take its work over at once instead of after the lease.
+    fn shut_down(&self) {}
 }
+
+/// Whether an instance should work a job it was handed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Work {
+    /// Work it. `uncertain`: another holder of its lane (a dead or stopped instance) may
+    /// have been sending it, so a Dispatch may already be at Loomis.
+    Mine { uncertain: bool },
+    /// Another instance works it (or it is done): drop it.
+    Elsewhere,
+    /// A job of the same incident stands before it and has not arrived yet (another
+    /// instance committed it): try again shortly, after it.
+    Later,
+}
+
+/// How often a store on a shared database reads the update sequences other instances
+/// committed (streams on this instance are woken by it).
+pub const SHARED_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// The shortest time between two attempts to [`Backend::recover`] while writes fail:
 /// meanwhile writes are refused at once, with the reason, instead of each waiting for
@@ -343,6 +389,27 @@ impl Store {
         Ok(Store::new(kv::open(kind, path, cache_bytes)?))
     }
 
+    /// Opens the store the configuration describes: the embedded engine's directory, or
+    /// the PostgreSQL database at `url` (the value of `store.url_env`).
+    pub fn open_config(
+        section: &crate::config::StoreSection,
+        url: Option<&crate::auth::Secret>,
+    ) -> Result<Store, StoreError> {
+        if section.engine != engine::EngineKind::Postgres {
+            return Store::open_configured(section);
+        }
+        let url = url.ok_or_else(|| {
+            StoreError::Database("engine \"postgres\" needs store.url_env".into())
+        })?;
+        let backend = pg::PgBackend::open(pg::PgSettings {
+            url: url.expose().to_string(),
+            pool_size: section.pool_size,
+            statement_timeout: std::time::Duration::from_millis(section.statement_timeout_ms),
+            lease: std::time::Duration::from_secs(section.lease_secs),
+        })?;
+        Ok(Store::new(Arc::new(backend)))
+    }
+
     /// Opens the store `[store]` describes, creating its directory if needed.
     pub fn open_configured(section: &crate::config::StoreSection) -> Result<Store, StoreError> {
         std::fs::create_dir_all(&section.path).map_err(|e| {
@@ -382,6 +449,15 @@ impl Store {
                 })
                 .expect("spawn store writer thread")
         };
+        if backend.shared() {
+            follow_shared(
+                Arc::downgrade(&backend),
+                Arc::downgrade(&watermarks),
+                Arc::downgrade(&pruned),
+                Arc::downgrade(&job_sinks),
+                closing.clone(),
+            );
+        }
         Store {
             backend,
             writer: tx,
@@ -441,6 +517,13 @@ impl Store {
     fn seen<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
         if let Err(e) = &r {
             self.health.saw(e);
+            if matches!(e, StoreError::Database(_)) && self.backend.shared() {
+                // A shared database that cannot be read cannot be written either:
+                // unready until a write (the probe's, at the latest) succeeds, and
+                // liveness passes meanwhile, since a restart would not bring it back.
+                self.health.write_failed(e, true);
+                self.health.waiting_for_room(true);
+            }
         }
         r
     }
@@ -566,6 +649,17 @@ impl Store {
             .insert(target, sink);
     }
 
+    /// Whether this instance works `job` (see [`Backend::claim_work`]).
+    pub fn claim_work(&self, job: &Job) -> Work {
+        self.backend.claim_work(job)
+    }
+
+    /// Whether this instance runs the cluster's single tasks (retention): always on an
+    /// embedded store, one instance at a time on a shared database.
+    pub fn leads(&self) -> bool {
+        self.backend.leads()
+    }
+
     pub fn stats(&self) -> &CommitStats {
         &self.stats
     }
@@ -633,6 +727,7 @@ impl Store {
             Err(StoreError::Closed) | Ok(()) => self.backend.flush(),
             Err(e) => Err(e),
         };
+        self.backend.shut_down();
         // Name the cause, not only the last echo of it (fjall says "poisoned").
         flushed.map_err(|e| match (self.health.failure(), e) {
             (Some(why), StoreError::Database(last)) => {
@@ -640,6 +735,62 @@ impl Store {
             }
             (_, e) => e,
         })
+    }
+}
+
+/// On a shared database, reads the update sequences (and retention's marks) that any
+/// instance committed, every [`SHARED_POLL`], and moves the watermarks: the table is the
+/// truth, and a counter row is only raised in the commit that stores its updates, so every
+/// update up to it is durable. Ends with the store.
+fn follow_shared(
+    backend: std::sync::Weak<dyn Backend>,
+    watermarks: std::sync::Weak<Watermarks>,
+    pruned: std::sync::Weak<RwLock<HashMap<String, u64>>>,
+    job_sinks: std::sync::Weak<Mutex<HashMap<Target, mpsc::UnboundedSender<Job>>>>,
+    closing: Arc<AtomicBool>,
+) {
+    let spawned = std::thread::Builder::new()
+        .name("store-follow".into())
+        .spawn(move || {
+            let mut round = 0u32;
+            while !closing.load(Ordering::SeqCst) {
+                std::thread::sleep(SHARED_POLL);
+                round = round.wrapping_add(1);
+                if round % 5 == 0 {
+                    let (Some(backend), Some(sinks)) = (backend.upgrade(), job_sinks.upgrade())
+                    else {
+                        return;
+                    };
+                    if let Ok(jobs) = backend.new_jobs() {
+                        let sinks = sinks.lock().expect("job sink lock");
+                        for job in jobs {
+                            if let Some(sink) = sinks.get(&job.target) {
+                                let _ = sink.send(job);
+                            }
+                        }
+                    }
+                }
+                let (Some(backend), Some(watermarks), Some(pruned)) =
+                    (backend.upgrade(), watermarks.upgrade(), pruned.upgrade())
+                else {
+                    return;
+                };
+                if let Ok(last) = backend.last_sequences() {
+                    for (integration, seq) in last {
+                        watermarks.advance(&integration, seq);
+                    }
+                }
+                if let Ok(marks) = backend.pruned_sequences() {
+                    let mut map = pruned.write().expect("pruned lock");
+                    for (integration, seq) in marks {
+                        let v = map.entry(integration).or_insert(0);
+                        *v = (*v).max(seq);
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the thread that follows other instances' updates");
     }
 }
 

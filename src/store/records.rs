@@ -51,6 +51,18 @@ pub struct Lane {
 }
 
 impl Job {
+    /// Where the job stands in its lane, before its id: a tool post by its update
+    /// sequence, and toward Loomis the Dispatch before the Cancel. Ids alone give that
+    /// order on one instance; on a cluster each instance hands out ids from its own
+    /// block, while the update sequence and the kinds follow the incident's commits.
+    pub fn position(&self) -> u64 {
+        match self.kind {
+            JobKind::Dispatch => 0,
+            JobKind::Cancel => 1,
+            JobKind::PostUpdate { sequence } => sequence,
+        }
+    }
+
     pub fn lane(&self) -> Lane {
         Lane {
             target: self.target,

@@ -41,6 +41,7 @@ pub fn verify(path: &Path) -> Result<Report, StoreError> {
     match kind {
         EngineKind::Fjall => walk(&engine::FjallEngine::open(path, cache)?),
         EngineKind::Sled => walk(&engine::SledEngine::open(path, cache)?),
+        EngineKind::Postgres => unreachable!("detect names embedded engines only"),
     }
 }
 

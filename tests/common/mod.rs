@@ -4,6 +4,8 @@
 //! against the spec.
 #![allow(dead_code)]
 
+pub mod pg;
+
 use safepoint_gateway::app::{self, Running};
 use safepoint_gateway::config::Config;
 use safepoint_gateway::incident::{Incident, State, Update};
@@ -30,7 +32,7 @@ pub fn env(k: &str) -> Option<String> {
         "READONLY_TOKEN" => Some(READONLY_TOKEN.into()),
         "REMEDY_KEY" => Some(REMEDY_KEY.into()),
         "TOOL_PW" => Some("tool-pw".into()),
-        _ => None,
+        other => pg::url_of(other),
     }
 }
 
@@ -55,6 +57,9 @@ pub struct Options {
     pub max_body_bytes: Option<usize>,
     /// `[admin] read_only_token_env = "READONLY_TOKEN"` (the console's look-only sign-in).
     pub read_only_token: bool,
+    /// `Some(url)`: the store is this PostgreSQL database (see [`pg::TestDb`]), not a
+    /// directory.
+    pub database_url: Option<String>,
 }
 
 impl Default for Options {
@@ -73,6 +78,7 @@ impl Default for Options {
             header_timeout_ms: None,
             max_body_bytes: None,
             read_only_token: false,
+            database_url: None,
         }
     }
 }
@@ -89,7 +95,7 @@ shutdown_grace_ms = 3000
 {server_extra}
 [store]
 path = "{store}"
-
+{store_extra}
 [loomis]
 url = "{loomis}"
 timeout_ms = {timeout}
@@ -121,6 +127,11 @@ api_key_env = "SN_KEY"
         } else {
             ""
         },
+        store_extra = o
+            .database_url
+            .as_deref()
+            .map(pg::store_lines)
+            .unwrap_or_default(),
     );
     if let Some(url) = &o.delivery_url {
         t.push_str(&format!(

@@ -71,7 +71,17 @@ pub(crate) fn invalid(what: &str, problems: &[FieldProblem]) -> Status {
 pub(crate) fn store(e: StoreError) -> Status {
     e.log_at_edge("grpc");
     if e.is_passing() {
-        Status::unavailable("the store is unavailable; retry")
+        let wait = std::time::Duration::from_secs(crate::store::RETRY_AFTER_SECS);
+        let mut status = Status::with_error_details(
+            Code::Unavailable,
+            "the store is unavailable; retry",
+            ErrorDetails::with_retry_info(Some(wait)),
+        );
+        status.metadata_mut().insert(
+            "retry-after",
+            tonic::metadata::MetadataValue::from(crate::store::RETRY_AFTER_SECS),
+        );
+        status
     } else {
         Status::internal(
             "a stored record this call needs is damaged; retrying will not help: tell the \

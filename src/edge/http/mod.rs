@@ -54,6 +54,13 @@ impl IntoResponse for JsonError {
             message: self.message,
             fields: self.problems.into_iter().map(|p| p.field).collect(),
         });
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            // Passing: the store (or its database) is expected back; come again then.
+            resp.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from(crate::store::RETRY_AFTER_SECS),
+            );
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 http::header::WWW_AUTHENTICATE,

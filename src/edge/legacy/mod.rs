@@ -128,6 +128,13 @@ impl IntoResponse for LegacyError {
             body,
         )
             .into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            // Passing: the store (or its database) is expected back; come again then.
+            resp.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from(crate::store::RETRY_AFTER_SECS),
+            );
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 http::header::WWW_AUTHENTICATE,
