@@ -618,3 +618,59 @@ async fn retry_now_sends_a_delivery_that_waits_for_its_backoff() {
     assert!(page.contains("retry-now by dave (admin)"), "{page}");
     h.stop().await;
 }
+
+/// On a cluster the console of any instance shows what any instance took in, and an
+/// action taken on one is in the audit log every instance shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_instance_of_a_cluster_shows_the_same_incidents_and_audit_log() {
+    let Some(db) = common::pg::TestDb::create("console_cluster") else {
+        return;
+    };
+    let options = Options {
+        simulator: "ack = \"body\"\naccept_after_ms = 10\noutcome = \"none\"\n".into(),
+        database_url: Some(db.url.clone()),
+        ..Options::default()
+    };
+    let a = Harness::start(options.clone()).await;
+    let b = Harness::start(options).await;
+    let (status, body) = a.create(&sn_xml("INC-PG1", "UG1234", "AC12")).await;
+    assert_eq!(status, 202, "{body}");
+    let inc = a.wait_state("INC-PG1", State::Accepted).await;
+
+    let on_b = Console::sign_in(&b.base(), ADMIN_TOKEN, "carol").await;
+    let id = inc.incident_id.clone().unwrap();
+    let (status, page) = on_b
+        .get(&format!("/console/incidents?incident_id={id}"))
+        .await;
+    assert_eq!(status, 200);
+    assert!(page.contains(">INC-PG1</a>"), "{page}");
+    let (_, page) = on_b.get("/console/incidents/servicenow/INC-PG1").await;
+    assert!(
+        page.contains("&lt;number&gt;INC-PG1&lt;/number&gt;"),
+        "what the tool sent, kept by instance A: {page}"
+    );
+    let (status, _) = on_b
+        .act(
+            "cancel",
+            &[
+                ("integration", "servicenow"),
+                ("reference", "INC-PG1"),
+                ("reason", "branch closed"),
+                ("back", "/console/incidents/servicenow/INC-PG1"),
+            ],
+        )
+        .await;
+    assert_eq!(status, 303);
+    a.wait_state("INC-PG1", State::Cancelled).await;
+
+    let on_a = Console::sign_in(&a.base(), ADMIN_TOKEN, "dave").await;
+    let (_, page) = on_a.get("/console/audit").await;
+    assert!(
+        page.contains("carol (admin)") && page.contains("servicenow/INC-PG1"),
+        "{page}"
+    );
+    let (_, page) = on_a.get("/console/incidents?state=Cancelled").await;
+    assert!(page.contains(">INC-PG1</a>"), "{page}");
+    a.stop().await;
+    b.stop().await;
+}

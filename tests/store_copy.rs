@@ -9,9 +9,11 @@ use common::pg::TestDb;
 use jiff::Timestamp;
 use safepoint_gateway::incident::{Incident, IncidentKey, State, Update, UpdateKind};
 use safepoint_gateway::loomis::message::Dispatch;
+use safepoint_gateway::store::audit::AuditEntry;
 use safepoint_gateway::store::copy::{copy, CopyError};
 use safepoint_gateway::store::engine::EngineKind;
 use safepoint_gateway::store::pg::{PgBackend, PgSettings};
+use safepoint_gateway::store::query::RawInput;
 use safepoint_gateway::store::records::{DeadLetter, Job, JobKind, Orphan, Target};
 use safepoint_gateway::store::Store;
 use std::sync::Arc;
@@ -75,6 +77,13 @@ async fn fill(store: &Store) {
                     let inc = incident(&reference);
                     tx.put_incident(&inc)?;
                     tx.put_reference("A123456", &reference, &inc.key())?;
+                    if i % 2 == 0 {
+                        let body = format!("<Incident><Ref>{reference}</Ref></Incident>");
+                        tx.put_raw_input(
+                            &inc.key(),
+                            &RawInput::new("xml", body.as_bytes(), Timestamp::UNIX_EPOCH),
+                        )?;
+                    }
                     let seq = tx.next_sequence("servicenow")?;
                     tx.append_update(&update(&reference, seq))?;
                 }
@@ -116,6 +125,15 @@ async fn fill(store: &Store) {
                         reason: "unknown incident".into(),
                         message: serde_json::json!({ "MessageType": "ACK", "n": n }),
                     })?;
+                    let id = tx.next_id()?;
+                    tx.put_audit(&AuditEntry {
+                        id,
+                        at: Timestamp::UNIX_EPOCH,
+                        who: "alice (admin)".into(),
+                        action: "replay".into(),
+                        target: format!("dead letter {id}"),
+                        outcome: "replayed".into(),
+                    })?;
                 }
                 Ok(())
             })
@@ -145,6 +163,8 @@ struct Contents {
     jobs: Vec<Job>,
     dead_letters: Vec<DeadLetter>,
     orphans: Vec<Orphan>,
+    raw_inputs: Vec<RawInput>,
+    audit: Vec<AuditEntry>,
 }
 
 async fn contents(store: &Store) -> Contents {
@@ -156,6 +176,10 @@ async fn contents(store: &Store) -> Contents {
         after = Some(last.key());
         incidents.extend(page);
     }
+    let raw_inputs = incidents
+        .iter()
+        .filter_map(|i: &Incident| store.raw_input(&i.key()).unwrap())
+        .collect();
     Contents {
         incidents,
         updates: store.updates_after("servicenow", 0, 100_000).unwrap(),
@@ -164,6 +188,8 @@ async fn contents(store: &Store) -> Contents {
         jobs: store.jobs().unwrap(),
         dead_letters: store.dead_letters(usize::MAX).unwrap(),
         orphans: store.orphans(usize::MAX).unwrap(),
+        raw_inputs,
+        audit: store.audit_log(usize::MAX).unwrap(),
     }
 }
 
@@ -181,6 +207,8 @@ fn assert_same(got: &Contents, want: &Contents) {
     assert_eq!(got.jobs, want.jobs, "jobs");
     assert_eq!(got.dead_letters, want.dead_letters, "dead letters");
     assert_eq!(got.orphans, want.orphans, "orphans");
+    assert_eq!(got.raw_inputs, want.raw_inputs, "raw inputs");
+    assert_eq!(got.audit, want.audit, "audit log");
 }
 
 async fn reopened_pg(store: Store, url: &str) -> Store {
@@ -210,9 +238,11 @@ async fn an_embedded_store_moves_into_postgres_and_back_whole() {
             copied.updates,
             copied.jobs,
             copied.dead_letters,
-            copied.orphans
+            copied.orphans,
+            copied.raw_inputs,
+            copied.audit_entries
         ),
-        (1200, 1190, 15, 15, 15)
+        (1200, 1190, 15, 15, 15, 600, 15)
     );
     // Read back from a fresh connection: what is in the database, not in memory.
     let target = reopened_pg(target, &db.url).await;
