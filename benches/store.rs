@@ -60,6 +60,7 @@ fn main() {
                     store.clone(),
                     vec![IntegrationInfo {
                         name: "bench".into(),
+                        customer_number: "A123456".into(),
                         delivers: false,
                     }],
                 );

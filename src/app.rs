@@ -173,6 +173,7 @@ pub async fn start_from(config: Config, source: ConfigSource) -> anyhow::Result<
         .iter()
         .map(|i| IntegrationInfo {
             name: i.name.clone(),
+            customer_number: i.customer_number.clone(),
             delivers: i.delivery.is_some(),
         })
         .collect();

@@ -7,7 +7,7 @@ use crate::incident::machine::{self, Event, Outcome, Via};
 use crate::incident::{Incident, IncidentKey, IncidentReference, Sequence, State};
 use crate::loomis::message::{Dispatch, InboundMessage};
 use crate::store::records::{DeadLetter, Job, JobKind, Orphan, Target};
-use crate::store::{Store, StoreError, Tx};
+use crate::store::{Hints, Store, StoreError, Tx};
 use jiff::Timestamp;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,6 +17,8 @@ use tracing::Instrument;
 #[derive(Debug, Clone)]
 pub struct IntegrationInfo {
     pub name: String,
+    /// The CustomerNumber its incidents carry (Loomis's callbacks are found by it).
+    pub customer_number: String,
     /// Updates are posted back to the tool (`[integrations.delivery]`).
     pub delivers: bool,
 }
@@ -178,9 +180,16 @@ impl Gateway {
         // The request's position in its trace, stored with a new incident: its Dispatch,
         // callbacks and posts to the tool continue that trace (None with traces off).
         let trace = crate::trace::current();
+        let hints = Hints {
+            incidents: vec![IncidentKey::new(&integration, &dispatch.incident_reference)],
+            references: vec![(
+                dispatch.customer_number.clone(),
+                dispatch.incident_reference.clone(),
+            )],
+        };
         let result = self
             .store
-            .write(move |tx| {
+            .write_hinted(hints, move |tx| {
                 let now = Timestamp::now();
                 let key = IncidentKey::new(&integration, &dispatch.incident_reference);
                 if let Some(existing) = tx.incident(&key)? {
@@ -248,8 +257,12 @@ impl Gateway {
             .into_owned();
         let key = IncidentKey::new(integration, reference);
         let delivers = self.delivers(integration);
+        let hints = Hints {
+            incidents: vec![key.clone()],
+            ..Hints::default()
+        };
         self.store
-            .write(move |tx| {
+            .write_hinted(hints, move |tx| {
                 let now = Timestamp::now();
                 let Some(mut inc) = tx.incident(&key)? else {
                     return Ok(Err(CancelError::NotFound(key.reference.clone())));
@@ -295,9 +308,19 @@ impl Gateway {
         let span = crate::trace::span("loomis.callback");
         crate::trace::link(&span, crate::trace::current());
         let in_write = span.clone();
+        // The incident is one of the integrations with this CustomerNumber.
+        let hints = Hints {
+            incidents: self
+                .integrations
+                .values()
+                .filter(|i| i.customer_number == msg.customer_number)
+                .map(|i| IncidentKey::new(&i.name, &msg.incident_reference))
+                .collect(),
+            references: vec![(msg.customer_number.clone(), msg.incident_reference.clone())],
+        };
         let res = self
             .store
-            .write(move |tx| {
+            .write_hinted(hints, move |tx| {
                 let now = Timestamp::now();
                 let key = match tx.by_reference(&msg.customer_number, &msg.incident_reference)? {
                     Some(k) => k,
@@ -364,8 +387,12 @@ impl Gateway {
         job: JobAction,
     ) -> Result<Option<Incident>, StoreError> {
         let delivers = self.delivers(&key.integration);
+        let hints = Hints {
+            incidents: vec![key.clone()],
+            ..Hints::default()
+        };
         self.store
-            .write(move |tx| {
+            .write_hinted(hints, move |tx| {
                 let now = Timestamp::now();
                 settle_job(tx, &job, now)?;
                 if events.is_empty() {

@@ -13,7 +13,7 @@ use safepoint_gateway::store::engine::EngineKind;
 use safepoint_gateway::store::pg::{PgBackend, PgSettings};
 use safepoint_gateway::store::query::{Cursor, IncidentFilter, RawInput};
 use safepoint_gateway::store::records::{DeadLetter, Job, JobKind, Orphan, Target};
-use safepoint_gateway::store::{Store, StoreError};
+use safepoint_gateway::store::{Hints, Store, StoreError};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -97,6 +97,7 @@ contract!(
     incidents_are_listed_newest_first_by_filter_and_cursor,
     raw_input_and_timeline_are_kept_beside_the_incident,
     audit_entries_are_kept_newest_first,
+    hinted_writes_read_what_unhinted_ones_do,
 );
 
 fn incident(integration: &str, reference: &str, subject: &str) -> Incident {
@@ -744,5 +745,86 @@ async fn audit_entries_are_kept_newest_first(place: Place) {
     let targets: Vec<&str> = log.iter().map(|e| e.target.as_str()).collect();
     assert_eq!(targets, ["dead letter 2", "dead letter 1", "dead letter 0"]);
     assert_eq!(store.audit_log(1).unwrap().len(), 1);
+    store.close().await.unwrap();
+}
+
+async fn hinted_writes_read_what_unhinted_ones_do(place: Place) {
+    let store = place.open();
+    store
+        .write(|tx| {
+            let inc = incident("a", "INC1", "stored");
+            tx.put_incident(&inc)?;
+            tx.put_reference("A123456", "INC1", &inc.key())
+        })
+        .await
+        .unwrap();
+    // Right, missing and wrong hints (an integration never written, a reference of
+    // another customer), in one group of concurrent writes.
+    let hints = || Hints {
+        incidents: vec![
+            IncidentKey::new("a", "INC1"),
+            IncidentKey::new("a", "INC2"),
+            IncidentKey::new("zz-none", "INC1"),
+        ],
+        references: vec![
+            ("A123456".into(), "INC1".into()),
+            ("A123456".into(), "INC2".into()),
+            ("OTHER".into(), "INC1".into()),
+        ],
+    };
+    let reads = store.write_hinted(hints(), |tx| {
+        Ok((
+            tx.incident(&IncidentKey::new("a", "INC1"))?
+                .map(|i| i.dispatch.subject),
+            tx.incident(&IncidentKey::new("a", "INC2"))?.is_some(),
+            tx.by_reference("A123456", "INC1")?,
+            tx.by_reference("A123456", "INC2")?,
+            tx.by_reference("OTHER", "INC1")?,
+        ))
+    });
+    let create = store.write_hinted(hints(), |tx| {
+        let key = IncidentKey::new("a", "INC2");
+        if tx.incident(&key)?.is_none() {
+            tx.put_incident(&incident("a", "INC2", "new"))?;
+            tx.put_reference("A123456", "INC2", &key)?;
+        }
+        let mut one = tx
+            .incident(&IncidentKey::new("a", "INC1"))?
+            .expect("stored");
+        one.dispatch.subject = "changed".into();
+        tx.put_incident(&one)
+    });
+    let (reads, created) = tokio::join!(reads, create);
+    created.unwrap();
+    let (subject, two, one_ref, two_ref, other) = reads.unwrap();
+    assert!(
+        subject.as_deref() == Some("stored") || subject.as_deref() == Some("changed"),
+        "{subject:?}"
+    );
+    assert_eq!(one_ref, Some(IncidentKey::new("a", "INC1")));
+    // Either order of the two writes is right; what the reader saw must be one of them.
+    assert_eq!(two, two_ref.is_some());
+    assert_eq!(other, None);
+    // And after both: a hinted read sees what was written, in a new group.
+    let after = store
+        .write_hinted(hints(), |tx| {
+            Ok((
+                tx.incident(&IncidentKey::new("a", "INC1"))?
+                    .map(|i| i.dispatch.subject),
+                tx.incident(&IncidentKey::new("a", "INC2"))?
+                    .map(|i| i.dispatch.subject),
+                tx.by_reference("A123456", "INC2")?,
+            ))
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        after,
+        (
+            Some("changed".to_string()),
+            Some("new".to_string()),
+            Some(IncidentKey::new("a", "INC2"))
+        )
+    );
     store.close().await.unwrap();
 }

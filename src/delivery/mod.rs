@@ -414,6 +414,7 @@ mod tests {
             store.clone(),
             vec![IntegrationInfo {
                 name: "servicenow".into(),
+                customer_number: "A123456".into(),
                 delivers: false,
             }],
         )

@@ -556,6 +556,13 @@ async fn keep_lanes(pool: Pool, lanes: std::sync::Arc<Lanes>, lease: Duration) {
     }
 }
 
+/// A row fetched ahead: a record, or where a reference points; `None`: no such row.
+#[derive(Debug, Clone)]
+enum Fetched {
+    Record(Option<Vec<u8>>),
+    Reference(Option<IncidentKey>),
+}
+
 /// Keys of the overlay: one per row a group writes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Key {
@@ -614,6 +621,10 @@ struct PgGroup<'a> {
     absent: RefCell<HashMap<Key, bool>>,
     /// Counter rows locked in this group: (last sequence, pruned) as stored.
     counters: RefCell<HashMap<String, (u64, u64)>>,
+    /// Rows fetched ahead by [`Group::prefetch`], as they are in this transaction
+    /// (incidents locked under their counter row): reads find them here before asking
+    /// the database. Cleared with the transaction.
+    fetched: RefCell<HashMap<Key, Fetched>>,
     /// Whether earlier operations of this transaction hold counter locks (the operation
     /// running then takes one below them only without waiting).
     earlier_locks: std::cell::Cell<bool>,
@@ -816,6 +827,9 @@ impl PgTxn<'_, '_> {
                 .map(|r| decode_named(what, &r))
                 .transpose();
         }
+        if let Some(Fetched::Record(found)) = self.group.fetched.borrow().get(&k) {
+            return found.as_ref().map(|r| decode_named(what, r)).transpose();
+        }
         let rows = self.group.query(sql, params)?;
         let found = rows.first().map(|r| r.get::<_, Vec<u8>>(0));
         self.group
@@ -875,6 +889,9 @@ impl Txn for PgTxn<'_, '_> {
                 Some(Val::Reference(key)) => Some(key),
                 _ => None,
             });
+        }
+        if let Some(Fetched::Reference(found)) = self.group.fetched.borrow().get(&k) {
+            return Ok(found.clone());
         }
         let rows = self.group.query(
             "SELECT integration, incident FROM spg_references WHERE customer = $1 AND reference = $2",
@@ -1392,6 +1409,129 @@ impl Batch {
 }
 
 impl Group for PgGroup<'_> {
+    /// Fetches what the group's operations will read in one round of pipelined
+    /// statements: the counter rows of the hinted incidents' integrations (locked, in
+    /// name order, as a first read would), those incidents (locked under them), and the
+    /// hinted references. Rows of an integration whose counter row does not exist yet
+    /// are left to the operations.
+    fn prefetch(&mut self, hints: &super::Hints) {
+        let mut names: Vec<String> = hints
+            .incidents
+            .iter()
+            .map(|k| k.integration.clone())
+            .collect();
+        names.sort();
+        names.dedup();
+        let mut refs: Vec<&(String, String)> = hints.references.iter().collect();
+        refs.sort();
+        refs.dedup();
+        let ref_customers: Vec<&str> = refs.iter().map(|r| r.0.as_str()).collect();
+        let ref_names: Vec<&str> = refs.iter().map(|r| r.1.as_str()).collect();
+        let fetched = self.with_conn(|c| {
+            self.backend.timed(async {
+                let counters = async {
+                    if names.is_empty() {
+                        return Ok(Vec::new());
+                    }
+                    let st = c
+                        .prepare_cached(
+                            "SELECT integration, last_sequence, pruned FROM spg_counters \
+                             WHERE integration = ANY($1) ORDER BY integration FOR UPDATE",
+                        )
+                        .await?;
+                    c.query(&st, &[&names]).await
+                };
+                let references = async {
+                    if refs.is_empty() {
+                        return Ok(Vec::new());
+                    }
+                    let st = c
+                        .prepare_cached(
+                            "SELECT customer, reference, integration, incident FROM spg_references \
+                             WHERE (customer, reference) IN \
+                             (SELECT * FROM unnest($1::text[], $2::text[]))",
+                        )
+                        .await?;
+                    c.query(&st, &[&ref_customers, &ref_names]).await
+                };
+                // Pipelined on the one connection: the counter rows are locked before the
+                // statement below is run (a connection runs its statements in order).
+                let (counters, references) = futures::future::try_join(counters, references)
+                    .await
+                    .map_err(db)?;
+                let locked: Vec<String> = counters.iter().map(|r| r.get::<_, String>(0)).collect();
+                let keys: Vec<&IncidentKey> = hints
+                    .incidents
+                    .iter()
+                    .filter(|k| locked.binary_search(&k.integration).is_ok())
+                    .collect();
+                let incidents = if keys.is_empty() {
+                    Vec::new()
+                } else {
+                    let integrations: Vec<&str> =
+                        keys.iter().map(|k| k.integration.as_str()).collect();
+                    let references: Vec<&str> = keys.iter().map(|k| k.reference.as_str()).collect();
+                    let st = c
+                        .prepare_cached(
+                            "SELECT integration, reference, record FROM spg_incidents \
+                             WHERE (integration, reference) IN \
+                             (SELECT * FROM unnest($1::text[], $2::text[])) FOR UPDATE",
+                        )
+                        .await
+                        .map_err(db)?;
+                    c.query(&st, &[&integrations, &references])
+                        .await
+                        .map_err(db)?
+                };
+                Ok((
+                    counters,
+                    references,
+                    keys.into_iter().cloned().collect::<Vec<_>>(),
+                    incidents,
+                ))
+            })
+        });
+        let Ok((counters, references, keys, incidents)) = fetched else {
+            // The group's connection is marked broken; its operations report it.
+            return;
+        };
+        let mut held = self.counters.borrow_mut();
+        for r in &counters {
+            held.insert(
+                r.get::<_, String>(0),
+                (r.get::<_, i64>(1) as u64, r.get::<_, i64>(2) as u64),
+            );
+        }
+        let mut absent = self.absent.borrow_mut();
+        let mut cache = self.fetched.borrow_mut();
+        for key in keys {
+            cache.insert(Key::Incident(key), Fetched::Record(None));
+        }
+        for r in &incidents {
+            let key = IncidentKey::new(r.get::<_, String>(0), r.get::<_, String>(1));
+            cache.insert(Key::Incident(key), Fetched::Record(Some(r.get(2))));
+        }
+        for (customer, reference) in refs {
+            cache.insert(
+                Key::Reference(customer.clone(), reference.clone()),
+                Fetched::Reference(None),
+            );
+        }
+        for r in &references {
+            cache.insert(
+                Key::Reference(r.get(0), r.get(1)),
+                Fetched::Reference(Some(IncidentKey::new(
+                    r.get::<_, String>(2),
+                    r.get::<_, String>(3),
+                ))),
+            );
+        }
+        for (k, v) in cache.iter() {
+            let missing = matches!(v, Fetched::Record(None) | Fetched::Reference(None));
+            absent.entry(k.clone()).or_insert(missing);
+        }
+    }
+
     fn run(&mut self, f: &dyn Fn(&dyn Txn) -> Result<(), StoreError>) -> Result<(), StoreError> {
         if let Some(e) = self.broken.borrow().as_ref() {
             return Err(e.clone());
@@ -1461,6 +1601,7 @@ impl PgGroup<'_> {
         drop(self.conn.borrow_mut().take());
         self.absent.borrow_mut().clear();
         self.counters.borrow_mut().clear();
+        self.fetched.borrow_mut().clear();
         Ok(())
     }
 }
@@ -1474,6 +1615,7 @@ impl Backend for PgBackend {
             pending: Writes::new(),
             absent: RefCell::new(HashMap::new()),
             counters: RefCell::new(HashMap::new()),
+            fetched: RefCell::new(HashMap::new()),
             earlier_locks: std::cell::Cell::new(false),
             must_split: std::cell::Cell::new(false),
             finished: false,
